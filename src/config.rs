@@ -1,0 +1,617 @@
+//! Configuration: a builder, `from_url` and `from_env`, validated as a whole.
+//!
+//! Timing rules checked by [`ConfigBuilder::build`] (DESIGN rule 6, self-fencing):
+//! - `node_ttl >= 3 * heartbeat_interval`: a node survives two missed beats.
+//! - `command_timeout <= heartbeat_interval`: a hung renewal is given up on
+//!   before the next beat is due, so lease loss is noticed in time.
+//! - the peer ping timeout is below the heartbeat interval, so a node that
+//!   lost Redis learns whether it is partitioned before its leases expire.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+/// Validated settings of a [`Redswarm`](crate::Redswarm) handle.
+///
+/// ```
+/// use std::time::Duration;
+/// let config = redswarm::Config::builder()
+///     .url("redis://127.0.0.1:6379/")
+///     .namespace("myapp")
+///     .pool_size(8)
+///     .heartbeat_interval(Duration::from_millis(500))
+///     .build()
+///     .unwrap();
+/// assert_eq!(config.namespace(), "myapp");
+/// ```
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub(crate) url: String,
+    pub(crate) namespace: String,
+    pub(crate) pool_size: u32,
+    pub(crate) pool_timeout: Duration,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) command_timeout: Duration,
+    pub(crate) node_id: Option<String>,
+    pub(crate) heartbeat_interval: Duration,
+    pub(crate) node_ttl: Duration,
+    pub(crate) wait_recheck: Duration,
+    pub(crate) reconnect_min: Duration,
+    pub(crate) reconnect_max: Duration,
+    pub(crate) peer_listen: Option<SocketAddr>,
+    pub(crate) peer_advertise: Option<String>,
+    pub(crate) peer_secret: Option<String>,
+    pub(crate) peer_timeout: Duration,
+    pub(crate) partition_percentage: u8,
+}
+
+impl Config {
+    /// Starts a builder with the defaults (`redis://127.0.0.1:6379/`,
+    /// namespace `redswarm`, pool of 16, heartbeat 1 s, node TTL 10 s).
+    ///
+    /// ```
+    /// let config = redswarm::Config::builder().build().unwrap();
+    /// assert_eq!(config.pool_size(), 16);
+    /// ```
+    pub fn builder() -> ConfigBuilder {
+        ConfigBuilder::default()
+    }
+
+    /// Defaults with the given Redis URL (`redis://`, `rediss://`,
+    /// `redis+unix://`; user, password and db in the URL).
+    ///
+    /// ```
+    /// let config = redswarm::Config::from_url("redis://:secret@127.0.0.1:6380/2").unwrap();
+    /// assert!(redswarm::Config::from_url("http://nope").is_err());
+    /// ```
+    pub fn from_url(url: &str) -> Result<Config> {
+        Config::builder().url(url).build()
+    }
+
+    /// Reads `REDIS_URL` (default `redis://127.0.0.1:6379/`),
+    /// `REDSWARM_NAMESPACE`, `REDSWARM_POOL_SIZE`, `REDSWARM_NODE_ID`,
+    /// `REDSWARM_PEER_LISTEN` (ip:port), `REDSWARM_PEER_SECRET` and
+    /// `REDSWARM_PARTITION_PERCENTAGE`; the rest are defaults.
+    ///
+    /// ```
+    /// let config = redswarm::Config::from_env().unwrap();
+    /// ```
+    pub fn from_env() -> Result<Config> {
+        Config::builder_from_env()?.build()
+    }
+
+    /// Like [`Config::from_env`] but returns the builder so a program can
+    /// override more settings before building.
+    ///
+    /// ```
+    /// let config = redswarm::Config::builder_from_env().unwrap().pool_size(4).build().unwrap();
+    /// assert_eq!(config.pool_size(), 4);
+    /// ```
+    pub fn builder_from_env() -> Result<ConfigBuilder> {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let mut b = Config::builder();
+        if let Some(url) = var("REDIS_URL") {
+            b = b.url(url);
+        }
+        if let Some(ns) = var("REDSWARM_NAMESPACE") {
+            b = b.namespace(ns);
+        }
+        if let Some(n) = var("REDSWARM_POOL_SIZE") {
+            let n = n.parse::<u32>().map_err(|e| {
+                Error::config("pool_size", format!("REDSWARM_POOL_SIZE={n:?}: {e}"))
+            })?;
+            b = b.pool_size(n);
+        }
+        if let Some(id) = var("REDSWARM_NODE_ID") {
+            b = b.node_id(id);
+        }
+        if let Some(addr) = var("REDSWARM_PEER_LISTEN") {
+            let addr = addr.parse::<SocketAddr>().map_err(|e| {
+                Error::config("peer_listen", format!("REDSWARM_PEER_LISTEN={addr:?}: {e}"))
+            })?;
+            b = b.peer_listen(addr);
+        }
+        if let Some(secret) = var("REDSWARM_PEER_SECRET") {
+            b = b.peer_secret(secret);
+        }
+        if let Some(p) = var("REDSWARM_PARTITION_PERCENTAGE") {
+            let p = p.parse::<u8>().map_err(|e| {
+                Error::config(
+                    "partition_percentage",
+                    format!("REDSWARM_PARTITION_PERCENTAGE={p:?}: {e}"),
+                )
+            })?;
+            b = b.partition_percentage(p);
+        }
+        Ok(b)
+    }
+
+    /// The Redis URL.
+    ///
+    /// ```
+    /// # let c = redswarm::Config::builder().build().unwrap();
+    /// assert!(c.url().starts_with("redis://"));
+    /// ```
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The URL with any password replaced by `***`, for logs and errors.
+    ///
+    /// ```
+    /// let c = redswarm::Config::from_url("redis://:hunter2@localhost/").unwrap();
+    /// assert!(!c.masked_url().contains("hunter2"));
+    /// ```
+    pub fn masked_url(&self) -> String {
+        mask_url(&self.url)
+    }
+
+    /// The key namespace (prefix of every key and channel).
+    ///
+    /// ```
+    /// # let c = redswarm::Config::builder().build().unwrap();
+    /// assert_eq!(c.namespace(), "redswarm");
+    /// ```
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// Maximum pooled connections.
+    ///
+    /// ```
+    /// # let c = redswarm::Config::builder().build().unwrap();
+    /// assert_eq!(c.pool_size(), 16);
+    /// ```
+    pub fn pool_size(&self) -> u32 {
+        self.pool_size
+    }
+
+    /// Interval of the heartbeat thread (membership and lease renewal).
+    ///
+    /// ```
+    /// # let c = redswarm::Config::builder().build().unwrap();
+    /// assert_eq!(c.heartbeat_interval(), std::time::Duration::from_secs(1));
+    /// ```
+    pub fn heartbeat_interval(&self) -> Duration {
+        self.heartbeat_interval
+    }
+
+    /// How long this node's membership lives without a heartbeat.
+    ///
+    /// ```
+    /// # let c = redswarm::Config::builder().build().unwrap();
+    /// assert_eq!(c.node_ttl(), std::time::Duration::from_secs(10));
+    /// ```
+    pub fn node_ttl(&self) -> Duration {
+        self.node_ttl
+    }
+
+    /// Read/write timeout of every Redis command.
+    ///
+    /// ```
+    /// # let c = redswarm::Config::builder().build().unwrap();
+    /// assert!(c.command_timeout() <= c.heartbeat_interval());
+    /// ```
+    pub fn command_timeout(&self) -> Duration {
+        self.command_timeout
+    }
+
+    /// Longest a blocked waiter sleeps before re-checking state on its own
+    /// (pub/sub is lossy; this bounds the cost of a lost wake-up).
+    ///
+    /// ```
+    /// # let c = redswarm::Config::builder().build().unwrap();
+    /// assert_eq!(c.wait_recheck(), std::time::Duration::from_secs(1));
+    /// ```
+    pub fn wait_recheck(&self) -> Duration {
+        self.wait_recheck
+    }
+
+    /// The smallest lease TTL that auto-renewal can keep alive safely:
+    /// three heartbeat intervals.
+    ///
+    /// ```
+    /// # let c = redswarm::Config::builder().build().unwrap();
+    /// assert_eq!(c.min_renewable_ttl(), std::time::Duration::from_secs(3));
+    /// ```
+    pub fn min_renewable_ttl(&self) -> Duration {
+        self.heartbeat_interval * 3
+    }
+
+    /// The configured node id, if one was set (otherwise a random one is
+    /// generated per handle).
+    ///
+    /// ```
+    /// # let c = redswarm::Config::builder().node_id("n1").build().unwrap();
+    /// assert_eq!(c.node_id(), Some("n1"));
+    /// ```
+    pub fn node_id(&self) -> Option<&str> {
+        self.node_id.as_deref()
+    }
+
+    /// Address the peer-ping listener binds, if any.
+    ///
+    /// ```
+    /// # let c = redswarm::Config::builder().build().unwrap();
+    /// assert!(c.peer_listen().is_none());
+    /// ```
+    pub fn peer_listen(&self) -> Option<SocketAddr> {
+        self.peer_listen
+    }
+
+    /// Minimum percentage of known peers that must answer pings for a node
+    /// that lost Redis to keep working (default 60).
+    ///
+    /// ```
+    /// # let c = redswarm::Config::builder().build().unwrap();
+    /// assert_eq!(c.partition_percentage(), 60);
+    /// ```
+    pub fn partition_percentage(&self) -> u8 {
+        self.partition_percentage
+    }
+}
+
+/// Builder for [`Config`]; every setter is optional.
+///
+/// ```
+/// let err = redswarm::Config::builder().namespace("").build().unwrap_err();
+/// assert!(err.to_string().contains("namespace"));
+/// ```
+#[derive(Clone, Debug)]
+pub struct ConfigBuilder {
+    c: Config,
+}
+
+impl Default for ConfigBuilder {
+    fn default() -> Self {
+        ConfigBuilder {
+            c: Config {
+                url: "redis://127.0.0.1:6379/".into(),
+                namespace: "redswarm".into(),
+                pool_size: 16,
+                pool_timeout: Duration::from_secs(5),
+                connect_timeout: Duration::from_secs(2),
+                command_timeout: Duration::from_secs(1),
+                node_id: None,
+                heartbeat_interval: Duration::from_secs(1),
+                node_ttl: Duration::from_secs(10),
+                wait_recheck: Duration::from_secs(1),
+                reconnect_min: Duration::from_millis(50),
+                reconnect_max: Duration::from_secs(2),
+                peer_listen: None,
+                peer_advertise: None,
+                peer_secret: None,
+                peer_timeout: Duration::from_millis(300),
+                partition_percentage: 60,
+            },
+        }
+    }
+}
+
+macro_rules! setter {
+    ($(#[$doc:meta])* $name:ident: $ty:ty) => {
+        $(#[$doc])*
+        pub fn $name(mut self, value: $ty) -> Self {
+            self.c.$name = value;
+            self
+        }
+    };
+}
+
+impl ConfigBuilder {
+    /// Redis URL (`redis://[user:password@]host:port/db`, `rediss://` for
+    /// TLS, `redis+unix:///path`).
+    ///
+    /// ```
+    /// let c = redswarm::Config::builder().url("rediss://example.com:6380/").build().unwrap();
+    /// ```
+    pub fn url(mut self, url: impl Into<String>) -> Self {
+        self.c.url = url.into();
+        self
+    }
+
+    /// Namespace prefixed to every key and channel (default `redswarm`).
+    ///
+    /// ```
+    /// let c = redswarm::Config::builder().namespace("billing").build().unwrap();
+    /// ```
+    pub fn namespace(mut self, ns: impl Into<String>) -> Self {
+        self.c.namespace = ns.into();
+        self
+    }
+
+    /// Fixed node id for this handle's heartbeat (default: random per
+    /// handle). Two live handles must never share one.
+    ///
+    /// ```
+    /// let c = redswarm::Config::builder().node_id("worker-7").build().unwrap();
+    /// ```
+    pub fn node_id(mut self, id: impl Into<String>) -> Self {
+        self.c.node_id = Some(id.into());
+        self
+    }
+
+    /// Address other nodes can dial for peer pings, if it differs from
+    /// `peer_listen` (for example behind NAT). `host:port`.
+    ///
+    /// ```
+    /// let c = redswarm::Config::builder().peer_advertise("10.0.0.5:7400").build().unwrap();
+    /// ```
+    pub fn peer_advertise(mut self, addr: impl Into<String>) -> Self {
+        self.c.peer_advertise = Some(addr.into());
+        self
+    }
+
+    /// Shared secret every peer ping must carry.
+    ///
+    /// ```
+    /// let c = redswarm::Config::builder().peer_secret("s3cret").build().unwrap();
+    /// ```
+    pub fn peer_secret(mut self, secret: impl Into<String>) -> Self {
+        self.c.peer_secret = Some(secret.into());
+        self
+    }
+
+    /// Address to listen on for peer pings (enables partition awareness).
+    ///
+    /// ```
+    /// let c = redswarm::Config::builder().peer_listen("127.0.0.1:0".parse().unwrap()).build().unwrap();
+    /// ```
+    pub fn peer_listen(mut self, addr: SocketAddr) -> Self {
+        self.c.peer_listen = Some(addr);
+        self
+    }
+
+    setter!(
+        /// Maximum pooled connections (default 16).
+        ///
+        /// ```
+        /// let c = redswarm::Config::builder().pool_size(4).build().unwrap();
+        /// ```
+        pool_size: u32
+    );
+    setter!(
+        /// How long taking a connection from the pool may wait (default 5 s).
+        ///
+        /// ```
+        /// let c = redswarm::Config::builder().pool_timeout(std::time::Duration::from_secs(1)).build().unwrap();
+        /// ```
+        pool_timeout: Duration
+    );
+    setter!(
+        /// Bound on TCP connect plus handshake (default 2 s).
+        ///
+        /// ```
+        /// let c = redswarm::Config::builder().connect_timeout(std::time::Duration::from_secs(1)).build().unwrap();
+        /// ```
+        connect_timeout: Duration
+    );
+    setter!(
+        /// Read/write timeout of every command (default 1 s; at most the
+        /// heartbeat interval).
+        ///
+        /// ```
+        /// let c = redswarm::Config::builder().command_timeout(std::time::Duration::from_millis(500)).build().unwrap();
+        /// ```
+        command_timeout: Duration
+    );
+    setter!(
+        /// Heartbeat period (default 1 s): membership and every auto-renewed
+        /// lease are renewed once per beat.
+        ///
+        /// ```
+        /// let c = redswarm::Config::builder().heartbeat_interval(std::time::Duration::from_millis(500)).build().unwrap();
+        /// ```
+        heartbeat_interval: Duration
+    );
+    setter!(
+        /// Membership lease of this node (default 10 s; at least three
+        /// heartbeats).
+        ///
+        /// ```
+        /// let c = redswarm::Config::builder().node_ttl(std::time::Duration::from_secs(30)).build().unwrap();
+        /// ```
+        node_ttl: Duration
+    );
+    setter!(
+        /// Fallback re-check period of blocked waiters (default 1 s).
+        ///
+        /// ```
+        /// let c = redswarm::Config::builder().wait_recheck(std::time::Duration::from_millis(250)).build().unwrap();
+        /// ```
+        wait_recheck: Duration
+    );
+    setter!(
+        /// First reconnect delay of the pub/sub thread (default 50 ms).
+        ///
+        /// ```
+        /// let c = redswarm::Config::builder().reconnect_min(std::time::Duration::from_millis(10)).build().unwrap();
+        /// ```
+        reconnect_min: Duration
+    );
+    setter!(
+        /// Cap of the reconnect backoff (default 2 s).
+        ///
+        /// ```
+        /// let c = redswarm::Config::builder().reconnect_max(std::time::Duration::from_secs(5)).build().unwrap();
+        /// ```
+        reconnect_max: Duration
+    );
+    setter!(
+        /// Timeout of one peer ping (default 300 ms; below the heartbeat).
+        ///
+        /// ```
+        /// let c = redswarm::Config::builder().peer_timeout(std::time::Duration::from_millis(200)).build().unwrap();
+        /// ```
+        peer_timeout: Duration
+    );
+    setter!(
+        /// Minimum % of known peers that must answer for a node without
+        /// Redis to keep working (default 60, range 0..=100).
+        ///
+        /// ```
+        /// let c = redswarm::Config::builder().partition_percentage(50).build().unwrap();
+        /// ```
+        partition_percentage: u8
+    );
+
+    /// Checks every field and the timing rules, and returns the config.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// let err = redswarm::Config::builder()
+    ///     .heartbeat_interval(Duration::from_secs(5))
+    ///     .node_ttl(Duration::from_secs(6))
+    ///     .build()
+    ///     .unwrap_err();
+    /// assert!(err.to_string().contains("node_ttl"));
+    /// ```
+    pub fn build(self) -> Result<Config> {
+        let c = self.c;
+        if let Err(e) = redis::Client::open(c.url.as_str()) {
+            return Err(Error::config("url", format!("{}: {e}", mask_url(&c.url))));
+        }
+        crate::keys::validate_name("namespace", &c.namespace)
+            .map_err(|e| Error::config("namespace", e.to_string()))?;
+        if c.namespace.len() > 64 {
+            return Err(Error::config("namespace", "longer than 64 bytes"));
+        }
+        if let Some(id) = &c.node_id {
+            crate::keys::validate_name("node id", id)
+                .map_err(|e| Error::config("node_id", e.to_string()))?;
+        }
+        if c.pool_size == 0 {
+            return Err(Error::config("pool_size", "must be at least 1"));
+        }
+        for (field, d) in [
+            ("pool_timeout", c.pool_timeout),
+            ("connect_timeout", c.connect_timeout),
+            ("command_timeout", c.command_timeout),
+            ("heartbeat_interval", c.heartbeat_interval),
+            ("node_ttl", c.node_ttl),
+            ("wait_recheck", c.wait_recheck),
+            ("reconnect_min", c.reconnect_min),
+            ("reconnect_max", c.reconnect_max),
+            ("peer_timeout", c.peer_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(Error::config(field, "must be greater than zero"));
+            }
+        }
+        if c.heartbeat_interval < Duration::from_millis(10) {
+            return Err(Error::config(
+                "heartbeat_interval",
+                "must be at least 10 ms",
+            ));
+        }
+        if c.node_ttl < c.heartbeat_interval * 3 {
+            return Err(Error::config(
+                "node_ttl",
+                format!(
+                    "{:?} is less than 3 x heartbeat_interval ({:?}); a node would expire after one late beat",
+                    c.node_ttl, c.heartbeat_interval
+                ),
+            ));
+        }
+        if c.command_timeout > c.heartbeat_interval {
+            return Err(Error::config(
+                "command_timeout",
+                format!(
+                    "{:?} exceeds heartbeat_interval ({:?}); a hung renewal would hide lease loss",
+                    c.command_timeout, c.heartbeat_interval
+                ),
+            ));
+        }
+        if c.reconnect_min > c.reconnect_max {
+            return Err(Error::config(
+                "reconnect_min",
+                "must not exceed reconnect_max",
+            ));
+        }
+        if c.partition_percentage > 100 {
+            return Err(Error::config("partition_percentage", "must be 0..=100"));
+        }
+        if c.peer_timeout >= c.heartbeat_interval {
+            return Err(Error::config(
+                "peer_timeout",
+                format!(
+                    "{:?} must be below heartbeat_interval ({:?}) so partition detection finishes before leases expire",
+                    c.peer_timeout, c.heartbeat_interval
+                ),
+            ));
+        }
+        if let Some(secret) = &c.peer_secret {
+            if secret.is_empty() || secret.len() > 256 {
+                return Err(Error::config("peer_secret", "must be 1..=256 bytes"));
+            }
+        }
+        Ok(c)
+    }
+}
+
+/// Replaces the password part of a URL with `***`.
+pub(crate) fn mask_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_string();
+    };
+    let rest = &url[scheme_end + 3..];
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    match authority.rfind('@') {
+        Some(at) => {
+            let userinfo = &authority[..at];
+            let masked = match userinfo.find(':') {
+                Some(colon) => format!("{}:***", &userinfo[..colon]),
+                None => "***".to_string(),
+            };
+            format!("{}{}{}", &url[..scheme_end + 3], masked, &rest[at..])
+        }
+        None => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masks_passwords() {
+        assert_eq!(mask_url("redis://:pw@h:1/0"), "redis://:***@h:1/0");
+        assert_eq!(mask_url("redis://u:pw@h/"), "redis://u:***@h/");
+        assert_eq!(mask_url("redis://h:1/"), "redis://h:1/");
+    }
+
+    #[test]
+    fn rejects_each_bad_field_by_name() {
+        let cases: Vec<(ConfigBuilder, &str)> = vec![
+            (Config::builder().namespace(""), "namespace"),
+            (Config::builder().namespace("a{b"), "namespace"),
+            (Config::builder().pool_size(0), "pool_size"),
+            (
+                Config::builder().command_timeout(Duration::ZERO),
+                "command_timeout",
+            ),
+            (Config::builder().url("ftp://x"), "url"),
+            (
+                Config::builder().partition_percentage(101),
+                "partition_percentage",
+            ),
+            (
+                Config::builder().command_timeout(Duration::from_secs(2)),
+                "command_timeout",
+            ),
+            (
+                Config::builder().node_ttl(Duration::from_secs(2)),
+                "node_ttl",
+            ),
+            (Config::builder().node_id(""), "node_id"),
+        ];
+        for (b, field) in cases {
+            match b.build() {
+                Err(Error::InvalidConfig { field: f, .. }) => assert_eq!(f, field),
+                other => panic!("expected InvalidConfig for {field}, got {other:?}"),
+            }
+        }
+    }
+}

@@ -1,0 +1,315 @@
+//! [`Redswarm`], the handle every program creates first.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Receiver;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::heartbeat::{Health, Heartbeat, Lease, LeaseTarget, NodeInfo};
+use crate::keys::Keys;
+use crate::store::{PooledConnection, Store};
+use crate::subscriber::{Subscriber, Subscription};
+
+/// A connection to one Redis deployment: pool, pub/sub thread and
+/// heartbeat. Cheap to clone (`Arc` inside), `Send + Sync`; the last clone
+/// to drop shuts everything down, or call [`Redswarm::shutdown`].
+///
+/// ```no_run
+/// # fn main() -> redswarm::Result<()> {
+/// let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
+/// let other = swarm.clone(); // same pool, same node
+/// println!("node {} sees {} live nodes", swarm.node_id(), other.live_nodes()?.len());
+/// swarm.shutdown();
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Redswarm {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<Store>,
+    subscriber: Subscriber,
+    heartbeat: Heartbeat,
+    down: AtomicBool,
+}
+
+impl Inner {
+    fn shutdown(&self) {
+        if self.down.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        log::debug!("shutting down node {}", self.store.node_id);
+        self.heartbeat.stop();
+        self.subscriber.stop();
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+impl std::fmt::Debug for Redswarm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Redswarm")
+            .field("url", &self.inner.store.config.masked_url())
+            .field("namespace", &self.inner.store.config.namespace)
+            .field("node_id", &self.inner.store.node_id)
+            .finish()
+    }
+}
+
+impl Redswarm {
+    /// Connects: checks that Redis answers and is 6.2 or newer (failing
+    /// fast with [`Error::Connect`] / [`Error::UnsupportedRedis`]),
+    /// registers this node and starts the pub/sub and heartbeat threads.
+    ///
+    /// ```no_run
+    /// let swarm = redswarm::Redswarm::connect(redswarm::Config::from_url("redis://127.0.0.1/").unwrap());
+    /// ```
+    pub fn connect(config: Config) -> Result<Redswarm> {
+        let node_id = config
+            .node_id
+            .clone()
+            .unwrap_or_else(crate::util::random_id);
+        let store = Store::open(config, node_id)?;
+        let heartbeat = Heartbeat::start(store.clone())?;
+        let subscriber = match Subscriber::start(store.clone()) {
+            Ok(s) => s,
+            Err(e) => {
+                heartbeat.stop();
+                return Err(e);
+            }
+        };
+        log::info!(
+            "redswarm node {} connected to {} (namespace `{}`)",
+            store.node_id,
+            store.config.masked_url(),
+            store.config.namespace
+        );
+        Ok(Redswarm {
+            inner: Arc::new(Inner {
+                store,
+                subscriber,
+                heartbeat,
+                down: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    /// The configuration in use.
+    ///
+    /// ```no_run
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+    /// assert_eq!(swarm.config().namespace(), "redswarm");
+    /// ```
+    pub fn config(&self) -> &Config {
+        &self.inner.store.config
+    }
+
+    /// This node's id (random unless configured).
+    ///
+    /// ```no_run
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+    /// assert!(!swarm.node_id().is_empty());
+    /// ```
+    pub fn node_id(&self) -> &str {
+        &self.inner.store.node_id
+    }
+
+    /// Key and channel names for this namespace.
+    ///
+    /// ```no_run
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+    /// let owner_key = swarm.keys().lock("orders").unwrap().owner;
+    /// ```
+    pub fn keys(&self) -> &Keys {
+        &self.inner.store.keys
+    }
+
+    /// Borrows a pooled connection (for your own commands); it goes back to
+    /// the pool on drop. Waits at most the pool timeout, then fails with
+    /// [`Error::PoolExhausted`].
+    ///
+    /// ```no_run
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+    /// let mut conn = swarm.connection().unwrap();
+    /// let pong: String = redis::cmd("PING").query(&mut *conn).unwrap();
+    /// ```
+    pub fn connection(&self) -> Result<PooledConnection> {
+        self.check_up()?;
+        self.inner.store.conn()
+    }
+
+    /// Subscribes to `channel`. Returns once Redis confirmed the
+    /// subscription (or, while Redis is unreachable, once it is registered:
+    /// you will get [`SubEvent::Reconnected`](crate::SubEvent) later).
+    ///
+    /// ```no_run
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+    /// let sub = swarm.subscribe("events").unwrap();
+    /// ```
+    pub fn subscribe(&self, channel: &str) -> Result<Subscription> {
+        self.check_up()?;
+        self.inner.subscriber.subscribe(channel)
+    }
+
+    /// Subscribes to a glob pattern of channels (`PSUBSCRIBE`).
+    ///
+    /// ```no_run
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+    /// let sub = swarm.psubscribe("events:*").unwrap();
+    /// ```
+    pub fn psubscribe(&self, pattern: &str) -> Result<Subscription> {
+        self.check_up()?;
+        self.inner.subscriber.psubscribe(pattern)
+    }
+
+    /// Publishes `payload` on `channel`; returns how many clients got it.
+    ///
+    /// ```no_run
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+    /// swarm.publish("events", "hello").unwrap();
+    /// ```
+    pub fn publish(&self, channel: &str, payload: impl AsRef<[u8]>) -> Result<u64> {
+        let mut conn = self.connection()?;
+        Ok(redis::cmd("PUBLISH")
+            .arg(channel)
+            .arg(payload.as_ref())
+            .query(&mut *conn)?)
+    }
+
+    /// Redis's clock in milliseconds since the epoch.
+    ///
+    /// ```no_run
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+    /// assert!(swarm.redis_time_ms().unwrap() > 0);
+    /// ```
+    pub fn redis_time_ms(&self) -> Result<u64> {
+        let mut conn = self.connection()?;
+        let (secs, micros): (u64, u64) = redis::cmd("TIME").query(&mut *conn)?;
+        Ok(secs * 1000 + micros / 1000)
+    }
+
+    /// Whether the heartbeat reaches Redis.
+    ///
+    /// ```no_run
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+    /// assert_eq!(swarm.health(), redswarm::Health::Healthy);
+    /// ```
+    pub fn health(&self) -> Health {
+        self.inner.heartbeat.health()
+    }
+
+    /// A channel that receives every change of [`Redswarm::health`].
+    ///
+    /// ```no_run
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+    /// let changes = swarm.watch_health();
+    /// ```
+    pub fn watch_health(&self) -> Receiver<Health> {
+        self.inner.heartbeat.watch_health()
+    }
+
+    /// Nodes whose membership lease is live (Redis clock).
+    ///
+    /// ```no_run
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+    /// assert!(swarm.live_nodes().unwrap().iter().any(|n| n.id == swarm.node_id()));
+    /// ```
+    pub fn live_nodes(&self) -> Result<Vec<NodeInfo>> {
+        self.check_up()?;
+        self.inner.heartbeat.nodes(true)
+    }
+
+    /// Nodes whose membership lapsed recently (they stopped beating without
+    /// deregistering: crashed, hung or cut off). Kept for ten node TTLs.
+    ///
+    /// ```no_run
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+    /// for dead in swarm.dead_nodes().unwrap() { println!("{} is gone", dead.id); }
+    /// ```
+    pub fn dead_nodes(&self) -> Result<Vec<NodeInfo>> {
+        self.check_up()?;
+        self.inner.heartbeat.nodes(false)
+    }
+
+    /// Stops the heartbeat (deregistering this node) and the pub/sub
+    /// thread. Idempotent; later calls on this handle fail with
+    /// [`Error::ShutDown`]. Dropping the last clone does the same.
+    ///
+    /// ```no_run
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+    /// swarm.shutdown();
+    /// assert!(swarm.is_shut_down());
+    /// ```
+    pub fn shutdown(&self) {
+        self.inner.shutdown();
+    }
+
+    /// True after [`Redswarm::shutdown`].
+    ///
+    /// ```no_run
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+    /// assert!(!swarm.is_shut_down());
+    /// ```
+    pub fn is_shut_down(&self) -> bool {
+        self.inner.down.load(Ordering::SeqCst)
+    }
+
+    fn check_up(&self) -> Result<()> {
+        if self.is_shut_down() {
+            Err(Error::ShutDown)
+        } else {
+            Ok(())
+        }
+    }
+
+    // ---- for the feature modules ----
+
+    pub(crate) fn store(&self) -> &Arc<Store> {
+        &self.inner.store
+    }
+
+    /// A pooled connection for feature code.
+    pub(crate) fn conn(&self) -> Result<PooledConnection> {
+        self.connection()
+    }
+
+    /// Registers a lease for renewal by the heartbeat (auto-extension).
+    pub(crate) fn lease(
+        &self,
+        what: String,
+        target: LeaseTarget,
+        ttl: Duration,
+        acquired: Instant,
+    ) -> Lease {
+        self.inner.heartbeat.register(what, target, ttl, acquired)
+    }
+
+    /// A lease only watched for its local deadline (no auto-extension).
+    pub(crate) fn lease_unrenewed(
+        &self,
+        what: String,
+        target: LeaseTarget,
+        ttl: Duration,
+        acquired: Instant,
+    ) -> Lease {
+        self.inner.heartbeat.unrenewed(what, target, ttl, acquired)
+    }
+
+    /// Advertises this node's peer-ping address in its membership record.
+    pub(crate) fn set_peer_addr(&self, addr: Option<String>) {
+        self.inner.heartbeat.set_peer_addr(addr);
+    }
+
+    /// Whether the pub/sub connection is currently up.
+    pub(crate) fn pubsub_connected(&self) -> bool {
+        self.inner.subscriber.is_connected()
+    }
+}

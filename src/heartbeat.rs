@@ -1,0 +1,563 @@
+//! The heartbeat: one thread per handle that renews this node's membership
+//! and every lease registered with it, in one pipelined round trip per beat
+//! (one `lease_renew` script call per cluster slot).
+//!
+//! Self-fencing (DESIGN rule 6): each lease remembers when its last
+//! successful renewal was *sent* (monotonic clock). Its holder must consider
+//! it lost once `ttl - safety` has passed since then, whatever Redis says
+//! later; a beat whose renewal fails marks the lease lost early if the next
+//! beat would come too late. Holders learn it through
+//! [`Lease::is_lost`] and a channel.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
+use parking_lot::Mutex;
+use redis::Value;
+
+use crate::error::{Error, Result};
+use crate::keys::hash_tag;
+use crate::scripts::{lua_script, query_pipeline};
+use crate::store::Store;
+use crate::util::millis;
+
+lua_script!(NODE_BEAT, "node_beat.lua");
+lua_script!(NODE_LIST, "node_list.lua");
+lua_script!(NODE_LEAVE, "node_leave.lua");
+lua_script!(LEASE_RENEW, "lease_renew.lua");
+
+/// Most leases renewed by one script call.
+const LEASES_PER_CALL: usize = 256;
+
+/// This node's view of its connection to Redis.
+///
+/// ```no_run
+/// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+/// match swarm.health() {
+///     redswarm::Health::Healthy => {}
+///     redswarm::Health::LostRedis { since } => eprintln!("no Redis since {since:?}"),
+/// }
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Health {
+    /// The last heartbeat reached Redis.
+    Healthy,
+    /// Heartbeats have failed since this time.
+    LostRedis {
+        /// When the first failed beat happened.
+        since: SystemTime,
+    },
+}
+
+/// A node as recorded in the membership set.
+///
+/// ```no_run
+/// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+/// for node in swarm.live_nodes().unwrap() {
+///     println!("{} on {} pid {}", node.id, node.host, node.pid);
+/// }
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeInfo {
+    /// Node id.
+    pub id: String,
+    /// Host name.
+    pub host: String,
+    /// Process id.
+    pub pid: u32,
+    /// Start time (ms since the epoch, host clock; informational).
+    pub started_ms: u64,
+    /// Address its peer-ping listener advertises, if any.
+    pub peer_addr: Option<String>,
+    /// Membership deadline (ms, Redis clock).
+    pub deadline_ms: u64,
+}
+
+/// Why a lease was lost, as delivered to its holder.
+///
+/// ```
+/// let l = redswarm::LeaseLost { what: "lock `a`".into(), reason: "expired".into() };
+/// assert!(l.to_string().contains("expired"));
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaseLost {
+    /// The resource.
+    pub what: String,
+    /// Why it is lost.
+    pub reason: String,
+}
+
+impl std::fmt::Display for LeaseLost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "lease on {} lost: {}", self.what, self.reason)
+    }
+}
+
+/// What a lease renewal checks and extends in Redis.
+#[derive(Clone, Debug)]
+pub(crate) enum LeaseTarget {
+    /// A string key whose value is our token; renewal PEXPIREs it.
+    Key { key: String, token: String },
+    /// A zset member scored by its deadline.
+    Member { zset: String, member: String },
+    /// A zset member scored by deadline, valid while `hash[field] == token`.
+    Guarded {
+        zset: String,
+        member: String,
+        hash: String,
+        field: String,
+        token: String,
+    },
+}
+
+impl LeaseTarget {
+    fn slot(&self) -> &str {
+        match self {
+            LeaseTarget::Key { key, .. } => hash_tag(key),
+            LeaseTarget::Member { zset, .. } | LeaseTarget::Guarded { zset, .. } => hash_tag(zset),
+        }
+    }
+}
+
+pub(crate) struct LeaseState {
+    id: u64,
+    what: String,
+    target: LeaseTarget,
+    ttl: Mutex<Duration>,
+    safety: Duration,
+    last_ok: Mutex<Instant>,
+    lost: Mutex<Option<String>>,
+    watchers: Mutex<Vec<Sender<LeaseLost>>>,
+}
+
+impl LeaseState {
+    fn mark_lost(&self, reason: &str) {
+        let mut lost = self.lost.lock();
+        if lost.is_some() {
+            return;
+        }
+        log::warn!("lease on {} lost: {reason}", self.what);
+        *lost = Some(reason.to_string());
+        let note = LeaseLost {
+            what: self.what.clone(),
+            reason: reason.to_string(),
+        };
+        for w in self.watchers.lock().drain(..) {
+            let _ = w.try_send(note.clone());
+        }
+    }
+
+    fn local_deadline(&self) -> Instant {
+        *self.last_ok.lock() + self.ttl.lock().saturating_sub(self.safety)
+    }
+}
+
+/// A lease kept alive by the heartbeat; unregistered on drop.
+pub(crate) struct Lease {
+    state: Arc<LeaseState>,
+    registry: Weak<Shared>,
+}
+
+impl Lease {
+    /// True once the lease must be considered gone: a renewal found it
+    /// taken over or expired, or its local deadline passed.
+    pub(crate) fn is_lost(&self) -> bool {
+        if self.state.lost.lock().is_some() {
+            return true;
+        }
+        if Instant::now() >= self.state.local_deadline() {
+            self.state
+                .mark_lost("not renewed in time (Redis unreachable?)");
+            return true;
+        }
+        false
+    }
+
+    /// Why it was lost, if it was.
+    pub(crate) fn lost_reason(&self) -> Option<String> {
+        self.is_lost();
+        self.state.lost.lock().clone()
+    }
+
+    /// A channel that receives one [`LeaseLost`] when the lease is lost.
+    pub(crate) fn lost_receiver(&self) -> Receiver<LeaseLost> {
+        let (tx, rx) = bounded(1);
+        let lost = self.state.lost.lock();
+        match &*lost {
+            Some(reason) => {
+                let _ = tx.try_send(LeaseLost {
+                    what: self.state.what.clone(),
+                    reason: reason.clone(),
+                });
+            }
+            None => self.state.watchers.lock().push(tx),
+        }
+        rx
+    }
+
+    /// Records a successful renewal made outside the heartbeat (a manual
+    /// extend) that was sent at `sent`, possibly with a new TTL.
+    pub(crate) fn renewed(&self, sent: Instant, ttl: Duration) {
+        *self.state.ttl.lock() = ttl;
+        let mut last = self.state.last_ok.lock();
+        if sent > *last {
+            *last = sent;
+        }
+    }
+
+    /// Marks the lease lost (for example when a manual extend found it gone).
+    pub(crate) fn mark_lost(&self, reason: &str) {
+        self.state.mark_lost(reason);
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Some(shared) = self.registry.upgrade() {
+            shared.leases.lock().remove(&self.state.id);
+        }
+    }
+}
+
+struct Shared {
+    store: Arc<Store>,
+    instance: String,
+    started_ms: u64,
+    peer_addr: Mutex<Option<String>>,
+    leases: Mutex<HashMap<u64, Arc<LeaseState>>>,
+    next_lease: AtomicU64,
+    health: Mutex<Health>,
+    health_watchers: Mutex<Vec<Sender<Health>>>,
+}
+
+/// The heartbeat thread and the lease registry.
+pub(crate) struct Heartbeat {
+    shared: Arc<Shared>,
+    stop: Sender<()>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Heartbeat {
+    /// Registers the node with a first beat (failing if another live
+    /// process uses the same node id) and starts the thread.
+    pub(crate) fn start(store: Arc<Store>) -> Result<Heartbeat> {
+        let shared = Arc::new(Shared {
+            instance: crate::util::random_id(),
+            started_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0),
+            store,
+            peer_addr: Mutex::new(None),
+            leases: Mutex::new(HashMap::new()),
+            next_lease: AtomicU64::new(1),
+            health: Mutex::new(Health::Healthy),
+            health_watchers: Mutex::new(Vec::new()),
+        });
+        let mut conn = shared.store.conn()?;
+        let mut pipe = redis::pipe();
+        pipe.invoke_script(&node_beat(&shared, true));
+        let reply: Vec<i64> = query_pipeline(&pipe, &[&NODE_BEAT], &mut *conn)?;
+        if reply.first() == Some(&-1) {
+            return Err(Error::config(
+                "node_id",
+                format!(
+                    "node id `{}` is in use by another live process",
+                    shared.store.node_id
+                ),
+            ));
+        }
+        drop(conn);
+        let (stop, stop_rx) = unbounded();
+        let thread_shared = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("redswarm-heartbeat".into())
+            .spawn(move || run(thread_shared, stop_rx))
+            .map_err(|e| Error::Pool(format!("cannot spawn heartbeat thread: {e}")))?;
+        Ok(Heartbeat {
+            shared,
+            stop,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    /// Starts renewing `target` every beat with `ttl`.
+    pub(crate) fn register(
+        &self,
+        what: String,
+        target: LeaseTarget,
+        ttl: Duration,
+        acquired: Instant,
+    ) -> Lease {
+        let id = self.shared.next_lease.fetch_add(1, Ordering::Relaxed);
+        let state = Arc::new(LeaseState {
+            id,
+            what,
+            target,
+            ttl: Mutex::new(ttl),
+            safety: (self.shared.store.config.heartbeat_interval / 2).max(Duration::from_millis(5)),
+            last_ok: Mutex::new(acquired),
+            lost: Mutex::new(None),
+            watchers: Mutex::new(Vec::new()),
+        });
+        self.shared.leases.lock().insert(id, state.clone());
+        Lease {
+            state,
+            registry: Arc::downgrade(&self.shared),
+        }
+    }
+
+    /// A lease that is tracked for its local deadline but never renewed
+    /// (no auto-extension): it still tells its holder when time is up.
+    pub(crate) fn unrenewed(
+        &self,
+        what: String,
+        target: LeaseTarget,
+        ttl: Duration,
+        acquired: Instant,
+    ) -> Lease {
+        let state = Arc::new(LeaseState {
+            id: 0,
+            what,
+            target,
+            ttl: Mutex::new(ttl),
+            safety: Duration::ZERO,
+            last_ok: Mutex::new(acquired),
+            lost: Mutex::new(None),
+            watchers: Mutex::new(Vec::new()),
+        });
+        Lease {
+            state,
+            registry: Weak::new(),
+        }
+    }
+
+    pub(crate) fn health(&self) -> Health {
+        *self.shared.health.lock()
+    }
+
+    pub(crate) fn watch_health(&self) -> Receiver<Health> {
+        let (tx, rx) = bounded(64);
+        self.shared.health_watchers.lock().push(tx);
+        rx
+    }
+
+    pub(crate) fn set_peer_addr(&self, addr: Option<String>) {
+        *self.shared.peer_addr.lock() = addr;
+    }
+
+    pub(crate) fn nodes(&self, alive: bool) -> Result<Vec<NodeInfo>> {
+        let keys = &self.shared.store.keys;
+        let mut conn = self.shared.store.conn()?;
+        let prefix = keys.node_info("");
+        let reply: Vec<Value> = crate::scripts::invoke(
+            NODE_LIST
+                .prepare()
+                .key(keys.nodes())
+                .arg(if alive { "1" } else { "0" })
+                .arg(prefix),
+            &mut *conn,
+        )?;
+        let key = keys.nodes();
+        reply
+            .into_iter()
+            .skip(1)
+            .map(|v| parse_node(&key, v))
+            .collect()
+    }
+
+    /// Stops the thread and removes this node from the membership set.
+    pub(crate) fn stop(&self) {
+        let _ = self.stop.send(());
+        if let Some(t) = self.thread.lock().take() {
+            if t.join().is_err() {
+                log::error!("heartbeat thread panicked");
+            }
+            let keys = &self.shared.store.keys;
+            let node = &self.shared.store.node_id;
+            let r = self.shared.store.conn().and_then(|mut c| {
+                crate::scripts::invoke::<i64>(
+                    NODE_LEAVE
+                        .prepare()
+                        .key(keys.nodes())
+                        .key(keys.node_info(node))
+                        .arg(node)
+                        .arg(&self.shared.instance),
+                    &mut *c,
+                )
+            });
+            if let Err(e) = r {
+                log::debug!("could not deregister node {node}: {e}");
+            }
+        }
+    }
+}
+
+fn node_beat(shared: &Shared, first: bool) -> redis::ScriptInvocation<'static> {
+    let store = &shared.store;
+    let mut inv = NODE_BEAT.prepare();
+    inv.key(store.keys.nodes())
+        .key(store.keys.node_info(&store.node_id))
+        .arg(&store.node_id)
+        .arg(millis(store.config.node_ttl))
+        .arg(&shared.instance)
+        .arg(if first { "1" } else { "0" })
+        .arg("host")
+        .arg(crate::util::hostname())
+        .arg("pid")
+        .arg(std::process::id())
+        .arg("started")
+        .arg(shared.started_ms);
+    if let Some(addr) = &*shared.peer_addr.lock() {
+        inv.arg("peer").arg(addr);
+    }
+    inv
+}
+
+fn run(shared: Arc<Shared>, stop: Receiver<()>) {
+    let interval = shared.store.config.heartbeat_interval;
+    loop {
+        let started = Instant::now();
+        beat(&shared, started);
+        let left = interval.saturating_sub(started.elapsed());
+        match stop.recv_timeout(left) {
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => continue,
+            _ => return,
+        }
+    }
+}
+
+fn beat(shared: &Shared, sent: Instant) {
+    let leases: Vec<Arc<LeaseState>> = shared
+        .leases
+        .lock()
+        .values()
+        .filter(|l| l.lost.lock().is_none())
+        .cloned()
+        .collect();
+    // Group by cluster slot: one script call may only touch one slot.
+    let mut groups: HashMap<&str, Vec<&Arc<LeaseState>>> = HashMap::new();
+    for l in &leases {
+        groups.entry(l.target.slot()).or_default().push(l);
+    }
+    let mut pipe = redis::pipe();
+    pipe.invoke_script(&node_beat(shared, false));
+    let mut batches: Vec<Vec<&Arc<LeaseState>>> = Vec::new();
+    for group in groups.into_values() {
+        for chunk in group.chunks(LEASES_PER_CALL) {
+            pipe.invoke_script(&renew_invocation(chunk));
+            batches.push(chunk.to_vec());
+        }
+    }
+    let outcome = shared.store.conn().and_then(|mut c| {
+        query_pipeline::<Vec<Value>>(&pipe, &[&NODE_BEAT, &LEASE_RENEW], &mut *c)
+    });
+    match outcome {
+        Ok(replies) => {
+            set_health(shared, Health::Healthy);
+            for (batch, reply) in batches.iter().zip(replies.iter().skip(1)) {
+                let flags: Vec<i64> = redis::from_redis_value_ref(reply).unwrap_or_default();
+                for (i, lease) in batch.iter().enumerate() {
+                    if flags.get(i) == Some(&1) {
+                        let mut last = lease.last_ok.lock();
+                        if sent > *last {
+                            *last = sent;
+                        }
+                    } else {
+                        lease.mark_lost("expired or taken over (renewal refused by Redis)");
+                    }
+                }
+            }
+        }
+        Err(e) => {
+            log::warn!("heartbeat failed: {e}");
+            let since = match *shared.health.lock() {
+                Health::LostRedis { since } => since,
+                Health::Healthy => SystemTime::now(),
+            };
+            set_health(shared, Health::LostRedis { since });
+            // Fence early: if the next beat could come after the local
+            // deadline, the holder must stop now.
+            let next = Instant::now() + shared.store.config.heartbeat_interval;
+            for lease in &leases {
+                if next >= lease.local_deadline() {
+                    lease.mark_lost("could not be renewed: Redis unreachable");
+                }
+            }
+        }
+    }
+}
+
+fn renew_invocation(batch: &[&Arc<LeaseState>]) -> redis::ScriptInvocation<'static> {
+    let mut inv = LEASE_RENEW.prepare();
+    inv.arg(batch.len());
+    for lease in batch {
+        let ttl = millis(*lease.ttl.lock());
+        match &lease.target {
+            LeaseTarget::Key { key, token } => {
+                inv.key(key).arg("key").arg(ttl).arg(token);
+            }
+            LeaseTarget::Member { zset, member } => {
+                inv.key(zset).arg("member").arg(ttl).arg(member);
+            }
+            LeaseTarget::Guarded {
+                zset,
+                member,
+                hash,
+                field,
+                token,
+            } => {
+                inv.key(zset)
+                    .key(hash)
+                    .arg("guarded")
+                    .arg(ttl)
+                    .arg(member)
+                    .arg(field)
+                    .arg(token);
+            }
+        }
+    }
+    inv
+}
+
+fn set_health(shared: &Shared, health: Health) {
+    let mut current = shared.health.lock();
+    if *current == health {
+        return;
+    }
+    match health {
+        Health::Healthy => log::info!("heartbeat reaches Redis again"),
+        Health::LostRedis { .. } => log::warn!("heartbeat lost Redis"),
+    }
+    *current = health;
+    shared.health_watchers.lock().retain(|w| {
+        !matches!(
+            w.try_send(health),
+            Err(crossbeam_channel::TrySendError::Disconnected(_))
+        )
+    });
+}
+
+fn parse_node(key: &str, v: Value) -> Result<NodeInfo> {
+    let bad = |why: &str| Error::corrupt(key, format!("node entry: {why}"));
+    let (id, deadline, fields): (String, String, HashMap<String, String>) =
+        redis::from_redis_value(v).map_err(|e| bad(&e.to_string()))?;
+    Ok(NodeInfo {
+        host: fields.get("host").cloned().unwrap_or_default(),
+        pid: fields.get("pid").and_then(|p| p.parse().ok()).unwrap_or(0),
+        started_ms: fields
+            .get("started")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(0),
+        peer_addr: fields.get("peer").cloned(),
+        deadline_ms: deadline
+            .parse::<f64>()
+            .map(|d| d as u64)
+            .map_err(|e| bad(&e.to_string()))?,
+        id,
+    })
+}

@@ -1,0 +1,321 @@
+//! The one place that names Redis keys and channels.
+//!
+//! Every group of keys that one script touches shares a hash tag
+//! `{<ns>:<kind>:<name>}` (DESIGN rule 9), so each lock, semaphore, fan-out
+//! job and queue lives on one Redis Cluster slot while different ones spread
+//! over slots. Names are validated before any key is built.
+//!
+//! | key / channel | type | holds |
+//! |---|---|---|
+//! | `{ns:nodes}` | zset | node id → membership deadline (ms, Redis clock) |
+//! | `{ns:nodes}:info:<node>` | hash | host, pid, started, peer address of a node |
+//! | `{ns}:wake:<node>` | channel | wakes this node's pub/sub thread to (un)subscribe |
+//! | `{ns:lock:<name>}` | string | owner token of the lock, with a PX TTL |
+//! | `{ns:lock:<name>}:fence` | string | fencing counter, never expires |
+//! | `{ns:lock:<name>}:queue` | zset | FIFO waiters (fair mode): token → ticket deadline |
+//! | `{ns:lock:<name>}:released` | channel | published on release |
+//! | `{ns:sem:<name>}:holders` | zset | permit id → lease deadline |
+//! | `{ns:sem:<name>}:fence` | string | fencing counter |
+//! | `{ns:sem:<name>}:queue` | zset | FIFO waiters (fair mode) |
+//! | `{ns:sem:<name>}:released` | channel | published on release |
+//! | `{ns:fanout:<id>}` | string | leader token with lease |
+//! | `{ns:fanout:<id>}:result` | string | serialized outcome, kept briefly |
+//! | `{ns:fanout:<id>}:done` | channel | published when the outcome is stored |
+//! | `{ns:queue:<q>}:*` | various | task swarm queue, see [`QueueKeys`] |
+
+use crate::error::{Error, Result};
+
+/// Longest name (lock, queue, job id, ...) accepted, in bytes.
+pub const MAX_NAME_LEN: usize = 512;
+
+/// Checks a user-supplied name: not empty, at most [`MAX_NAME_LEN`] bytes,
+/// no `{`/`}` (they would break hash tags) and no control characters.
+///
+/// ```
+/// assert!(redswarm::keys::validate_name("lock name", "orders:42").is_ok());
+/// assert!(redswarm::keys::validate_name("lock name", "").is_err());
+/// assert!(redswarm::keys::validate_name("lock name", "a{b}").is_err());
+/// ```
+pub fn validate_name(what: &'static str, name: &str) -> Result<()> {
+    if name.is_empty() {
+        return Err(Error::invalid(what, "must not be empty"));
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(Error::invalid(
+            what,
+            format!("is {} bytes, the limit is {MAX_NAME_LEN}", name.len()),
+        ));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| *c == '{' || *c == '}' || c.is_control())
+    {
+        return Err(Error::invalid(
+            what,
+            format!("contains {c:?}; braces and control characters are not allowed"),
+        ));
+    }
+    Ok(())
+}
+
+/// Builds key and channel names for one namespace.
+///
+/// ```
+/// let keys = redswarm::keys::Keys::new("app");
+/// assert_eq!(keys.lock("orders").unwrap().owner, "{app:lock:orders}");
+/// ```
+#[derive(Clone, Debug)]
+pub struct Keys {
+    ns: String,
+}
+
+/// Keys of one lock.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LockKeys {
+    /// Owner token with the lock's TTL.
+    pub owner: String,
+    /// Fencing counter.
+    pub fence: String,
+    /// FIFO waiter queue (fair mode).
+    pub queue: String,
+    /// Release notification channel.
+    pub released: String,
+}
+
+/// Keys of one semaphore.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SemaphoreKeys {
+    /// Permit id → lease deadline.
+    pub holders: String,
+    /// Fencing counter.
+    pub fence: String,
+    /// FIFO waiter queue (fair mode).
+    pub queue: String,
+    /// Release notification channel.
+    pub released: String,
+}
+
+/// Keys of one fan-out job.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FanoutKeys {
+    /// Leader token with lease.
+    pub leader: String,
+    /// Stored outcome.
+    pub result: String,
+    /// Completion channel.
+    pub done: String,
+}
+
+/// Keys of one task queue.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueKeys {
+    /// Hash tag base `{ns:queue:<q>}`; task hashes are `<base>:task:<id>`.
+    pub base: String,
+    /// List of ready task ids.
+    pub waiting: String,
+    /// Zset of delayed task ids by run-at (ms).
+    pub delayed: String,
+    /// Zset of ready task ids by priority (priority mode).
+    pub prioritized: String,
+    /// Zset of running task ids by lease deadline (ms).
+    pub running: String,
+    /// Zset of ended task ids by end time (ms).
+    pub ended: String,
+    /// Zset of failed task ids by end time (ms).
+    pub failed: String,
+    /// Task id and fencing counter.
+    pub seq: String,
+    /// Queue-wide event channel.
+    pub events: String,
+}
+
+impl Keys {
+    /// Key builder for namespace `ns` (validated by [`Config`](crate::Config)).
+    ///
+    /// ```
+    /// let keys = redswarm::keys::Keys::new("ns");
+    /// ```
+    pub fn new(ns: impl Into<String>) -> Keys {
+        Keys { ns: ns.into() }
+    }
+
+    /// The namespace.
+    ///
+    /// ```
+    /// assert_eq!(redswarm::keys::Keys::new("ns").namespace(), "ns");
+    /// ```
+    pub fn namespace(&self) -> &str {
+        &self.ns
+    }
+
+    fn tag(&self, kind: &str, what: &'static str, name: &str) -> Result<String> {
+        validate_name(what, name)?;
+        Ok(format!("{{{}:{kind}:{name}}}", self.ns))
+    }
+
+    /// The node membership zset.
+    ///
+    /// ```
+    /// assert_eq!(redswarm::keys::Keys::new("ns").nodes(), "{ns:nodes}");
+    /// ```
+    pub fn nodes(&self) -> String {
+        format!("{{{}:nodes}}", self.ns)
+    }
+
+    /// The info hash of a node (same slot as [`Keys::nodes`]).
+    ///
+    /// ```
+    /// assert_eq!(redswarm::keys::Keys::new("ns").node_info("n1"), "{ns:nodes}:info:n1");
+    /// ```
+    pub fn node_info(&self, node: &str) -> String {
+        format!("{{{}:nodes}}:info:{node}", self.ns)
+    }
+
+    /// Channel that wakes a node's pub/sub thread.
+    ///
+    /// ```
+    /// assert_eq!(redswarm::keys::Keys::new("ns").wake_channel("n1"), "{ns}:wake:n1");
+    /// ```
+    pub fn wake_channel(&self, node: &str) -> String {
+        format!("{{{}}}:wake:{node}", self.ns)
+    }
+
+    /// Keys of lock `name`.
+    ///
+    /// ```
+    /// let k = redswarm::keys::Keys::new("ns").lock("a").unwrap();
+    /// assert_eq!(k.fence, "{ns:lock:a}:fence");
+    /// ```
+    pub fn lock(&self, name: &str) -> Result<LockKeys> {
+        let base = self.tag("lock", "lock name", name)?;
+        Ok(LockKeys {
+            fence: format!("{base}:fence"),
+            queue: format!("{base}:queue"),
+            released: format!("{base}:released"),
+            owner: base,
+        })
+    }
+
+    /// Keys of semaphore `name`.
+    ///
+    /// ```
+    /// let k = redswarm::keys::Keys::new("ns").semaphore("s").unwrap();
+    /// assert_eq!(k.holders, "{ns:sem:s}:holders");
+    /// ```
+    pub fn semaphore(&self, name: &str) -> Result<SemaphoreKeys> {
+        let base = self.tag("sem", "semaphore name", name)?;
+        Ok(SemaphoreKeys {
+            holders: format!("{base}:holders"),
+            fence: format!("{base}:fence"),
+            queue: format!("{base}:queue"),
+            released: format!("{base}:released"),
+        })
+    }
+
+    /// Keys of fan-out job `id`.
+    ///
+    /// ```
+    /// let k = redswarm::keys::Keys::new("ns").fanout("j").unwrap();
+    /// assert_eq!(k.result, "{ns:fanout:j}:result");
+    /// ```
+    pub fn fanout(&self, id: &str) -> Result<FanoutKeys> {
+        let base = self.tag("fanout", "job id", id)?;
+        Ok(FanoutKeys {
+            result: format!("{base}:result"),
+            done: format!("{base}:done"),
+            leader: base,
+        })
+    }
+
+    /// Keys of task queue `queue`.
+    ///
+    /// ```
+    /// let k = redswarm::keys::Keys::new("ns").queue("q").unwrap();
+    /// assert_eq!(k.running, "{ns:queue:q}:running");
+    /// ```
+    pub fn queue(&self, queue: &str) -> Result<QueueKeys> {
+        let base = self.tag("queue", "queue name", queue)?;
+        Ok(QueueKeys {
+            waiting: format!("{base}:waiting"),
+            delayed: format!("{base}:delayed"),
+            prioritized: format!("{base}:prioritized"),
+            running: format!("{base}:running"),
+            ended: format!("{base}:ended"),
+            failed: format!("{base}:failed"),
+            seq: format!("{base}:seq"),
+            events: format!("{base}:events"),
+            base,
+        })
+    }
+}
+
+impl QueueKeys {
+    /// Hash of one task.
+    ///
+    /// ```
+    /// let k = redswarm::keys::Keys::new("ns").queue("q").unwrap();
+    /// assert_eq!(k.task("7"), "{ns:queue:q}:task:7");
+    /// ```
+    pub fn task(&self, id: &str) -> String {
+        format!("{}:task:{id}", self.base)
+    }
+
+    /// Event channel of one task.
+    ///
+    /// ```
+    /// let k = redswarm::keys::Keys::new("ns").queue("q").unwrap();
+    /// assert_eq!(k.task_events("7"), "{ns:queue:q}:task:7:events");
+    /// ```
+    pub fn task_events(&self, id: &str) -> String {
+        format!("{}:task:{id}:events", self.base)
+    }
+
+    /// Control channel of one task.
+    ///
+    /// ```
+    /// let k = redswarm::keys::Keys::new("ns").queue("q").unwrap();
+    /// assert_eq!(k.task_control("7"), "{ns:queue:q}:task:7:control");
+    /// ```
+    pub fn task_control(&self, id: &str) -> String {
+        format!("{}:task:{id}:control", self.base)
+    }
+}
+
+/// The hash tag of a key (the part between the first `{` and the next `}`),
+/// or the whole key; keys with equal tags share a cluster slot.
+pub(crate) fn hash_tag(key: &str) -> &str {
+    if let Some(open) = key.find('{') {
+        if let Some(len) = key[open + 1..].find('}') {
+            if len > 0 {
+                return &key[open + 1..open + 1 + len];
+            }
+        }
+    }
+    key
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejects_bad_names() {
+        let k = Keys::new("ns");
+        assert!(k.lock("").is_err());
+        assert!(k.lock(&"x".repeat(513)).is_err());
+        assert!(k.lock(&"x".repeat(512)).is_ok());
+        assert!(k.lock("a\nb").is_err());
+        assert!(k.queue("}").is_err());
+    }
+
+    #[test]
+    fn groups_share_a_tag() {
+        let k = Keys::new("ns").queue("q").unwrap();
+        assert_eq!(hash_tag(&k.running), hash_tag(&k.task("1")));
+        assert_eq!(
+            hash_tag(&Keys::new("ns").nodes()),
+            hash_tag(&Keys::new("ns").node_info("x"))
+        );
+        assert_eq!(hash_tag("plain"), "plain");
+    }
+}

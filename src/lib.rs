@@ -1,0 +1,40 @@
+//! # redswarm
+//!
+//! Synchronous coordination of work across processes and hosts through
+//! Redis: distributed locks and semaphores, fan-out of in-flight work, and a
+//! self-healing task swarm. No async runtime: blocking connections from an
+//! r2d2 pool, a fixed thread pool, a pub/sub thread and a heartbeat thread,
+//! with results and events delivered over crossbeam channels.
+//!
+//! Start with [`Redswarm::connect`]:
+//!
+//! ```no_run
+//! # fn main() -> redswarm::Result<()> {
+//! let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
+//! println!("node {} is up", swarm.node_id());
+//! # Ok(()) }
+//! ```
+//!
+//! Layers (see `DESIGN.md`): the **store** ([`Config`], [`keys`], scripts,
+//! [`Error`]) under the **runtime** ([`ThreadPool`], the pub/sub
+//! [`Subscription`]s, the heartbeat with its leases) under the features.
+#![deny(missing_docs)]
+
+mod config;
+mod error;
+mod handle;
+mod heartbeat;
+pub mod keys;
+mod scripts;
+mod store;
+mod subscriber;
+mod threadpool;
+mod util;
+
+pub use config::{Config, ConfigBuilder};
+pub use error::{Error, Result};
+pub use handle::Redswarm;
+pub use heartbeat::{Health, LeaseLost, NodeInfo};
+pub use store::{ConnectionManager, PooledConnection};
+pub use subscriber::{Message, SubEvent, Subscription};
+pub use threadpool::{JobHandle, ThreadPool};

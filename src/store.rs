@@ -1,0 +1,171 @@
+//! The store layer: a pool of blocking Redis connections with timeouts that
+//! are actually applied, and the facts every feature needs (config, keys,
+//! node id).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::io::tcp::TcpSettings;
+use redis::ConnectionLike;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::keys::Keys;
+
+/// Opens connections for the pool with a bounded connect and the
+/// configured read/write timeouts (r2d2's stock manager for `redis::Client`
+/// connects with no timeout at all).
+#[derive(Debug)]
+pub struct ConnectionManager {
+    client: redis::Client,
+    connect_timeout: Duration,
+    command_timeout: Duration,
+}
+
+impl ConnectionManager {
+    /// Opens one connection outside the pool (the pub/sub thread uses this).
+    pub(crate) fn open(&self) -> redis::RedisResult<redis::Connection> {
+        let conn = self
+            .client
+            .get_connection_with_timeout(self.connect_timeout)?;
+        // get_connection_with_timeout resets the socket timeouts: set them again.
+        conn.set_read_timeout(Some(self.command_timeout))?;
+        conn.set_write_timeout(Some(self.command_timeout))?;
+        Ok(conn)
+    }
+}
+
+impl r2d2::ManageConnection for ConnectionManager {
+    type Connection = redis::Connection;
+    type Error = redis::RedisError;
+
+    fn connect(&self) -> redis::RedisResult<redis::Connection> {
+        self.open()
+    }
+
+    fn is_valid(&self, conn: &mut redis::Connection) -> redis::RedisResult<()> {
+        redis::cmd("PING").query::<()>(conn)
+    }
+
+    fn has_broken(&self, conn: &mut redis::Connection) -> bool {
+        !conn.is_open()
+    }
+}
+
+/// A connection borrowed from the handle's pool; returned on drop.
+pub type PooledConnection = r2d2::PooledConnection<ConnectionManager>;
+
+/// What every component shares: config, key names, node id and the pool.
+pub(crate) struct Store {
+    pub(crate) config: Config,
+    pub(crate) keys: Keys,
+    pub(crate) node_id: String,
+    pub(crate) manager_for_pubsub: ConnectionManager,
+    pool: r2d2::Pool<ConnectionManager>,
+}
+
+impl Store {
+    /// Builds the client and pool, and checks that Redis answers and is new
+    /// enough before anything else starts (fail fast, clear error).
+    pub(crate) fn open(config: Config, node_id: String) -> Result<Arc<Store>> {
+        let url = config.masked_url();
+        if config.url.starts_with("rediss") {
+            // rustls needs a process-wide crypto provider; installing twice is harmless.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
+        let client = make_client(&config)?;
+        let manager = ConnectionManager {
+            client: client.clone(),
+            connect_timeout: config.connect_timeout,
+            command_timeout: config.command_timeout,
+        };
+        let mut probe = manager.open().map_err(|source| Error::Connect {
+            url: url.clone(),
+            source,
+        })?;
+        let info: String =
+            redis::cmd("INFO")
+                .arg("server")
+                .query(&mut probe)
+                .map_err(|source| Error::Connect {
+                    url: url.clone(),
+                    source,
+                })?;
+        check_version(&url, &info)?;
+
+        let pool = r2d2::Pool::builder()
+            .max_size(config.pool_size)
+            .min_idle(Some(0))
+            .test_on_check_out(false)
+            .connection_timeout(config.pool_timeout)
+            .build_unchecked(ConnectionManager {
+                client: client.clone(),
+                connect_timeout: config.connect_timeout,
+                command_timeout: config.command_timeout,
+            });
+        // Seed the pool with the probe's success: the first caller need not connect.
+        drop(probe);
+        Ok(Arc::new(Store {
+            keys: Keys::new(config.namespace.clone()),
+            node_id,
+            manager_for_pubsub: manager,
+            pool,
+            config,
+        }))
+    }
+
+    /// Borrows a pooled connection, waiting at most `pool_timeout`.
+    pub(crate) fn conn(&self) -> Result<PooledConnection> {
+        self.pool.get().map_err(|e| {
+            let state = self.pool.state();
+            if state.connections >= self.config.pool_size && state.idle_connections == 0 {
+                Error::PoolExhausted {
+                    waited: self.config.pool_timeout,
+                    size: self.config.pool_size,
+                }
+            } else {
+                Error::Pool(e.to_string())
+            }
+        })
+    }
+}
+
+fn make_client(config: &Config) -> Result<redis::Client> {
+    let mask = |e: redis::RedisError| Error::config("url", format!("{}: {e}", config.masked_url()));
+    let client = redis::Client::open(config.url.as_str()).map_err(mask)?;
+    let info = client
+        .get_connection_info()
+        .clone()
+        .set_tcp_settings(TcpSettings::default().set_nodelay(true));
+    redis::Client::open(info).map_err(mask)
+}
+
+/// Parses `redis_version:` out of `INFO server` and insists on >= 6.2.
+fn check_version(url: &str, info: &str) -> Result<()> {
+    let version = info
+        .lines()
+        .find_map(|l| l.strip_prefix("redis_version:"))
+        .map(str::trim)
+        .unwrap_or("unknown");
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let major = parts.next().unwrap_or(0);
+    let minor = parts.next().unwrap_or(0);
+    if (major, minor) < (6, 2) {
+        return Err(Error::UnsupportedRedis {
+            url: url.to_string(),
+            found: version.to_string(),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn version_gate() {
+        assert!(super::check_version("u", "# Server\r\nredis_version:7.0.15\r\n").is_ok());
+        assert!(super::check_version("u", "redis_version:6.2.0\r\n").is_ok());
+        assert!(super::check_version("u", "redis_version:6.0.9\r\n").is_err());
+        assert!(super::check_version("u", "nothing").is_err());
+    }
+}

@@ -1,0 +1,206 @@
+//! A fixed pool of N threads fed by a bounded queue.
+//!
+//! A job that panics fails alone: the panic is caught, logged, and handed to
+//! whoever waits on the job's [`JobHandle`] as [`Error::Panicked`]; the
+//! thread goes on with the next job.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, Receiver, Sender};
+use parking_lot::{Condvar, Mutex};
+
+use crate::error::{Error, Result};
+use crate::util::panic_message;
+
+type Job = Box<dyn FnOnce() + Send + 'static>;
+
+/// A fixed-size thread pool with a bounded job queue.
+///
+/// ```
+/// let pool = redswarm::ThreadPool::new("demo", 2, 16).unwrap();
+/// let job = pool.execute(|| 6 * 7).unwrap();
+/// assert_eq!(job.join().unwrap(), 42);
+/// let bad = pool.execute(|| -> u8 { panic!("boom") }).unwrap();
+/// assert!(bad.join().is_err());
+/// assert_eq!(pool.execute(|| 1).unwrap().join().unwrap(), 1); // still alive
+/// pool.join();
+/// ```
+pub struct ThreadPool {
+    name: String,
+    size: usize,
+    sender: Mutex<Option<Sender<Job>>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    busy: Arc<(Mutex<usize>, Condvar)>,
+}
+
+/// The outcome of one job submitted to a [`ThreadPool`].
+///
+/// ```
+/// let pool = redswarm::ThreadPool::new("demo", 1, 1).unwrap();
+/// let h = pool.execute(|| "done").unwrap();
+/// assert_eq!(h.join().unwrap(), "done");
+/// ```
+pub struct JobHandle<T> {
+    rx: Receiver<Result<T>>,
+}
+
+impl<T> JobHandle<T> {
+    /// Waits for the job; a panic in it comes back as [`Error::Panicked`].
+    ///
+    /// ```
+    /// # let pool = redswarm::ThreadPool::new("demo", 1, 1).unwrap();
+    /// assert_eq!(pool.execute(|| 1).unwrap().join().unwrap(), 1);
+    /// ```
+    pub fn join(self) -> Result<T> {
+        self.rx.recv().unwrap_or(Err(Error::ShutDown))
+    }
+
+    /// Waits at most `timeout`; `None` if the job is still running.
+    ///
+    /// ```
+    /// # let pool = redswarm::ThreadPool::new("demo", 1, 1).unwrap();
+    /// let h = pool.execute(|| 1).unwrap();
+    /// assert_eq!(h.join_timeout(std::time::Duration::from_secs(5)).unwrap().unwrap(), 1);
+    /// ```
+    pub fn join_timeout(&self, timeout: Duration) -> Option<Result<T>> {
+        match self.rx.recv_timeout(timeout) {
+            Ok(r) => Some(r),
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => None,
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => Some(Err(Error::ShutDown)),
+        }
+    }
+}
+
+impl ThreadPool {
+    /// Starts `threads` threads named `<name>-<i>` with a queue of
+    /// `queue_capacity` jobs (`execute` blocks while it is full).
+    ///
+    /// ```
+    /// assert!(redswarm::ThreadPool::new("x", 0, 1).is_err());
+    /// ```
+    pub fn new(name: &str, threads: usize, queue_capacity: usize) -> Result<ThreadPool> {
+        if threads == 0 {
+            return Err(Error::invalid("thread count", "must be at least 1"));
+        }
+        let (tx, rx) = bounded::<Job>(queue_capacity);
+        let busy = Arc::new((Mutex::new(0usize), Condvar::new()));
+        let mut handles = Vec::with_capacity(threads);
+        for i in 0..threads {
+            let rx = rx.clone();
+            let busy = busy.clone();
+            let handle = std::thread::Builder::new()
+                .name(format!("{name}-{i}"))
+                .spawn(move || {
+                    for job in rx.iter() {
+                        *busy.0.lock() += 1;
+                        job();
+                        let mut n = busy.0.lock();
+                        *n -= 1;
+                        busy.1.notify_all();
+                    }
+                })
+                .map_err(|e| Error::invalid("thread pool", format!("cannot spawn thread: {e}")))?;
+            handles.push(handle);
+        }
+        Ok(ThreadPool {
+            name: name.to_string(),
+            size: threads,
+            sender: Mutex::new(Some(tx)),
+            threads: Mutex::new(handles),
+            busy,
+        })
+    }
+
+    /// Number of threads.
+    ///
+    /// ```
+    /// assert_eq!(redswarm::ThreadPool::new("x", 3, 1).unwrap().size(), 3);
+    /// ```
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// Threads not running a job right now (jobs queued but not started
+    /// are not counted).
+    ///
+    /// ```
+    /// assert_eq!(redswarm::ThreadPool::new("x", 2, 1).unwrap().idle(), 2);
+    /// ```
+    pub fn idle(&self) -> usize {
+        self.size.saturating_sub(*self.busy.0.lock())
+    }
+
+    /// Blocks until at least one thread is idle or `timeout` passes;
+    /// returns whether one is idle.
+    ///
+    /// ```
+    /// let pool = redswarm::ThreadPool::new("x", 1, 1).unwrap();
+    /// assert!(pool.wait_idle(std::time::Duration::from_millis(10)));
+    /// ```
+    pub fn wait_idle(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut busy = self.busy.0.lock();
+        while *busy >= self.size {
+            if self.busy.1.wait_until(&mut busy, deadline).timed_out() {
+                return *busy < self.size;
+            }
+        }
+        true
+    }
+
+    /// Queues `job`; blocks while the queue is full. Fails with
+    /// [`Error::ShutDown`] after [`ThreadPool::join`].
+    ///
+    /// ```
+    /// let pool = redswarm::ThreadPool::new("x", 1, 4).unwrap();
+    /// let h = pool.execute(|| 2 + 2).unwrap();
+    /// assert_eq!(h.join().unwrap(), 4);
+    /// ```
+    pub fn execute<F, T>(&self, job: F) -> Result<JobHandle<T>>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        let sender = self.sender.lock().clone().ok_or(Error::ShutDown)?;
+        let (tx, rx) = bounded(1);
+        let pool_name = self.name.clone();
+        let wrapped: Job = Box::new(move || {
+            let outcome = catch_unwind(AssertUnwindSafe(job)).map_err(|payload| {
+                let msg = panic_message(payload.as_ref());
+                log::error!("job on thread pool `{pool_name}` panicked: {msg}");
+                Error::Panicked(msg)
+            });
+            // The waiter may have given up; that is fine.
+            let _ = tx.send(outcome);
+        });
+        sender.send(wrapped).map_err(|_| Error::ShutDown)?;
+        Ok(JobHandle { rx })
+    }
+
+    /// Stops taking jobs, lets the queued ones finish, and joins every
+    /// thread. Idempotent.
+    ///
+    /// ```
+    /// let pool = redswarm::ThreadPool::new("x", 2, 4).unwrap();
+    /// pool.join();
+    /// assert!(pool.execute(|| ()).is_err());
+    /// ```
+    pub fn join(&self) {
+        self.sender.lock().take();
+        let handles: Vec<_> = std::mem::take(&mut *self.threads.lock());
+        for h in handles {
+            if h.join().is_err() {
+                log::error!("a thread of pool `{}` died", self.name);
+            }
+        }
+    }
+}
+
+impl Drop for ThreadPool {
+    fn drop(&mut self) {
+        self.join();
+    }
+}
