@@ -8,7 +8,7 @@ use crossbeam_channel::Receiver;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::heartbeat::{Health, Heartbeat, Lease, LeaseTarget, NodeInfo};
+use crate::heartbeat::{Health, Heartbeat, Lease, LeaseTarget, NodeInfo, PartitionState};
 use crate::keys::Keys;
 use crate::store::{PooledConnection, Store};
 use crate::subscriber::{Subscriber, Subscription};
@@ -204,6 +204,24 @@ impl Redswarm {
     /// ```
     pub fn health(&self) -> Health {
         self.inner.heartbeat.health()
+    }
+
+    /// Whether this node may keep doing leased work. Without a peer mesh
+    /// (no `peer_listen` configured) losing Redis means
+    /// [`PartitionState::Partitioned`]: there is nobody to ask.
+    ///
+    /// ```no_run
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+    /// assert_eq!(swarm.partition_state(), redswarm::PartitionState::Connected);
+    /// ```
+    pub fn partition_state(&self) -> PartitionState {
+        match self.health() {
+            Health::Healthy => PartitionState::Connected,
+            Health::LostRedis { .. } => PartitionState::Partitioned {
+                answered: 0,
+                known: 0,
+            },
+        }
     }
 
     /// A channel that receives every change of [`Redswarm::health`].

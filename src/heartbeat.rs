@@ -53,6 +53,45 @@ pub enum Health {
     },
 }
 
+/// Whether this node may keep doing leased work (the swarm's partition rule).
+///
+/// ```no_run
+/// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+/// if swarm.partition_state().may_work() { /* keep going */ }
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PartitionState {
+    /// Redis is reachable.
+    Connected,
+    /// Redis is unreachable but at least `partition_percentage` of the known
+    /// peers answered pings: the outage is Redis's, not ours; keep going.
+    RedisLostPeersOk {
+        /// Peers that answered.
+        answered: usize,
+        /// Peers known.
+        known: usize,
+    },
+    /// Redis is unreachable and too few peers answered (or none are
+    /// known): this node is cut off and must stop leased work.
+    Partitioned {
+        /// Peers that answered.
+        answered: usize,
+        /// Peers known.
+        known: usize,
+    },
+}
+
+impl PartitionState {
+    /// True unless [`PartitionState::Partitioned`].
+    ///
+    /// ```
+    /// assert!(redswarm::PartitionState::Connected.may_work());
+    /// ```
+    pub fn may_work(&self) -> bool {
+        !matches!(self, PartitionState::Partitioned { .. })
+    }
+}
+
 /// A node as recorded in the membership set.
 ///
 /// ```no_run

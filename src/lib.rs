@@ -34,7 +34,7 @@ mod util;
 pub use config::{Config, ConfigBuilder};
 pub use error::{Error, Result};
 pub use handle::Redswarm;
-pub use heartbeat::{Health, LeaseLost, NodeInfo};
+pub use heartbeat::{Health, LeaseLost, NodeInfo, PartitionState};
 pub use store::{ConnectionManager, PooledConnection};
 pub use subscriber::{Message, SubEvent, Subscription};
 pub use threadpool::{JobHandle, ThreadPool};
