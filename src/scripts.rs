@@ -32,6 +32,7 @@ impl LuaScript {
 
     /// Loads the script into the server's cache.
     pub(crate) fn load(&self, conn: &mut dyn ConnectionLike) -> Result<()> {
+        log::debug!("loading script {}", self.name);
         let _sha: String = self.script.load(conn)?;
         Ok(())
     }

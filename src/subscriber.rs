@@ -192,10 +192,15 @@ impl Subscriber {
             next_id: AtomicU64::new(1),
         });
         let thread_shared = shared.clone();
+        let (first_tx, first_rx) = bounded(1);
         let thread = std::thread::Builder::new()
             .name("redswarm-pubsub".into())
-            .spawn(move || run(thread_shared, inbox))
+            .spawn(move || run(thread_shared, inbox, first_tx))
             .map_err(|e| Error::Pool(format!("cannot spawn pub/sub thread: {e}")))?;
+        // Wait for the first connection attempt, so that a subscribe right
+        // after connect is confirmed rather than silently pending.
+        let cfg = &shared.store.config;
+        let _ = first_rx.recv_timeout(cfg.connect_timeout + cfg.command_timeout * 2);
         Ok(Subscriber {
             shared,
             thread: Mutex::new(Some(thread)),
@@ -286,7 +291,7 @@ impl Subscriber {
     }
 }
 
-fn run(shared: Arc<Shared>, inbox: Receiver<()>) {
+fn run(shared: Arc<Shared>, inbox: Receiver<()>, first_attempt: Sender<()>) {
     let cfg = &shared.store.config;
     let mut backoff = cfg.reconnect_min;
     let mut ever_connected = false;
@@ -294,7 +299,7 @@ fn run(shared: Arc<Shared>, inbox: Receiver<()>) {
         match shared.store.manager_for_pubsub.open() {
             Ok(mut conn) => {
                 backoff = cfg.reconnect_min;
-                let outcome = serve(&shared, &inbox, &mut conn, ever_connected);
+                let outcome = serve(&shared, &inbox, &mut conn, ever_connected, &first_attempt);
                 ever_connected = true;
                 shared.connected.store(false, Ordering::SeqCst);
                 shared.table.lock().confirmed.clear();
@@ -305,6 +310,7 @@ fn run(shared: Arc<Shared>, inbox: Receiver<()>) {
             }
             Err(e) => log::debug!("pub/sub connect failed: {e}; retrying in {backoff:?}"),
         }
+        let _ = first_attempt.try_send(());
         // Back off, but answer callers meanwhile: their subscriptions are
         // registered and will be made live (with Reconnected) on reconnect.
         let until = Instant::now() + jitter(backoff);
@@ -327,12 +333,16 @@ fn serve(
     inbox: &Receiver<()>,
     conn: &mut redis::Connection,
     reconnected: bool,
+    first_attempt: &Sender<()>,
 ) -> redis::RedisResult<()> {
     let mut pubsub = conn.as_pubsub();
     let mut live: HashSet<Topic> = HashSet::new();
     let wake = Topic::Channel(shared.wake_channel.clone());
-    reconcile(shared, &mut pubsub, &mut live, &wake)?;
+    // Connected before the first reconcile: a subscribe arriving meanwhile
+    // then waits for its confirmation instead of returning unconfirmed.
     shared.connected.store(true, Ordering::SeqCst);
+    reconcile(shared, &mut pubsub, &mut live, &wake)?;
+    let _ = first_attempt.try_send(());
     if reconnected {
         log::info!("pub/sub reconnected; {} topics resubscribed", live.len());
         let table = shared.table.lock();
