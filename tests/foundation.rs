@@ -1,0 +1,364 @@
+//! The foundation against a real redis-server: config, connect, pool,
+//! scripts, subscriber, heartbeat, thread pool.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use redswarm::{Config, Error, Health, Redswarm, SubEvent, ThreadPool};
+use support::RedisServer;
+
+fn config(server: &RedisServer, ns: &str) -> redswarm::ConfigBuilder {
+    Config::builder()
+        .url(server.url())
+        .namespace(ns)
+        .heartbeat_interval(Duration::from_millis(100))
+        .command_timeout(Duration::from_millis(100))
+        .node_ttl(Duration::from_millis(600))
+        .peer_timeout(Duration::from_millis(50))
+        .reconnect_min(Duration::from_millis(20))
+        .reconnect_max(Duration::from_millis(200))
+}
+
+fn numsub(server: &RedisServer, channel: &str) -> i64 {
+    let mut c = server.conn();
+    let (_, n): (String, i64) = redis::cmd("PUBSUB")
+        .arg("NUMSUB")
+        .arg(channel)
+        .query(&mut c)
+        .unwrap();
+    n
+}
+
+fn next_message(sub: &redswarm::Subscription) -> Option<String> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline {
+        match sub.recv_timeout(Duration::from_millis(100)) {
+            Ok(SubEvent::Message(m)) => return Some(m.payload_str().unwrap_or("").to_string()),
+            _ => continue,
+        }
+    }
+    None
+}
+
+#[test]
+fn invalid_config_names_the_field() {
+    let err = Config::builder().pool_size(0).build().unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::InvalidConfig {
+                field: "pool_size",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let err = Config::builder()
+        .heartbeat_interval(Duration::from_secs(1))
+        .node_ttl(Duration::from_secs(1))
+        .build()
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::InvalidConfig {
+                field: "node_ttl",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let err = Config::builder().namespace("").build().unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::InvalidConfig {
+                field: "namespace",
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn connect_to_a_dead_port_fails_fast_and_clearly() {
+    // Bind then drop to get a port with nothing listening.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let started = Instant::now();
+    let err = Redswarm::connect(Config::from_url(&format!("redis://127.0.0.1:{port}/")).unwrap())
+        .unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(matches!(err, Error::Connect { .. }), "{err}");
+    assert!(err.to_string().contains(&port.to_string()), "{err}");
+    assert!(err.is_unavailable());
+}
+
+#[test]
+fn pool_exhaustion_is_a_timeout_error_not_a_hang() {
+    let server = RedisServer::start();
+    let swarm = Redswarm::connect(
+        config(&server, "pool")
+            .pool_size(2)
+            .pool_timeout(Duration::from_millis(200))
+            .build()
+            .unwrap(),
+    )
+    .unwrap();
+    let _a = swarm.connection().unwrap();
+    let _b = swarm.connection().unwrap();
+    let started = Instant::now();
+    let err = swarm
+        .connection()
+        .err()
+        .expect("a third checkout must fail");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(matches!(err, Error::PoolExhausted { size: 2, .. }), "{err}");
+}
+
+#[test]
+fn scripts_survive_script_flush() {
+    let server = RedisServer::start();
+    let swarm = Redswarm::connect(config(&server, "flush").build().unwrap()).unwrap();
+    assert!(swarm
+        .live_nodes()
+        .unwrap()
+        .iter()
+        .any(|n| n.id == swarm.node_id()));
+    let before = swarm.live_nodes().unwrap()[0].deadline_ms;
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query(&mut server.conn())
+        .unwrap();
+    // Single EVALSHA path.
+    assert!(swarm
+        .live_nodes()
+        .unwrap()
+        .iter()
+        .any(|n| n.id == swarm.node_id()));
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query(&mut server.conn())
+        .unwrap();
+    // Pipelined path (the heartbeat): beats keep advancing the deadline.
+    assert!(support::wait_until(Duration::from_secs(5), || {
+        swarm.live_nodes().unwrap()[0].deadline_ms > before + 150
+    }));
+    assert_eq!(swarm.health(), Health::Healthy);
+}
+
+#[test]
+fn subscriber_delivers_shares_and_unsubscribes_on_drop() {
+    let server = RedisServer::start();
+    let swarm = Redswarm::connect(config(&server, "sub").build().unwrap()).unwrap();
+    let other = Redswarm::connect(config(&server, "sub").build().unwrap()).unwrap();
+    let a = swarm.subscribe("news").unwrap();
+    let b = swarm.subscribe("news").unwrap();
+    // Confirmed before subscribe returned: a publish right now is received.
+    assert_eq!(
+        other.publish("news", "one").unwrap(),
+        1,
+        "one Redis subscription shared by both"
+    );
+    assert_eq!(next_message(&a).as_deref(), Some("one"));
+    assert_eq!(next_message(&b).as_deref(), Some("one"));
+    assert_eq!(numsub(&server, "news"), 1);
+
+    let p = swarm.psubscribe("ne*").unwrap();
+    other.publish("news", "two").unwrap();
+    assert_eq!(next_message(&p).as_deref(), Some("two"));
+    assert_eq!(next_message(&a).as_deref(), Some("two"));
+    assert_eq!(next_message(&b).as_deref(), Some("two"));
+
+    drop(a);
+    other.publish("news", "three").unwrap();
+    assert_eq!(next_message(&b).as_deref(), Some("three"));
+    drop(b);
+    drop(p);
+    assert!(support::wait_until(Duration::from_secs(5), || numsub(
+        &server, "news"
+    ) == 0));
+}
+
+#[test]
+fn subscriber_survives_redis_restart_and_says_reconnected() {
+    let mut server = RedisServer::start();
+    let swarm = Redswarm::connect(config(&server, "restart").build().unwrap()).unwrap();
+    let sub = swarm.subscribe("jobs").unwrap();
+    server.kill();
+    std::thread::sleep(Duration::from_millis(300));
+    server.restart();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut reconnected = false;
+    while Instant::now() < deadline && !reconnected {
+        if let Ok(SubEvent::Reconnected) = sub.recv_timeout(Duration::from_millis(100)) {
+            reconnected = true;
+        }
+    }
+    assert!(reconnected, "no Reconnected notice after restart");
+    // Resubscribed: messages flow again.
+    assert!(support::wait_until(Duration::from_secs(5), || numsub(
+        &server, "jobs"
+    ) == 1));
+    let mut c = server.conn();
+    let _: i64 = redis::cmd("PUBLISH")
+        .arg("jobs")
+        .arg("after")
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(next_message(&sub).as_deref(), Some("after"));
+    // And the handle's own commands work again without a restart of the program.
+    assert!(support::wait_until(Duration::from_secs(5), || swarm
+        .health()
+        == Health::Healthy));
+    assert!(swarm.live_nodes().is_ok());
+}
+
+#[test]
+fn heartbeat_reports_lost_redis_and_recovery() {
+    let server = RedisServer::start();
+    let swarm = Redswarm::connect(config(&server, "health").build().unwrap()).unwrap();
+    let changes = swarm.watch_health();
+    server.pause();
+    let lost = changes.recv_timeout(Duration::from_secs(5));
+    let may_work_while_lost = swarm.partition_state().may_work();
+    server.resume();
+    assert!(matches!(lost, Ok(Health::LostRedis { .. })), "{lost:?}");
+    assert!(!may_work_while_lost, "no peers and no Redis: must not work");
+    assert_eq!(
+        changes.recv_timeout(Duration::from_secs(5)),
+        Ok(Health::Healthy)
+    );
+    assert!(swarm.partition_state().may_work());
+}
+
+#[test]
+fn a_second_live_process_cannot_take_the_same_node_id() {
+    let server = RedisServer::start();
+    let _first = Redswarm::connect(config(&server, "dup").node_id("n1").build().unwrap()).unwrap();
+    let err = Redswarm::connect(config(&server, "dup").node_id("n1").build().unwrap()).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::InvalidConfig {
+                field: "node_id",
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn shutdown_deregisters_the_node_at_once() {
+    let server = RedisServer::start();
+    let a = Redswarm::connect(config(&server, "leave").build().unwrap()).unwrap();
+    let b = Redswarm::connect(config(&server, "leave").build().unwrap()).unwrap();
+    assert_eq!(b.live_nodes().unwrap().len(), 2);
+    a.shutdown();
+    assert!(matches!(a.live_nodes(), Err(Error::ShutDown)));
+    let live = b.live_nodes().unwrap();
+    assert_eq!(live.len(), 1);
+    assert_eq!(live[0].id, b.node_id());
+    assert!(
+        b.dead_nodes().unwrap().is_empty(),
+        "a clean leave is not a death"
+    );
+}
+
+/// Child role for the lease-expiry test: connects as node `$CHILD_NODE`
+/// and then blocks until killed.
+#[test]
+fn child_node_process() {
+    let (Ok(url), Ok(node)) = (std::env::var("CHILD_URL"), std::env::var("CHILD_NODE")) else {
+        return;
+    };
+    let swarm = Redswarm::connect(
+        Config::builder()
+            .url(url)
+            .namespace("expiry")
+            .node_id(node)
+            .heartbeat_interval(Duration::from_millis(100))
+            .command_timeout(Duration::from_millis(100))
+            .node_ttl(Duration::from_millis(600))
+            .peer_timeout(Duration::from_millis(50))
+            .build()
+            .unwrap(),
+    )
+    .unwrap();
+    let _keep = swarm;
+    std::thread::sleep(Duration::from_secs(60));
+}
+
+#[test]
+fn node_expires_from_membership_after_its_process_dies() {
+    let server = RedisServer::start();
+    let observer = Redswarm::connect(config(&server, "expiry").build().unwrap()).unwrap();
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "child_node_process",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("CHILD_URL", server.url())
+        .env("CHILD_NODE", "doomed")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let alive = |o: &Redswarm| o.live_nodes().unwrap().iter().any(|n| n.id == "doomed");
+    assert!(
+        support::wait_until(Duration::from_secs(10), || alive(&observer)),
+        "child never joined"
+    );
+    let info = observer
+        .live_nodes()
+        .unwrap()
+        .into_iter()
+        .find(|n| n.id == "doomed")
+        .unwrap();
+    assert_eq!(info.pid, child.id());
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        support::wait_until(Duration::from_secs(5), || !alive(&observer)),
+        "dead node still listed as live"
+    );
+    assert!(observer
+        .dead_nodes()
+        .unwrap()
+        .iter()
+        .any(|n| n.id == "doomed"));
+}
+
+#[test]
+fn thread_pool_survives_panicking_jobs() {
+    let pool = ThreadPool::new("t", 2, 8).unwrap();
+    let bad: Vec<_> = (0..4)
+        .map(|_| {
+            pool.execute(|| -> u32 { panic!("job failed on purpose") })
+                .unwrap()
+        })
+        .collect();
+    for h in bad {
+        assert!(matches!(h.join(), Err(Error::Panicked(m)) if m.contains("on purpose")));
+    }
+    let good: Vec<_> = (0..10u32)
+        .map(|i| pool.execute(move || i * 2).unwrap())
+        .collect();
+    let sum: u32 = good.into_iter().map(|h| h.join().unwrap()).sum();
+    assert_eq!(sum, 90);
+    assert_eq!(pool.idle(), 2);
+    pool.join();
+    assert!(matches!(pool.execute(|| ()), Err(Error::ShutDown)));
+}

@@ -1,0 +1,55 @@
+//! No thread outlives its handle. Alone in its own test binary so other
+//! tests' threads do not disturb the count.
+
+mod support;
+
+use std::time::Duration;
+
+fn threads() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+#[test]
+fn no_thread_is_left_after_shutdown_or_drop() {
+    let server = support::RedisServer::start();
+    let baseline = threads();
+    let config = redswarm::Config::builder()
+        .url(server.url())
+        .namespace("threads")
+        .heartbeat_interval(Duration::from_millis(100))
+        .command_timeout(Duration::from_millis(100))
+        .node_ttl(Duration::from_millis(600))
+        .peer_timeout(Duration::from_millis(50))
+        .build()
+        .unwrap();
+
+    // Explicit shutdown.
+    let swarm = redswarm::Redswarm::connect(config.clone()).unwrap();
+    let sub = swarm.subscribe("x").unwrap();
+    let _conn = swarm.connection().unwrap();
+    assert!(threads() > baseline);
+    swarm.shutdown();
+    drop(sub);
+    drop(_conn);
+    drop(swarm);
+    assert!(
+        support::wait_until(Duration::from_secs(5), || threads() <= baseline),
+        "{} threads left after shutdown (baseline {baseline})",
+        threads()
+    );
+
+    // Dropping the last clone does the same.
+    let swarm = redswarm::Redswarm::connect(config).unwrap();
+    let clone = swarm.clone();
+    let sub = clone.subscribe("y").unwrap();
+    drop(swarm);
+    drop(sub);
+    drop(clone);
+    assert!(
+        support::wait_until(Duration::from_secs(5), || threads() <= baseline),
+        "{} threads left after drop (baseline {baseline})",
+        threads()
+    );
+}
