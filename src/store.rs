@@ -98,6 +98,11 @@ impl Store {
             .min_idle(Some(0))
             .test_on_check_out(false)
             .connection_timeout(config.pool_timeout)
+            // No reaper job: r2d2's fixed-rate reaper keeps its worker
+            // threads alive for up to 30 s after the pool is dropped. Broken
+            // connections are still discarded on return (`has_broken`).
+            .idle_timeout(None)
+            .max_lifetime(None)
             .build_unchecked(ConnectionManager {
                 client: client.clone(),
                 connect_timeout: config.connect_timeout,

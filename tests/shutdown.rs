@@ -5,6 +5,16 @@ mod support;
 
 use std::time::Duration;
 
+fn names() -> Vec<String> {
+    std::fs::read_dir("/proc/self/task")
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .map(|e| std::fs::read_to_string(e.path().join("comm")).unwrap_or_default())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 fn threads() -> usize {
     std::fs::read_dir("/proc/self/task")
         .map(|d| d.count())
@@ -36,8 +46,9 @@ fn no_thread_is_left_after_shutdown_or_drop() {
     drop(swarm);
     assert!(
         support::wait_until(Duration::from_secs(5), || threads() <= baseline),
-        "{} threads left after shutdown (baseline {baseline})",
-        threads()
+        "{} threads left after shutdown (baseline {baseline}): {:?}",
+        threads(),
+        names()
     );
 
     // Dropping the last clone does the same.
