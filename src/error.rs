@@ -122,6 +122,16 @@ pub enum Error {
         limit: usize,
     },
 
+    /// An operation on several resources (a multi-lock) failed for some of
+    /// them; `failed` names each with its reason.
+    #[error("{what} failed for {}: {}", .failed.iter().map(|f| f.0.as_str()).collect::<Vec<_>>().join(", "), .failed.iter().map(|f| f.1.as_str()).collect::<Vec<_>>().join("; "))]
+    Partial {
+        /// The operation.
+        what: &'static str,
+        /// (resource name, reason) for each failure.
+        failed: Vec<(String, String)>,
+    },
+
     /// A job run on a [`ThreadPool`](crate::ThreadPool) panicked.
     #[error("job panicked: {0}")]
     Panicked(String),

@@ -10,6 +10,9 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::heartbeat::{Health, Heartbeat, Lease, LeaseTarget, NodeInfo, PartitionState};
 use crate::keys::Keys;
+use crate::lock::{LockGuard, LockOptions};
+use crate::multilock::{MultiLockGuard, MultiLockOptions};
+use crate::semaphore::Semaphore;
 use crate::store::{PooledConnection, Store};
 use crate::subscriber::{Subscriber, Subscription};
 
@@ -288,6 +291,81 @@ impl Redswarm {
         }
     }
 
+    // ---- locks and semaphores ----
+
+    /// Takes lock `name` for `ttl` if it is free right now.
+    ///
+    /// ```no_run
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+    /// match swarm.try_lock("cron:cleanup", std::time::Duration::from_secs(60)).unwrap() {
+    ///     Some(guard) => { /* we run it */ }
+    ///     None => { /* someone else does */ }
+    /// }
+    /// ```
+    pub fn try_lock(&self, name: &str, ttl: Duration) -> Result<Option<LockGuard>> {
+        self.lock_options(name).ttl(ttl).try_lock()
+    }
+
+    /// Takes lock `name` for `ttl`, waiting at most `wait`
+    /// ([`Error::Timeout`]).
+    ///
+    /// ```no_run
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+    /// use std::time::Duration;
+    /// let guard = swarm.lock("orders:42", Duration::from_secs(10), Duration::from_secs(2)).unwrap();
+    /// ```
+    pub fn lock(&self, name: &str, ttl: Duration, wait: Duration) -> Result<LockGuard> {
+        self.lock_options(name).ttl(ttl).lock(wait)
+    }
+
+    /// Options (TTL, auto-extension, fairness) for lock `name`.
+    ///
+    /// ```no_run
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+    /// let guard = swarm.lock_options("a").auto_extend(true).lock(std::time::Duration::from_secs(1)).unwrap();
+    /// ```
+    pub fn lock_options(&self, name: &str) -> LockOptions {
+        LockOptions::new(self, name)
+    }
+
+    /// Takes every lock in `names` (all or nothing) for `ttl`, waiting at
+    /// most `wait`.
+    ///
+    /// ```no_run
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+    /// use std::time::Duration;
+    /// let all = swarm.lock_all(&["a", "b", "c"], Duration::from_secs(10), Duration::from_secs(2)).unwrap();
+    /// ```
+    pub fn lock_all(
+        &self,
+        names: &[&str],
+        ttl: Duration,
+        wait: Duration,
+    ) -> Result<MultiLockGuard> {
+        self.multi_lock(names).ttl(ttl).lock(wait)
+    }
+
+    /// Options for an all-or-nothing lock on `names`.
+    ///
+    /// ```no_run
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+    /// let all = swarm.multi_lock(&["a", "b"]).auto_extend(true).lock(std::time::Duration::from_secs(1)).unwrap();
+    /// ```
+    pub fn multi_lock(&self, names: &[&str]) -> MultiLockOptions {
+        MultiLockOptions::new(self, names)
+    }
+
+    /// A counting semaphore `name` with `permits` permits.
+    ///
+    /// ```no_run
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+    /// let sem = swarm.semaphore("db-connections", 10).unwrap();
+    /// let permit = sem.acquire(std::time::Duration::from_secs(5)).unwrap();
+    /// ```
+    pub fn semaphore(&self, name: &str, permits: u32) -> Result<Semaphore> {
+        Semaphore::new(self, name, permits)
+    }
+
     // ---- for the feature modules ----
 
     pub(crate) fn store(&self) -> &Arc<Store> {
@@ -324,10 +402,5 @@ impl Redswarm {
     /// Advertises this node's peer-ping address in its membership record.
     pub(crate) fn set_peer_addr(&self, addr: Option<String>) {
         self.inner.heartbeat.set_peer_addr(addr);
-    }
-
-    /// Whether the pub/sub connection is currently up.
-    pub(crate) fn pubsub_connected(&self) -> bool {
-        self.inner.subscriber.is_connected()
     }
 }

@@ -216,15 +216,15 @@ impl Lease {
         false
     }
 
-    /// Why it was lost, if it was.
-    pub(crate) fn lost_reason(&self) -> Option<String> {
-        self.is_lost();
-        self.state.lost.lock().clone()
-    }
-
     /// A channel that receives one [`LeaseLost`] when the lease is lost.
     pub(crate) fn lost_receiver(&self) -> Receiver<LeaseLost> {
         let (tx, rx) = bounded(1);
+        self.notify_on_loss(tx);
+        rx
+    }
+
+    /// Adds `tx` to the receivers of the loss notice.
+    pub(crate) fn notify_on_loss(&self, tx: Sender<LeaseLost>) {
         let lost = self.state.lost.lock();
         match &*lost {
             Some(reason) => {
@@ -235,7 +235,6 @@ impl Lease {
             }
             None => self.state.watchers.lock().push(tx),
         }
-        rx
     }
 
     /// Records a successful renewal made outside the heartbeat (a manual
@@ -338,7 +337,7 @@ impl Heartbeat {
             what,
             target,
             ttl: Mutex::new(ttl),
-            safety: (self.shared.store.config.heartbeat_interval / 2).max(Duration::from_millis(5)),
+            safety: safety_margin(self.shared.store.config.heartbeat_interval, ttl),
             last_ok: Mutex::new(acquired),
             lost: Mutex::new(None),
             watchers: Mutex::new(Vec::new()),
@@ -364,7 +363,7 @@ impl Heartbeat {
             what,
             target,
             ttl: Mutex::new(ttl),
-            safety: Duration::ZERO,
+            safety: safety_margin(self.shared.store.config.heartbeat_interval, ttl),
             last_ok: Mutex::new(acquired),
             lost: Mutex::new(None),
             watchers: Mutex::new(Vec::new()),
@@ -434,6 +433,13 @@ impl Heartbeat {
             }
         }
     }
+}
+
+/// How long before its TTL runs out a lease counts as lost locally: half a
+/// heartbeat (time for the holder to notice and stop), but never more than a
+/// quarter of a short TTL.
+fn safety_margin(heartbeat: Duration, ttl: Duration) -> Duration {
+    (heartbeat / 2).min(ttl / 4)
 }
 
 fn node_beat(shared: &Shared, first: bool) -> redis::ScriptInvocation<'static> {

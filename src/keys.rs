@@ -12,11 +12,13 @@
 //! | `{ns}:wake:<node>` | channel | wakes this node's pub/sub thread to (un)subscribe |
 //! | `{ns:lock:<name>}` | string | owner token of the lock, with a PX TTL |
 //! | `{ns:lock:<name>}:fence` | string | fencing counter, never expires |
-//! | `{ns:lock:<name>}:queue` | zset | FIFO waiters (fair mode): token → ticket deadline |
+//! | `{ns:lock:<name>}:queue` | zset | FIFO waiters (fair mode): token → arrival number |
+//! | `{ns:lock:<name>}:tickets` | hash | fair-mode waiter token → ticket deadline; `#seq` arrival counter |
 //! | `{ns:lock:<name>}:released` | channel | published on release |
 //! | `{ns:sem:<name>}:holders` | zset | permit id → lease deadline |
 //! | `{ns:sem:<name>}:fence` | string | fencing counter |
-//! | `{ns:sem:<name>}:queue` | zset | FIFO waiters (fair mode) |
+//! | `{ns:sem:<name>}:queue` | zset | FIFO waiters (fair mode): permit id → arrival number |
+//! | `{ns:sem:<name>}:tickets` | hash | fair-mode waiter → ticket deadline; `#seq` arrival counter |
 //! | `{ns:sem:<name>}:released` | channel | published on release |
 //! | `{ns:fanout:<id>}` | string | leader token with lease |
 //! | `{ns:fanout:<id>}:result` | string | serialized outcome, kept briefly |
@@ -78,6 +80,8 @@ pub struct LockKeys {
     pub fence: String,
     /// FIFO waiter queue (fair mode).
     pub queue: String,
+    /// Waiter ticket deadlines and arrival counter (fair mode).
+    pub tickets: String,
     /// Release notification channel.
     pub released: String,
 }
@@ -91,6 +95,8 @@ pub struct SemaphoreKeys {
     pub fence: String,
     /// FIFO waiter queue (fair mode).
     pub queue: String,
+    /// Waiter ticket deadlines and arrival counter (fair mode).
+    pub tickets: String,
     /// Release notification channel.
     pub released: String,
 }
@@ -191,6 +197,7 @@ impl Keys {
         Ok(LockKeys {
             fence: format!("{base}:fence"),
             queue: format!("{base}:queue"),
+            tickets: format!("{base}:tickets"),
             released: format!("{base}:released"),
             owner: base,
         })
@@ -208,6 +215,7 @@ impl Keys {
             holders: format!("{base}:holders"),
             fence: format!("{base}:fence"),
             queue: format!("{base}:queue"),
+            tickets: format!("{base}:tickets"),
             released: format!("{base}:released"),
         })
     }

@@ -1,0 +1,545 @@
+//! Distributed locks with fencing tokens, optional auto-extension and an
+//! optional fair (FIFO) mode.
+//!
+//! - Acquire, release and extend are one Lua script each; release and extend
+//!   compare the owner token inside the script, so nobody can release or
+//!   extend a lock they do not hold, and extend never re-creates an expired
+//!   lock.
+//! - Every grant increments a per-name fencing counter that never expires;
+//!   pass [`LockGuard::fencing_token`] to the resource you protect and have
+//!   it reject tokens lower than the highest it has seen.
+//! - Waiters subscribe to the lock's release channel *before* trying, then
+//!   sleep until a release message, a `Reconnected` notice, the owner's
+//!   remaining TTL or `wait_recheck`, whichever comes first: no polling loop,
+//!   and a lost message costs at most that bound.
+//! - Fair mode: waiters queue in arrival order and only the head may take
+//!   the lock; a release wakes only the head. Waiters that die lose their
+//!   place after a ticket timeout. The default (unfair) mode is a plain
+//!   `SET NX PX` and is faster under low contention; under heavy contention
+//!   any waiter may win, so one can starve.
+
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Receiver;
+
+use crate::error::{Error, Result};
+use crate::handle::Redswarm;
+use crate::heartbeat::{Lease, LeaseLost, LeaseTarget};
+use crate::keys::LockKeys;
+use crate::scripts::{invoke, lua_script};
+use crate::subscriber::SubEvent;
+use crate::util::{millis, random_id};
+
+lua_script!(LOCK_ACQUIRE, "lock_acquire.lua");
+lua_script!(LOCK_RELEASE, "lock_release.lua");
+lua_script!(LOCK_EXTEND, "lock_extend.lua");
+lua_script!(LOCK_LEAVE_QUEUE, "lock_leave_queue.lua");
+
+/// Options for acquiring one lock; start with [`Redswarm::lock_options`].
+///
+/// ```no_run
+/// # fn main() -> redswarm::Result<()> {
+/// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
+/// use std::time::Duration;
+/// let guard = swarm
+///     .lock_options("reports:nightly")
+///     .ttl(Duration::from_secs(30))
+///     .auto_extend(true) // renewed by the heartbeat while held
+///     .fair(true)        // FIFO among waiters
+///     .lock(Duration::from_secs(10))?;
+/// println!("fencing token {}", guard.fencing_token());
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct LockOptions {
+    swarm: Redswarm,
+    name: String,
+    ttl: Duration,
+    auto_extend: bool,
+    fair: bool,
+}
+
+/// Outcome of one acquire attempt.
+pub(crate) enum Attempt {
+    Granted { fence: u64, sent: Instant },
+    Busy { owner_ttl: Option<Duration> },
+}
+
+impl LockOptions {
+    pub(crate) fn new(swarm: &Redswarm, name: &str) -> LockOptions {
+        LockOptions {
+            swarm: swarm.clone(),
+            name: name.to_string(),
+            ttl: Duration::from_secs(30),
+            auto_extend: false,
+            fair: false,
+        }
+    }
+
+    /// Lock TTL (default 30 s). With auto-extension it must be at least
+    /// three heartbeat intervals.
+    ///
+    /// ```no_run
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+    /// let opts = swarm.lock_options("a").ttl(std::time::Duration::from_secs(5));
+    /// ```
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// Renew the lock every heartbeat while the guard lives (default off).
+    /// If renewal fails, the guard reports the lock lost before its TTL can
+    /// run out in Redis.
+    ///
+    /// ```no_run
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+    /// let opts = swarm.lock_options("a").auto_extend(true);
+    /// ```
+    pub fn auto_extend(mut self, on: bool) -> Self {
+        self.auto_extend = on;
+        self
+    }
+
+    /// FIFO fairness among waiters (default off). Use one mode per lock name.
+    ///
+    /// ```no_run
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+    /// let opts = swarm.lock_options("a").fair(true);
+    /// ```
+    pub fn fair(mut self, on: bool) -> Self {
+        self.fair = on;
+        self
+    }
+
+    fn validate(&self) -> Result<LockKeys> {
+        let keys = self.swarm.keys().lock(&self.name)?;
+        validate_ttl(&self.swarm, self.ttl, self.auto_extend)?;
+        Ok(keys)
+    }
+
+    /// Takes the lock if it is free right now (in fair mode: if nobody is
+    /// queued ahead); `None` otherwise.
+    ///
+    /// ```no_run
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+    /// if let Some(guard) = swarm.lock_options("a").try_lock().unwrap() { /* ... */ }
+    /// ```
+    pub fn try_lock(&self) -> Result<Option<LockGuard>> {
+        let keys = self.validate()?;
+        let token = random_id();
+        match attempt(
+            &self.swarm,
+            &keys,
+            &token,
+            self.ttl,
+            self.fair,
+            self.ticket_ttl(),
+        )? {
+            Attempt::Granted { fence, sent } => Ok(Some(self.guard(keys, token, fence, sent))),
+            Attempt::Busy { .. } => {
+                if self.fair {
+                    leave_queue(&self.swarm, &keys, &token);
+                }
+                Ok(None)
+            }
+        }
+    }
+
+    /// Blocks until the lock is taken or `wait` passes
+    /// ([`Error::Timeout`]). Woken by the release message, not by polling.
+    ///
+    /// ```no_run
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+    /// let guard = swarm.lock_options("a").lock(std::time::Duration::from_secs(3)).unwrap();
+    /// ```
+    pub fn lock(&self, wait: Duration) -> Result<LockGuard> {
+        let keys = self.validate()?;
+        let token = random_id();
+        let deadline = Instant::now() + wait;
+        // Subscribe first (confirmed by Redis), then try: a release between
+        // our attempt and our sleep cannot be missed.
+        let sub = self.swarm.subscribe(&keys.released)?;
+        loop {
+            let owner_ttl = match attempt(
+                &self.swarm,
+                &keys,
+                &token,
+                self.ttl,
+                self.fair,
+                self.ticket_ttl(),
+            ) {
+                Ok(Attempt::Granted { fence, sent }) => {
+                    return Ok(self.guard(keys, token, fence, sent))
+                }
+                Ok(Attempt::Busy { owner_ttl }) => owner_ttl,
+                Err(e) if e.is_unavailable() => None, // Redis blip: retry until the deadline
+                Err(e) => return Err(e),
+            };
+            let now = Instant::now();
+            if now >= deadline {
+                if self.fair {
+                    leave_queue(&self.swarm, &keys, &token);
+                }
+                return Err(Error::Timeout {
+                    what: format!("lock `{}`", self.name),
+                    waited: wait,
+                });
+            }
+            let mut nap = (deadline - now).min(self.swarm.config().wait_recheck());
+            if let Some(t) = owner_ttl {
+                nap = nap.min(t.max(Duration::from_millis(1)));
+            }
+            wait_for_release(&sub, nap, self.fair.then_some(token.as_str()));
+        }
+    }
+
+    fn ticket_ttl(&self) -> Duration {
+        // A live waiter refreshes its ticket at least every wait_recheck.
+        self.swarm.config().wait_recheck() * 3
+    }
+
+    fn guard(&self, keys: LockKeys, token: String, fence: u64, sent: Instant) -> LockGuard {
+        LockGuard::new(
+            &self.swarm,
+            &self.name,
+            keys,
+            token,
+            fence,
+            sent,
+            self.ttl,
+            self.auto_extend,
+        )
+    }
+}
+
+/// Checks a lease TTL: not zero, and long enough to be auto-renewed.
+pub(crate) fn validate_ttl(swarm: &Redswarm, ttl: Duration, auto_extend: bool) -> Result<()> {
+    if ttl < Duration::from_millis(1) {
+        return Err(Error::invalid("ttl", "must be at least 1 ms"));
+    }
+    let min = swarm.config().min_renewable_ttl();
+    if auto_extend && ttl < min {
+        return Err(Error::invalid(
+            "ttl",
+            format!(
+                "{ttl:?} is below {min:?} (3 heartbeat intervals); an auto-extended lease could expire between two renewals"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// One acquire attempt (one script call).
+pub(crate) fn attempt(
+    swarm: &Redswarm,
+    keys: &LockKeys,
+    token: &str,
+    ttl: Duration,
+    fair: bool,
+    ticket_ttl: Duration,
+) -> Result<Attempt> {
+    let mut conn = swarm.conn()?;
+    let sent = Instant::now();
+    let reply: Vec<i64> = invoke(
+        LOCK_ACQUIRE
+            .prepare()
+            .key(&keys.owner)
+            .key(&keys.fence)
+            .key(&keys.queue)
+            .key(&keys.tickets)
+            .arg(token)
+            .arg(millis(ttl))
+            .arg(if fair { "1" } else { "0" })
+            .arg(millis(ticket_ttl)),
+        &mut *conn,
+    )?;
+    match reply.as_slice() {
+        [1, fence, ..] => Ok(Attempt::Granted {
+            fence: u64::try_from(*fence)
+                .map_err(|_| Error::corrupt(&keys.fence, "negative fencing counter"))?,
+            sent,
+        }),
+        [0, pttl, ..] => Ok(Attempt::Busy {
+            owner_ttl: u64::try_from(*pttl).ok().map(Duration::from_millis),
+        }),
+        other => Err(Error::corrupt(
+            &keys.owner,
+            format!("unexpected acquire reply {other:?}"),
+        )),
+    }
+}
+
+/// Sleeps until a release message that concerns us, a reconnect, or `nap`.
+/// In fair mode a release naming another waiter is not for us.
+pub(crate) fn wait_for_release(sub: &crate::Subscription, nap: Duration, me: Option<&str>) {
+    let until = Instant::now() + nap;
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        match sub.recv_timeout(left) {
+            Ok(SubEvent::Message(m)) => match (me, m.payload_str()) {
+                (Some(me), Some(head)) if !head.is_empty() && head != me => continue,
+                _ => return,
+            },
+            Ok(SubEvent::Reconnected) => return,
+            Err(_) => return,
+        }
+    }
+}
+
+/// Releases `keys` if `token` holds it (compare-and-delete); for cleanup
+/// after a failed multi-lock round.
+pub(crate) fn release_token(swarm: &Redswarm, keys: &LockKeys, token: &str) -> Result<i64> {
+    let mut conn = swarm.store().conn()?;
+    invoke(
+        LOCK_RELEASE
+            .prepare()
+            .key(&keys.owner)
+            .key(&keys.queue)
+            .key(&keys.tickets)
+            .arg(token)
+            .arg(&keys.released),
+        &mut *conn,
+    )
+}
+
+fn leave_queue(swarm: &Redswarm, keys: &LockKeys, token: &str) {
+    let r = swarm.conn().and_then(|mut c| {
+        invoke::<i64>(
+            LOCK_LEAVE_QUEUE
+                .prepare()
+                .key(&keys.queue)
+                .key(&keys.tickets)
+                .arg(token)
+                .arg(&keys.released),
+            &mut *c,
+        )
+    });
+    if let Err(e) = r {
+        log::debug!(
+            "could not leave the queue of {}: {e} (the ticket will lapse)",
+            keys.owner
+        );
+    }
+}
+
+/// A held lock. Released on drop (errors are logged); call
+/// [`LockGuard::release`] to see them.
+///
+/// ```no_run
+/// # fn main() -> redswarm::Result<()> {
+/// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
+/// use std::time::Duration;
+/// let guard = swarm.lock("orders:42", Duration::from_secs(10), Duration::from_secs(5))?;
+/// let token = guard.fencing_token(); // hand this to the storage you write to
+/// guard.extend(Duration::from_secs(10))?;
+/// assert!(guard.is_held());
+/// guard.release()?;
+/// # Ok(()) }
+/// ```
+pub struct LockGuard {
+    swarm: Redswarm,
+    name: String,
+    keys: LockKeys,
+    token: String,
+    fence: u64,
+    lease: Option<Lease>,
+}
+
+impl std::fmt::Debug for LockGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LockGuard")
+            .field("name", &self.name)
+            .field("fencing_token", &self.fence)
+            .finish()
+    }
+}
+
+impl LockGuard {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        swarm: &Redswarm,
+        name: &str,
+        keys: LockKeys,
+        token: String,
+        fence: u64,
+        sent: Instant,
+        ttl: Duration,
+        auto_extend: bool,
+    ) -> LockGuard {
+        let what = format!("lock `{name}`");
+        let target = LeaseTarget::Key {
+            key: keys.owner.clone(),
+            token: token.clone(),
+        };
+        let lease = if auto_extend {
+            swarm.lease(what, target, ttl, sent)
+        } else {
+            swarm.lease_unrenewed(what, target, ttl, sent)
+        };
+        LockGuard {
+            swarm: swarm.clone(),
+            name: name.to_string(),
+            keys,
+            token,
+            fence,
+            lease: Some(lease),
+        }
+    }
+
+    /// Also tells `tx` when this lock is lost (multi-lock guards share one).
+    pub(crate) fn notify_on_loss(&self, tx: crossbeam_channel::Sender<LeaseLost>) {
+        if let Some(l) = &self.lease {
+            l.notify_on_loss(tx);
+        }
+    }
+
+    /// The lock's name.
+    ///
+    /// ```no_run
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+    /// # let guard = swarm.try_lock("a", std::time::Duration::from_secs(1)).unwrap().unwrap();
+    /// assert_eq!(guard.name(), "a");
+    /// ```
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The fencing token of this acquisition: strictly greater than every
+    /// earlier acquisition's of the same name, never reused (the counter
+    /// survives the lock key's expiry).
+    ///
+    /// ```no_run
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+    /// # let guard = swarm.try_lock("a", std::time::Duration::from_secs(1)).unwrap().unwrap();
+    /// assert!(guard.fencing_token() > 0);
+    /// ```
+    pub fn fencing_token(&self) -> u64 {
+        self.fence
+    }
+
+    /// Whether this guard may still act as the owner: not released, no
+    /// renewal was refused, and the TTL (minus a safety margin) has not run
+    /// out since the last successful acquire, extend or renewal.
+    ///
+    /// ```no_run
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+    /// # let guard = swarm.try_lock("a", std::time::Duration::from_secs(1)).unwrap().unwrap();
+    /// if !guard.is_held() { /* stop writing */ }
+    /// ```
+    pub fn is_held(&self) -> bool {
+        self.lease.as_ref().is_some_and(|l| !l.is_lost())
+    }
+
+    /// A channel that receives one [`LeaseLost`] when the lock is lost
+    /// (renewal refused or not possible in time).
+    ///
+    /// ```no_run
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+    /// # let guard = swarm.lock_options("a").auto_extend(true).try_lock().unwrap().unwrap();
+    /// let lost = guard.lost();
+    /// crossbeam_channel::select! {
+    ///     recv(lost) -> why => eprintln!("stop: {why:?}"),
+    ///     default(std::time::Duration::from_secs(1)) => {}
+    /// }
+    /// ```
+    pub fn lost(&self) -> Receiver<LeaseLost> {
+        match &self.lease {
+            Some(l) => l.lost_receiver(),
+            None => {
+                let (tx, rx) = crossbeam_channel::bounded(1);
+                let _ = tx.send(LeaseLost {
+                    what: format!("lock `{}`", self.name),
+                    reason: "released".into(),
+                });
+                rx
+            }
+        }
+    }
+
+    /// Sets the lock's expiry to now + `ttl` (Redis clock). Fails with
+    /// [`Error::LeaseLost`] if the lock expired or is held by someone else;
+    /// never re-creates it.
+    ///
+    /// ```no_run
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+    /// # let guard = swarm.try_lock("a", std::time::Duration::from_secs(1)).unwrap().unwrap();
+    /// guard.extend(std::time::Duration::from_secs(5)).unwrap();
+    /// ```
+    pub fn extend(&self, ttl: Duration) -> Result<()> {
+        let lease = self
+            .lease
+            .as_ref()
+            .ok_or_else(|| self.lost_error("already released"))?;
+        validate_ttl(&self.swarm, ttl, false)?;
+        let mut conn = self.swarm.conn()?;
+        let sent = Instant::now();
+        let r: i64 = invoke(
+            LOCK_EXTEND
+                .prepare()
+                .key(&self.keys.owner)
+                .arg(&self.token)
+                .arg(millis(ttl)),
+            &mut *conn,
+        )?;
+        match r {
+            1 => {
+                lease.renewed(sent, ttl);
+                Ok(())
+            }
+            0 => {
+                lease.mark_lost("expired before extend");
+                Err(self.lost_error("it expired"))
+            }
+            _ => {
+                lease.mark_lost("held by another owner");
+                Err(self.lost_error("another owner holds it"))
+            }
+        }
+    }
+
+    /// Releases the lock and wakes waiters. Idempotent: releasing again, or
+    /// a retry after a lost reply, is `Ok`. Fails with
+    /// [`Error::LeaseLost`] if the lock had already passed to someone else
+    /// (it is left untouched) or expired while we believed we held it.
+    ///
+    /// ```no_run
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+    /// let guard = swarm.try_lock("a", std::time::Duration::from_secs(1)).unwrap().unwrap();
+    /// guard.release().unwrap();
+    /// ```
+    pub fn release(mut self) -> Result<()> {
+        self.release_inner()
+    }
+
+    fn release_inner(&mut self) -> Result<()> {
+        // Stop renewing first; a renewal already in flight compares the
+        // token in Lua and cannot revive the lock after the DEL below.
+        let Some(lease) = self.lease.take() else {
+            return Ok(());
+        };
+        let lost_locally = lease.is_lost();
+        drop(lease);
+        match release_token(&self.swarm, &self.keys, &self.token)? {
+            1 => Ok(()),
+            0 if !lost_locally => Ok(()), // already released (e.g. a retried call)
+            0 => Err(self.lost_error("it expired before release")),
+            _ => Err(self.lost_error("another owner holds it now")),
+        }
+    }
+
+    fn lost_error(&self, reason: &str) -> Error {
+        Error::LeaseLost {
+            what: format!("lock `{}`", self.name),
+            reason: reason.to_string(),
+        }
+    }
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        if let Err(e) = self.release_inner() {
+            log::warn!("releasing lock `{}` on drop: {e}", self.name);
+        }
+    }
+}

@@ -1,0 +1,407 @@
+//! A counting semaphore whose permits are leases.
+//!
+//! Each permit is a member of a sorted set scored by its deadline (Redis
+//! clock) with a unique id, so a crashed holder's permit comes back by
+//! itself when its TTL passes: the acquire script drops expired permits
+//! before counting. Extension never revives an expired permit, so there are
+//! never more than `permits` live holders at any instant. Waiters are woken
+//! by a release message, bounded by the earliest permit's expiry and
+//! `wait_recheck`. Fair mode admits waiters in arrival order. Every grant
+//! carries a fencing token (one counter per semaphore).
+//!
+//! All users of one semaphore name must pass the same `permits`.
+
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Receiver;
+
+use crate::error::{Error, Result};
+use crate::handle::Redswarm;
+use crate::heartbeat::{Lease, LeaseLost, LeaseTarget};
+use crate::keys::SemaphoreKeys;
+use crate::lock::{validate_ttl, wait_for_release};
+use crate::scripts::{invoke, lua_script};
+use crate::util::{millis, random_id};
+
+lua_script!(SEM_ACQUIRE, "semaphore_acquire.lua");
+lua_script!(SEM_RELEASE, "semaphore_release.lua");
+lua_script!(SEM_EXTEND, "semaphore_extend.lua");
+lua_script!(SEM_COUNT, "semaphore_count.lua");
+lua_script!(SEM_LEAVE_QUEUE, "semaphore_leave_queue.lua");
+
+/// A named counting semaphore; create with [`Redswarm::semaphore`].
+///
+/// ```no_run
+/// # fn main() -> redswarm::Result<()> {
+/// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
+/// use std::time::Duration;
+/// let sem = swarm.semaphore("pdf-renderers", 4)?.ttl(Duration::from_secs(60)).auto_extend(true);
+/// let permit = sem.acquire(Duration::from_secs(10))?;
+/// // at most 4 of these run at once, across every process
+/// drop(permit); // released
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct Semaphore {
+    swarm: Redswarm,
+    name: String,
+    keys: SemaphoreKeys,
+    permits: u32,
+    ttl: Duration,
+    auto_extend: bool,
+    fair: bool,
+}
+
+impl Semaphore {
+    pub(crate) fn new(swarm: &Redswarm, name: &str, permits: u32) -> Result<Semaphore> {
+        let keys = swarm.keys().semaphore(name)?;
+        if permits == 0 {
+            return Err(Error::invalid("permits", "must be at least 1"));
+        }
+        Ok(Semaphore {
+            swarm: swarm.clone(),
+            name: name.to_string(),
+            keys,
+            permits,
+            ttl: Duration::from_secs(30),
+            auto_extend: false,
+            fair: false,
+        })
+    }
+
+    /// Permit TTL (default 30 s): a holder that dies gives its permit back
+    /// after this long.
+    ///
+    /// ```no_run
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+    /// let sem = swarm.semaphore("s", 2).unwrap().ttl(std::time::Duration::from_secs(5));
+    /// ```
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// Renew permits every heartbeat while held (default off).
+    ///
+    /// ```no_run
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+    /// let sem = swarm.semaphore("s", 2).unwrap().auto_extend(true);
+    /// ```
+    pub fn auto_extend(mut self, on: bool) -> Self {
+        self.auto_extend = on;
+        self
+    }
+
+    /// Admit waiters in arrival order (default off).
+    ///
+    /// ```no_run
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+    /// let sem = swarm.semaphore("s", 2).unwrap().fair(true);
+    /// ```
+    pub fn fair(mut self, on: bool) -> Self {
+        self.fair = on;
+        self
+    }
+
+    /// Takes a permit if one is free now.
+    ///
+    /// ```no_run
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+    /// let sem = swarm.semaphore("s", 2).unwrap();
+    /// if let Some(permit) = sem.try_acquire().unwrap() { /* ... */ }
+    /// ```
+    pub fn try_acquire(&self) -> Result<Option<Permit>> {
+        validate_ttl(&self.swarm, self.ttl, self.auto_extend)?;
+        let id = random_id();
+        match self.attempt(&id)? {
+            Ok(p) => Ok(Some(p)),
+            Err(_) => {
+                if self.fair {
+                    self.leave_queue(&id);
+                }
+                Ok(None)
+            }
+        }
+    }
+
+    /// Blocks until a permit is free or `wait` passes ([`Error::Timeout`]).
+    ///
+    /// ```no_run
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+    /// let permit = swarm.semaphore("s", 2).unwrap().acquire(std::time::Duration::from_secs(1)).unwrap();
+    /// ```
+    pub fn acquire(&self, wait: Duration) -> Result<Permit> {
+        validate_ttl(&self.swarm, self.ttl, self.auto_extend)?;
+        let id = random_id();
+        let deadline = Instant::now() + wait;
+        let sub = self.swarm.subscribe(&self.keys.released)?;
+        loop {
+            let next_expiry = match self.attempt(&id) {
+                Ok(Ok(p)) => return Ok(p),
+                Ok(Err(next)) => next,
+                Err(e) if e.is_unavailable() => None,
+                Err(e) => return Err(e),
+            };
+            let now = Instant::now();
+            if now >= deadline {
+                if self.fair {
+                    self.leave_queue(&id);
+                }
+                return Err(Error::Timeout {
+                    what: format!("a permit of semaphore `{}`", self.name),
+                    waited: wait,
+                });
+            }
+            let mut nap = (deadline - now).min(self.swarm.config().wait_recheck());
+            if let Some(t) = next_expiry {
+                nap = nap.min(t.max(Duration::from_millis(1)));
+            }
+            wait_for_release(&sub, nap, None);
+        }
+    }
+
+    /// Live permits right now (by Redis's clock).
+    ///
+    /// ```no_run
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+    /// let n = swarm.semaphore("s", 2).unwrap().holders().unwrap();
+    /// assert!(n <= 2);
+    /// ```
+    pub fn holders(&self) -> Result<u64> {
+        let mut conn = self.swarm.conn()?;
+        invoke(SEM_COUNT.prepare().key(&self.keys.holders), &mut *conn)
+    }
+
+    /// The permit count.
+    ///
+    /// ```no_run
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+    /// assert_eq!(swarm.semaphore("s", 2).unwrap().permits(), 2);
+    /// ```
+    pub fn permits(&self) -> u32 {
+        self.permits
+    }
+
+    /// One attempt: Ok(Ok(permit)), or Ok(Err(time until the earliest
+    /// permit expires)).
+    fn attempt(&self, id: &str) -> Result<std::result::Result<Permit, Option<Duration>>> {
+        let mut conn = self.swarm.conn()?;
+        let sent = Instant::now();
+        let reply: Vec<i64> = invoke(
+            SEM_ACQUIRE
+                .prepare()
+                .key(&self.keys.holders)
+                .key(&self.keys.fence)
+                .key(&self.keys.queue)
+                .key(&self.keys.tickets)
+                .arg(id)
+                .arg(self.permits)
+                .arg(millis(self.ttl))
+                .arg(if self.fair { "1" } else { "0" })
+                .arg(millis(self.swarm.config().wait_recheck() * 3)),
+            &mut *conn,
+        )?;
+        match reply.as_slice() {
+            [1, fence, ..] => {
+                let fence = u64::try_from(*fence)
+                    .map_err(|_| Error::corrupt(&self.keys.fence, "negative fencing counter"))?;
+                let what = format!("permit of semaphore `{}`", self.name);
+                let target = LeaseTarget::Member {
+                    zset: self.keys.holders.clone(),
+                    member: id.to_string(),
+                };
+                let lease = if self.auto_extend {
+                    self.swarm.lease(what, target, self.ttl, sent)
+                } else {
+                    self.swarm.lease_unrenewed(what, target, self.ttl, sent)
+                };
+                Ok(Ok(Permit {
+                    swarm: self.swarm.clone(),
+                    name: self.name.clone(),
+                    keys: self.keys.clone(),
+                    id: id.to_string(),
+                    fence,
+                    lease: Some(lease),
+                }))
+            }
+            [0, next, ..] => Ok(Err(u64::try_from(*next).ok().map(Duration::from_millis))),
+            other => Err(Error::corrupt(
+                &self.keys.holders,
+                format!("unexpected acquire reply {other:?}"),
+            )),
+        }
+    }
+
+    fn leave_queue(&self, id: &str) {
+        let r = self.swarm.conn().and_then(|mut c| {
+            invoke::<i64>(
+                SEM_LEAVE_QUEUE
+                    .prepare()
+                    .key(&self.keys.queue)
+                    .key(&self.keys.tickets)
+                    .arg(id)
+                    .arg(&self.keys.released),
+                &mut *c,
+            )
+        });
+        if let Err(e) = r {
+            log::debug!(
+                "could not leave the queue of semaphore `{}`: {e}",
+                self.name
+            );
+        }
+    }
+}
+
+/// One permit of a [`Semaphore`]; released on drop.
+///
+/// ```no_run
+/// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+/// let permit = swarm.semaphore("s", 1).unwrap().acquire(std::time::Duration::from_secs(1)).unwrap();
+/// println!("fencing token {}", permit.fencing_token());
+/// permit.release().unwrap();
+/// ```
+pub struct Permit {
+    swarm: Redswarm,
+    name: String,
+    keys: SemaphoreKeys,
+    id: String,
+    fence: u64,
+    lease: Option<Lease>,
+}
+
+impl std::fmt::Debug for Permit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Permit")
+            .field("semaphore", &self.name)
+            .field("fencing_token", &self.fence)
+            .finish()
+    }
+}
+
+impl Permit {
+    /// Fencing token of this grant (increasing per semaphore).
+    ///
+    /// ```no_run
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+    /// # let permit = swarm.semaphore("s", 1).unwrap().try_acquire().unwrap().unwrap();
+    /// assert!(permit.fencing_token() > 0);
+    /// ```
+    pub fn fencing_token(&self) -> u64 {
+        self.fence
+    }
+
+    /// Whether the permit is still ours (not released, not lost, TTL minus
+    /// a safety margin not passed locally).
+    ///
+    /// ```no_run
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+    /// # let permit = swarm.semaphore("s", 1).unwrap().try_acquire().unwrap().unwrap();
+    /// assert!(permit.is_held());
+    /// ```
+    pub fn is_held(&self) -> bool {
+        self.lease.as_ref().is_some_and(|l| !l.is_lost())
+    }
+
+    /// A channel that receives one [`LeaseLost`] when the permit is lost.
+    ///
+    /// ```no_run
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+    /// # let permit = swarm.semaphore("s", 1).unwrap().try_acquire().unwrap().unwrap();
+    /// let lost = permit.lost();
+    /// ```
+    pub fn lost(&self) -> Receiver<LeaseLost> {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        match &self.lease {
+            Some(l) => l.notify_on_loss(tx),
+            None => {
+                let _ = tx.send(LeaseLost {
+                    what: format!("permit of semaphore `{}`", self.name),
+                    reason: "released".into(),
+                });
+            }
+        }
+        rx
+    }
+
+    /// Extends the permit to now + `ttl`; [`Error::LeaseLost`] if it expired.
+    ///
+    /// ```no_run
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+    /// # let permit = swarm.semaphore("s", 1).unwrap().try_acquire().unwrap().unwrap();
+    /// permit.extend(std::time::Duration::from_secs(30)).unwrap();
+    /// ```
+    pub fn extend(&self, ttl: Duration) -> Result<()> {
+        let lease = self
+            .lease
+            .as_ref()
+            .ok_or_else(|| self.lost_error("already released"))?;
+        validate_ttl(&self.swarm, ttl, false)?;
+        let mut conn = self.swarm.conn()?;
+        let sent = Instant::now();
+        let r: i64 = invoke(
+            SEM_EXTEND
+                .prepare()
+                .key(&self.keys.holders)
+                .arg(&self.id)
+                .arg(millis(ttl)),
+            &mut *conn,
+        )?;
+        if r == 1 {
+            lease.renewed(sent, ttl);
+            Ok(())
+        } else {
+            lease.mark_lost("expired before extend");
+            Err(self.lost_error("it expired"))
+        }
+    }
+
+    /// Gives the permit back. Idempotent; [`Error::LeaseLost`] if it had
+    /// expired while we believed we held it.
+    ///
+    /// ```no_run
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+    /// # let permit = swarm.semaphore("s", 1).unwrap().try_acquire().unwrap().unwrap();
+    /// permit.release().unwrap();
+    /// ```
+    pub fn release(mut self) -> Result<()> {
+        self.release_inner()
+    }
+
+    fn release_inner(&mut self) -> Result<()> {
+        let Some(lease) = self.lease.take() else {
+            return Ok(());
+        };
+        let lost_locally = lease.is_lost();
+        drop(lease);
+        let mut conn = self.swarm.store().conn()?;
+        let r: i64 = invoke(
+            SEM_RELEASE
+                .prepare()
+                .key(&self.keys.holders)
+                .arg(&self.id)
+                .arg(&self.keys.released),
+            &mut *conn,
+        )?;
+        if r == 1 || !lost_locally {
+            Ok(())
+        } else {
+            Err(self.lost_error("it expired before release"))
+        }
+    }
+
+    fn lost_error(&self, reason: &str) -> Error {
+        Error::LeaseLost {
+            what: format!("permit of semaphore `{}`", self.name),
+            reason: reason.to_string(),
+        }
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        if let Err(e) = self.release_inner() {
+            log::warn!("releasing a permit of `{}` on drop: {e}", self.name);
+        }
+    }
+}
