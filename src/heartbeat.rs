@@ -296,10 +296,19 @@ impl Heartbeat {
             health: Mutex::new(Health::Healthy),
             health_watchers: Mutex::new(Vec::new()),
         });
-        let mut conn = shared.store.conn()?;
+        // The heartbeat has its own connection: a busy pool must never
+        // delay lease renewal.
+        let mut conn = shared
+            .store
+            .dedicated
+            .open()
+            .map_err(|source| Error::Connect {
+                url: shared.store.config.masked_url(),
+                source,
+            })?;
         let mut pipe = redis::pipe();
         pipe.invoke_script(&node_beat(&shared, true));
-        let reply: Vec<i64> = query_pipeline(&pipe, &[&NODE_BEAT], &mut *conn)?;
+        let reply: Vec<i64> = query_pipeline(&pipe, &[&NODE_BEAT], &mut conn)?;
         if reply.first() == Some(&-1) {
             return Err(Error::config(
                 "node_id",
@@ -309,12 +318,11 @@ impl Heartbeat {
                 ),
             ));
         }
-        drop(conn);
         let (stop, stop_rx) = unbounded();
         let thread_shared = shared.clone();
         let thread = std::thread::Builder::new()
             .name("redswarm-heartbeat".into())
-            .spawn(move || run(thread_shared, stop_rx))
+            .spawn(move || run(thread_shared, stop_rx, Some(conn)))
             .map_err(|e| Error::Pool(format!("cannot spawn heartbeat thread: {e}")))?;
         Ok(Heartbeat {
             shared,
@@ -463,11 +471,11 @@ fn node_beat(shared: &Shared, first: bool) -> redis::ScriptInvocation<'static> {
     inv
 }
 
-fn run(shared: Arc<Shared>, stop: Receiver<()>) {
+fn run(shared: Arc<Shared>, stop: Receiver<()>, mut conn: Option<redis::Connection>) {
     let interval = shared.store.config.heartbeat_interval;
     loop {
         let started = Instant::now();
-        beat(&shared, started);
+        beat(&shared, started, &mut conn);
         let left = interval.saturating_sub(started.elapsed());
         match stop.recv_timeout(left) {
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => continue,
@@ -476,7 +484,7 @@ fn run(shared: Arc<Shared>, stop: Receiver<()>) {
     }
 }
 
-fn beat(shared: &Shared, sent: Instant) {
+fn beat(shared: &Shared, sent: Instant, conn: &mut Option<redis::Connection>) {
     let leases: Vec<Arc<LeaseState>> = shared
         .leases
         .lock()
@@ -498,9 +506,25 @@ fn beat(shared: &Shared, sent: Instant) {
             batches.push(chunk.to_vec());
         }
     }
-    let outcome = shared.store.conn().and_then(|mut c| {
-        query_pipeline::<Vec<Value>>(&pipe, &[&NODE_BEAT, &LEASE_RENEW], &mut *c)
-    });
+    if conn.is_none() {
+        // Reconnect within one interval so a dead server cannot stall the beat.
+        let cfg = &shared.store.config;
+        match shared
+            .store
+            .dedicated
+            .open_within(cfg.connect_timeout.min(cfg.heartbeat_interval))
+        {
+            Ok(c) => *conn = Some(c),
+            Err(e) => log::debug!("heartbeat reconnect failed: {e}"),
+        }
+    }
+    let outcome = match conn.as_mut() {
+        Some(c) => query_pipeline::<Vec<Value>>(&pipe, &[&NODE_BEAT, &LEASE_RENEW], c),
+        None => Err(Error::Pool("heartbeat has no connection to Redis".into())),
+    };
+    if outcome.is_err() {
+        *conn = None;
+    }
     match outcome {
         Ok(replies) => {
             set_health(shared, Health::Healthy);

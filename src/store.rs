@@ -25,9 +25,15 @@ pub struct ConnectionManager {
 impl ConnectionManager {
     /// Opens one connection outside the pool (the pub/sub thread uses this).
     pub(crate) fn open(&self) -> redis::RedisResult<redis::Connection> {
-        let conn = self
-            .client
-            .get_connection_with_timeout(self.connect_timeout)?;
+        self.open_within(self.connect_timeout)
+    }
+
+    /// Like [`ConnectionManager::open`] with a tighter connect bound.
+    pub(crate) fn open_within(
+        &self,
+        connect_timeout: Duration,
+    ) -> redis::RedisResult<redis::Connection> {
+        let conn = self.client.get_connection_with_timeout(connect_timeout)?;
         // get_connection_with_timeout resets the socket timeouts: set them again.
         conn.set_read_timeout(Some(self.command_timeout))?;
         conn.set_write_timeout(Some(self.command_timeout))?;
@@ -60,7 +66,9 @@ pub(crate) struct Store {
     pub(crate) config: Config,
     pub(crate) keys: Keys,
     pub(crate) node_id: String,
-    pub(crate) manager_for_pubsub: ConnectionManager,
+    /// Opens connections outside the pool, for the threads that must not
+    /// wait behind pool users (pub/sub, heartbeat).
+    pub(crate) dedicated: ConnectionManager,
     pool: r2d2::Pool<ConnectionManager>,
 }
 
@@ -113,7 +121,7 @@ impl Store {
         Ok(Arc::new(Store {
             keys: Keys::new(config.namespace.clone()),
             node_id,
-            manager_for_pubsub: manager,
+            dedicated: manager,
             pool,
             config,
         }))

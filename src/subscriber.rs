@@ -296,7 +296,7 @@ fn run(shared: Arc<Shared>, inbox: Receiver<()>, first_attempt: Sender<()>) {
     let mut backoff = cfg.reconnect_min;
     let mut ever_connected = false;
     while !shared.stop.load(Ordering::SeqCst) {
-        match shared.store.manager_for_pubsub.open() {
+        match shared.store.dedicated.open() {
             Ok(mut conn) => {
                 backoff = cfg.reconnect_min;
                 let outcome = serve(&shared, &inbox, &mut conn, ever_connected, &first_attempt);

@@ -1,0 +1,404 @@
+//! Locks and multi-locks against a real redis-server.
+
+mod support;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use redswarm::{Config, Error, Redswarm};
+use support::RedisServer;
+
+fn connect(server: &RedisServer, ns: &str) -> Redswarm {
+    connect_with(server, ns, |b| b)
+}
+
+fn connect_with(
+    server: &RedisServer,
+    ns: &str,
+    f: impl FnOnce(redswarm::ConfigBuilder) -> redswarm::ConfigBuilder,
+) -> Redswarm {
+    let b = Config::builder()
+        .url(server.url())
+        .namespace(ns)
+        .heartbeat_interval(Duration::from_millis(100))
+        .command_timeout(Duration::from_millis(100))
+        .node_ttl(Duration::from_millis(600))
+        .peer_timeout(Duration::from_millis(50))
+        .reconnect_min(Duration::from_millis(20))
+        .reconnect_max(Duration::from_millis(200))
+        .pool_size(40);
+    Redswarm::connect(f(b).build().unwrap()).unwrap()
+}
+
+const SEC: Duration = Duration::from_secs(1);
+
+#[test]
+fn try_lock_is_exclusive_and_tokens_increase() {
+    let server = RedisServer::start();
+    let a = connect(&server, "excl");
+    let b = connect(&server, "excl");
+    let g1 = a.try_lock("res", 5 * SEC).unwrap().expect("free lock");
+    assert!(b.try_lock("res", 5 * SEC).unwrap().is_none());
+    assert!(
+        a.try_lock("res", 5 * SEC).unwrap().is_none(),
+        "not reentrant"
+    );
+    let t1 = g1.fencing_token();
+    g1.release().unwrap();
+    let g2 = b
+        .try_lock("res", 5 * SEC)
+        .unwrap()
+        .expect("released lock is free");
+    assert!(g2.fencing_token() > t1);
+    drop(g2); // releases
+    assert!(a.try_lock("res", 5 * SEC).unwrap().is_some());
+}
+
+#[test]
+fn bad_names_and_ttls_are_clear_errors() {
+    let server = RedisServer::start();
+    let s = connect(&server, "bad");
+    let invalid = |r: redswarm::Result<Option<redswarm::LockGuard>>, what: &str| match r {
+        Err(Error::InvalidInput { what: w, .. }) => assert_eq!(w, what),
+        other => panic!("expected InvalidInput({what}), got {other:?}"),
+    };
+    invalid(s.try_lock("", SEC), "lock name");
+    invalid(s.try_lock(&"x".repeat(600), SEC), "lock name");
+    invalid(s.try_lock("a{b}", SEC), "lock name");
+    invalid(s.try_lock("a", Duration::ZERO), "ttl");
+    // Auto-extension needs room for renewals: 3 heartbeats (300 ms here).
+    let err = s
+        .lock_options("a")
+        .ttl(Duration::from_millis(200))
+        .auto_extend(true)
+        .try_lock()
+        .unwrap_err();
+    assert!(err.to_string().contains("heartbeat"), "{err}");
+    assert!(matches!(
+        s.semaphore("s", 0),
+        Err(Error::InvalidInput {
+            what: "permits",
+            ..
+        })
+    ));
+    assert!(matches!(
+        s.semaphore("", 1),
+        Err(Error::InvalidInput { .. })
+    ));
+    assert!(matches!(
+        s.lock_all(&[], SEC, SEC),
+        Err(Error::InvalidInput { .. })
+    ));
+}
+
+#[test]
+fn a_stale_holder_cannot_release_or_extend_the_new_holders_lock() {
+    let server = RedisServer::start();
+    let a = connect(&server, "stale");
+    let b = connect(&server, "stale");
+    // A holds without renewal and "pauses" past its TTL.
+    let stale = a
+        .try_lock("res", Duration::from_millis(200))
+        .unwrap()
+        .unwrap();
+    assert!(stale.is_held());
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!stale.is_held(), "the holder itself knows its TTL ran out");
+    let fresh = b.lock("res", 5 * SEC, 2 * SEC).unwrap();
+    assert!(fresh.fencing_token() > stale.fencing_token());
+    assert!(matches!(
+        stale.extend(5 * SEC),
+        Err(Error::LeaseLost { .. })
+    ));
+    assert!(matches!(stale.release(), Err(Error::LeaseLost { .. })));
+    // The new holder is untouched.
+    assert!(fresh.is_held());
+    assert!(a.try_lock("res", SEC).unwrap().is_none());
+    fresh.extend(5 * SEC).unwrap();
+}
+
+#[test]
+fn extend_never_recreates_an_expired_lock() {
+    let server = RedisServer::start();
+    let a = connect(&server, "extend");
+    let g = a
+        .try_lock("res", Duration::from_millis(100))
+        .unwrap()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(matches!(g.extend(5 * SEC), Err(Error::LeaseLost { .. })));
+    let exists: i64 = redis::cmd("EXISTS")
+        .arg("{extend:lock:res}")
+        .query(&mut server.conn())
+        .unwrap();
+    assert_eq!(exists, 0);
+    assert!(a.try_lock("res", SEC).unwrap().is_some());
+}
+
+#[test]
+fn mutual_exclusion_under_16_threads_on_2_handles() {
+    let server = RedisServer::start();
+    let handles = [connect(&server, "mutex"), connect(&server, "mutex")];
+    let counter = Arc::new(AtomicU64::new(0));
+    let log: Arc<Mutex<Vec<u64>>> = Arc::new(Mutex::new(Vec::new()));
+    let per_thread = 15;
+    let mut threads = Vec::new();
+    for t in 0..16 {
+        let swarm = handles[t % 2].clone();
+        let counter = counter.clone();
+        let log = log.clone();
+        threads.push(std::thread::spawn(move || {
+            for _ in 0..per_thread {
+                let g = swarm.lock("counter", 10 * SEC, 60 * SEC).unwrap();
+                // A non-atomic read-modify-write: only exclusion keeps it right.
+                let v = counter.load(Ordering::SeqCst);
+                std::thread::yield_now();
+                counter.store(v + 1, Ordering::SeqCst);
+                log.lock().push(g.fencing_token());
+                g.release().unwrap();
+            }
+        }));
+    }
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(counter.load(Ordering::SeqCst), 16 * per_thread);
+    let tokens = log.lock();
+    assert!(
+        tokens.windows(2).all(|w| w[0] < w[1]),
+        "fencing tokens must increase in acquisition order"
+    );
+}
+
+#[test]
+fn a_waiter_is_woken_by_the_release_not_the_fallback() {
+    let server = RedisServer::start();
+    // A long fallback re-check: only the release message can explain a fast wake-up.
+    let cfg = |b: redswarm::ConfigBuilder| b.wait_recheck(Duration::from_secs(20));
+    let a = connect_with(&server, "wake", cfg);
+    let b = connect_with(&server, "wake", cfg);
+    let g = a.try_lock("res", 60 * SEC).unwrap().unwrap();
+    let waiter = std::thread::spawn(move || {
+        let g = b.lock("res", 60 * SEC, 30 * SEC).unwrap();
+        (Instant::now(), g.fencing_token())
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let released = Instant::now();
+    g.release().unwrap();
+    let (acquired, _) = waiter.join().unwrap();
+    let latency = acquired - released;
+    assert!(
+        latency < Duration::from_secs(5),
+        "woken after {latency:?}, fallback is 20 s"
+    );
+}
+
+#[test]
+fn lock_times_out_with_a_typed_error() {
+    let server = RedisServer::start();
+    let a = connect(&server, "timeout");
+    let _g = a.try_lock("res", 60 * SEC).unwrap().unwrap();
+    let started = Instant::now();
+    let err = a.lock("res", SEC, Duration::from_millis(300)).unwrap_err();
+    assert!(matches!(err, Error::Timeout { .. }), "{err}");
+    assert!(started.elapsed() >= Duration::from_millis(300));
+}
+
+#[test]
+fn auto_extended_lock_outlives_its_ttl() {
+    let server = RedisServer::start();
+    let a = connect(&server, "auto");
+    let b = connect(&server, "auto");
+    let g = a
+        .lock_options("res")
+        .ttl(Duration::from_millis(400))
+        .auto_extend(true)
+        .try_lock()
+        .unwrap()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(g.is_held());
+    assert!(b.try_lock("res", SEC).unwrap().is_none());
+    assert!(g.lost().try_recv().is_err());
+    g.release().unwrap();
+    assert!(b.try_lock("res", SEC).unwrap().is_some());
+}
+
+#[test]
+fn redis_killed_the_guard_reports_the_loss_and_locks_work_after_restart() {
+    let mut server = RedisServer::start();
+    let a = connect(&server, "kill");
+    let g = a
+        .lock_options("res")
+        .ttl(Duration::from_millis(600))
+        .auto_extend(true)
+        .try_lock()
+        .unwrap()
+        .unwrap();
+    let lost = g.lost();
+    let killed = Instant::now();
+    server.kill();
+    let why = lost
+        .recv_timeout(Duration::from_secs(5))
+        .expect("loss reported");
+    // Reported before the TTL could have run out in Redis.
+    assert!(
+        killed.elapsed() < Duration::from_millis(600),
+        "reported after {:?}",
+        killed.elapsed()
+    );
+    assert!(!g.is_held(), "{why}");
+    server.restart();
+    assert!(support::wait_until(Duration::from_secs(10), || matches!(
+        a.try_lock("res2", SEC),
+        Ok(Some(_))
+    )));
+    assert!(matches!(g.release(), Err(Error::LeaseLost { .. }) | Ok(())));
+}
+
+#[test]
+fn fair_mode_grants_in_arrival_order() {
+    let server = RedisServer::start();
+    let a = connect(&server, "fair");
+    let holder = a
+        .lock_options("res")
+        .fair(true)
+        .try_lock()
+        .unwrap()
+        .unwrap();
+    let order: Arc<Mutex<Vec<usize>>> = Arc::new(Mutex::new(Vec::new()));
+    let mut waiters = Vec::new();
+    for i in 0..5 {
+        let swarm = connect(&server, "fair");
+        let order = order.clone();
+        waiters.push(std::thread::spawn(move || {
+            let g = swarm
+                .lock_options("res")
+                .fair(true)
+                .ttl(10 * SEC)
+                .lock(30 * SEC)
+                .unwrap();
+            order.lock().push(i);
+            std::thread::sleep(Duration::from_millis(20));
+            g.release().unwrap();
+        }));
+        // Let waiter i enqueue before waiter i+1 arrives.
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    holder.release().unwrap();
+    for w in waiters {
+        w.join().unwrap();
+    }
+    assert_eq!(*order.lock(), vec![0, 1, 2, 3, 4]);
+}
+
+#[test]
+fn multi_lock_is_all_or_nothing() {
+    let server = RedisServer::start();
+    let a = connect(&server, "multi");
+    let b = connect(&server, "multi");
+    let blocker = b.try_lock("b", 60 * SEC).unwrap().unwrap();
+    let err = a
+        .lock_all(&["c", "a", "b"], 5 * SEC, Duration::from_millis(300))
+        .unwrap_err();
+    assert!(matches!(err, Error::Timeout { .. }), "{err}");
+    // Nothing of the set is held after the failure.
+    assert!(b.try_lock("a", SEC).unwrap().is_some());
+    assert!(b.try_lock("c", SEC).unwrap().is_some());
+    blocker.release().unwrap();
+    let all = a.lock_all(&["c", "a", "b", "a"], 5 * SEC, 5 * SEC).unwrap();
+    let names: Vec<String> = all.fencing_tokens().into_iter().map(|(n, _)| n).collect();
+    assert_eq!(names, vec!["a", "b", "c"]);
+    assert!(all.is_held());
+    assert!(b.try_lock("b", SEC).unwrap().is_none());
+    all.release().unwrap();
+    assert!(b.try_lock("b", SEC).unwrap().is_some());
+}
+
+#[test]
+fn multi_lock_extend_reports_which_lock_failed() {
+    let server = RedisServer::start();
+    let a = connect(&server, "multiext");
+    let all = a.lock_all(&["x", "y"], 5 * SEC, SEC).unwrap();
+    // Someone deletes y behind our back (an operator, a failover).
+    let _: i64 = redis::cmd("DEL")
+        .arg("{multiext:lock:y}")
+        .query(&mut server.conn())
+        .unwrap();
+    match all.extend(5 * SEC) {
+        Err(Error::Partial {
+            what: "extend",
+            failed,
+        }) => {
+            assert_eq!(failed.len(), 1);
+            assert_eq!(failed[0].0, "y");
+        }
+        other => panic!("expected Partial, got {other:?}"),
+    }
+    assert!(!all.is_held());
+    assert!(all.lost().recv_timeout(SEC).is_ok());
+}
+
+#[test]
+fn overlapping_multi_locks_in_opposite_orders_do_not_deadlock() {
+    let server = RedisServer::start();
+    let done = Arc::new(AtomicU64::new(0));
+    let mut threads = Vec::new();
+    for (i, set) in [
+        ["p", "q", "r"],
+        ["r", "q", "p"],
+        ["q", "r", "p"],
+        ["r", "p", "q"],
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let swarm = connect(&server, "deadlock");
+        let done = done.clone();
+        threads.push(std::thread::spawn(move || {
+            for _ in 0..10 {
+                let all = swarm.lock_all(&set, 10 * SEC, 60 * SEC).unwrap();
+                std::thread::sleep(Duration::from_millis(2 + i as u64));
+                all.release().unwrap();
+                done.fetch_add(1, Ordering::SeqCst);
+            }
+        }));
+    }
+    assert!(
+        support::wait_until(Duration::from_secs(60), || done.load(Ordering::SeqCst)
+            == 40),
+        "only {} of 40 rounds finished: deadlock or starvation",
+        done.load(Ordering::SeqCst)
+    );
+    for t in threads {
+        t.join().unwrap();
+    }
+}
+
+#[test]
+fn locks_survive_script_flush_and_pubsub_reconnect() {
+    let server = RedisServer::start();
+    let a = connect(&server, "flushlock");
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query(&mut server.conn())
+        .unwrap();
+    let g = a.try_lock("res", 5 * SEC).unwrap().unwrap();
+    let b = connect(&server, "flushlock");
+    let waiter =
+        std::thread::spawn(move || b.lock("res", 5 * SEC, 20 * SEC).map(|g| g.fencing_token()));
+    std::thread::sleep(Duration::from_millis(200));
+    // Kill every pub/sub connection: waiters must re-check after Reconnected.
+    let _: redis::Value = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query(&mut server.conn())
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let t = g.fencing_token();
+    g.release().unwrap();
+    assert!(waiter.join().unwrap().unwrap() > t);
+}
