@@ -527,6 +527,9 @@ fn beat(shared: &Shared, sent: Instant, conn: &mut Option<redis::Connection>) {
     }
     match outcome {
         Ok(replies) => {
+            if matches!(*shared.health.lock(), Health::LostRedis { .. }) {
+                shared.store.renew_pool();
+            }
             set_health(shared, Health::Healthy);
             for (batch, reply) in batches.iter().zip(replies.iter().skip(1)) {
                 let flags: Vec<i64> = redis::from_redis_value_ref(reply).unwrap_or_default();

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use parking_lot::RwLock;
 use redis::io::tcp::TcpSettings;
 use redis::ConnectionLike;
 
@@ -15,7 +16,7 @@ use crate::keys::Keys;
 /// Opens connections for the pool with a bounded connect and the
 /// configured read/write timeouts (r2d2's stock manager for `redis::Client`
 /// connects with no timeout at all).
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct ConnectionManager {
     client: redis::Client,
     connect_timeout: Duration,
@@ -69,7 +70,7 @@ pub(crate) struct Store {
     /// Opens connections outside the pool, for the threads that must not
     /// wait behind pool users (pub/sub, heartbeat).
     pub(crate) dedicated: ConnectionManager,
-    pool: r2d2::Pool<ConnectionManager>,
+    pool: RwLock<r2d2::Pool<ConnectionManager>>,
 }
 
 impl Store {
@@ -101,36 +102,34 @@ impl Store {
                 })?;
         check_version(&url, &info)?;
 
-        let pool = r2d2::Pool::builder()
-            .max_size(config.pool_size)
-            .min_idle(Some(0))
-            .test_on_check_out(false)
-            .connection_timeout(config.pool_timeout)
-            // No reaper job: r2d2's fixed-rate reaper keeps its worker
-            // threads alive for up to 30 s after the pool is dropped. Broken
-            // connections are still discarded on return (`has_broken`).
-            .idle_timeout(None)
-            .max_lifetime(None)
-            .build_unchecked(ConnectionManager {
-                client: client.clone(),
-                connect_timeout: config.connect_timeout,
-                command_timeout: config.command_timeout,
-            });
-        // Seed the pool with the probe's success: the first caller need not connect.
+        // Seed nothing: the first caller connects (the probe proved it works).
         drop(probe);
+        let pool = new_pool(&config, manager.clone());
         Ok(Arc::new(Store {
             keys: Keys::new(config.namespace.clone()),
             node_id,
             dedicated: manager,
-            pool,
+            pool: RwLock::new(pool),
             config,
         }))
     }
 
+    /// Replaces the pool with a fresh one. Called when Redis comes back
+    /// after an outage: every idle connection of the old pool is dead (the
+    /// server restarted or dropped it), and handing them out would fail each
+    /// caller once. Connections checked out of the old pool finish their
+    /// work and are closed on return.
+    pub(crate) fn renew_pool(&self) {
+        let fresh = new_pool(&self.config, self.dedicated.clone());
+        *self.pool.write() = fresh;
+        log::info!("connection pool renewed after Redis came back");
+    }
+
     /// Borrows a pooled connection, waiting at most `pool_timeout`.
     pub(crate) fn conn(&self) -> Result<PooledConnection> {
-        self.pool.get().map_err(|e| {
-            let state = self.pool.state();
+        let pool = self.pool.read().clone();
+        pool.get().map_err(|e| {
+            let state = pool.state();
             if state.connections >= self.config.pool_size && state.idle_connections == 0 {
                 Error::PoolExhausted {
                     waited: self.config.pool_timeout,
@@ -141,6 +140,21 @@ impl Store {
             }
         })
     }
+}
+
+fn new_pool(config: &Config, manager: ConnectionManager) -> r2d2::Pool<ConnectionManager> {
+    r2d2::Pool::builder()
+        .max_size(config.pool_size)
+        .min_idle(Some(0))
+        // No PING per checkout: broken connections are discarded on return
+        // (`has_broken`) and the whole pool is renewed after an outage.
+        .test_on_check_out(false)
+        .connection_timeout(config.pool_timeout)
+        // No reaper job: r2d2's fixed-rate reaper keeps its worker threads
+        // alive for up to 30 s after the pool is dropped.
+        .idle_timeout(None)
+        .max_lifetime(None)
+        .build_unchecked(manager)
 }
 
 fn make_client(config: &Config) -> Result<redis::Client> {
