@@ -8,6 +8,7 @@ use crossbeam_channel::Receiver;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::fanout::{Fanout, FanoutError};
 use crate::heartbeat::{Health, Heartbeat, Lease, LeaseTarget, NodeInfo, PartitionState};
 use crate::keys::Keys;
 use crate::lock::{LockGuard, LockOptions};
@@ -364,6 +365,42 @@ impl Redswarm {
     /// ```
     pub fn semaphore(&self, name: &str, permits: u32) -> Result<Semaphore> {
         Semaphore::new(self, name, permits)
+    }
+
+    // ---- fan-out ----
+
+    /// Runs `job` for `job_id` unless it is already running in some
+    /// process; then waits up to `timeout` for that run's outcome instead.
+    /// See [`Fanout`] for the options.
+    ///
+    /// ```no_run
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+    /// let rate: Result<f64, redswarm::FanoutError<String>> =
+    ///     swarm.fanout("fx:EURUSD", std::time::Duration::from_secs(5), || Ok(1.08));
+    /// ```
+    pub fn fanout<T, E, F>(
+        &self,
+        job_id: &str,
+        timeout: Duration,
+        job: F,
+    ) -> std::result::Result<T, FanoutError<E>>
+    where
+        T: serde::Serialize + serde::de::DeserializeOwned,
+        E: serde::Serialize + serde::de::DeserializeOwned,
+        F: FnOnce() -> std::result::Result<T, E>,
+    {
+        self.fanout_options().run(job_id, timeout, job)
+    }
+
+    /// Fan-out with options (result TTL, leader lease, size limit) and the
+    /// low-level [`Fanout::push`].
+    ///
+    /// ```no_run
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+    /// let f = swarm.fanout_options().result_ttl(std::time::Duration::from_secs(1));
+    /// ```
+    pub fn fanout_options(&self) -> Fanout {
+        Fanout::new(self)
     }
 
     // ---- for the feature modules ----

@@ -22,6 +22,7 @@
 
 mod config;
 mod error;
+mod fanout;
 mod handle;
 mod heartbeat;
 pub mod keys;
@@ -36,6 +37,7 @@ mod util;
 
 pub use config::{Config, ConfigBuilder};
 pub use error::{Error, Result};
+pub use fanout::{Completer, Fanout, FanoutError, Push, Waited, Waiter};
 pub use handle::Redswarm;
 pub use heartbeat::{Health, LeaseLost, NodeInfo, PartitionState};
 pub use lock::{LockGuard, LockOptions};

@@ -1,0 +1,602 @@
+//! Fan-out of in-flight work: across every process and thread, one caller
+//! runs a job for a given id while every concurrent caller waits and gets
+//! the same outcome.
+//!
+//! How it works: a caller subscribes to the job's done channel (confirmed
+//! by Redis), then runs one script that either returns a stored outcome,
+//! makes it the leader (a leased key), or tells it how long the current
+//! leader's lease has left. The leader's lease is renewed by the heartbeat
+//! while the job runs; when it finishes, one script stores the outcome
+//! briefly (`result_ttl`, default 5 s), steps down and publishes the
+//! outcome itself, so waiters need no second round trip. Waiters sleep
+//! until that message, a reconnect, the leader's remaining lease or
+//! `wait_recheck`; then they claim again — which returns the stored
+//! outcome, or promotes one of them if the leader died (its lease expired)
+//! or gave up.
+//!
+//! The stored outcome is also served to callers that arrive within
+//! `result_ttl` after completion: they get the result without running the
+//! job. Set it low if results go stale fast. Threads of one handle waiting
+//! on one id share one Redis subscription.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::{Duration, Instant};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::handle::Redswarm;
+use crate::heartbeat::{Lease, LeaseTarget};
+use crate::keys::FanoutKeys;
+use crate::lock::validate_ttl;
+use crate::scripts::{invoke, lua_script};
+use crate::subscriber::{SubEvent, Subscription};
+use crate::util::{millis, panic_message, random_id};
+
+lua_script!(FANOUT_CLAIM, "fanout_claim.lua");
+lua_script!(FANOUT_COMPLETE, "fanout_complete.lua");
+lua_script!(FANOUT_ABANDON, "fanout_abandon.lua");
+
+/// What a fan-out caller gets when it does not get the value.
+///
+/// ```
+/// let e: redswarm::FanoutError<String> = redswarm::FanoutError::Job("backend down".into());
+/// assert_eq!(e.to_string(), "the job failed: backend down");
+/// ```
+#[derive(Debug)]
+pub enum FanoutError<E> {
+    /// The job returned this error (here or in the leader's process).
+    Job(E),
+    /// The leader could not produce a shareable outcome: its job panicked,
+    /// or the result could not be serialized or was too large.
+    LeaderFailed(String),
+    /// The caller waited longer than its timeout (the job goes on for the
+    /// others).
+    Timeout {
+        /// How long it waited.
+        waited: Duration,
+    },
+    /// Redis, a bad job id, a corrupt outcome, shut down, ...
+    Redswarm(Error),
+}
+
+impl<E: std::fmt::Display> std::fmt::Display for FanoutError<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FanoutError::Job(e) => write!(f, "the job failed: {e}"),
+            FanoutError::LeaderFailed(why) => write!(f, "the leader failed: {why}"),
+            FanoutError::Timeout { waited } => write!(f, "no outcome within {waited:?}"),
+            FanoutError::Redswarm(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl<E: std::fmt::Debug + std::fmt::Display> std::error::Error for FanoutError<E> {}
+
+impl<E> From<Error> for FanoutError<E> {
+    fn from(e: Error) -> Self {
+        FanoutError::Redswarm(e)
+    }
+}
+
+/// The outcome as stored and published (JSON).
+#[derive(Serialize, Deserialize)]
+enum Outcome<T, E> {
+    Ok(T),
+    Err(E),
+    Failed(String),
+}
+
+impl<T, E> Outcome<T, E> {
+    fn into_result(self) -> std::result::Result<T, FanoutError<E>> {
+        match self {
+            Outcome::Ok(v) => Ok(v),
+            Outcome::Err(e) => Err(FanoutError::Job(e)),
+            Outcome::Failed(why) => Err(FanoutError::LeaderFailed(why)),
+        }
+    }
+}
+
+/// Fan-out settings; start with [`Redswarm::fanout_options`].
+///
+/// ```no_run
+/// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+/// use std::time::Duration;
+/// let fanout = swarm.fanout_options()
+///     .result_ttl(Duration::from_millis(500))
+///     .leader_lease(Duration::from_secs(10))
+///     .max_result_bytes(64 * 1024);
+/// let price: Result<u64, redswarm::FanoutError<String>> =
+///     fanout.run("price:sku-1", Duration::from_secs(5), || Ok(42));
+/// ```
+#[derive(Clone, Debug)]
+pub struct Fanout {
+    swarm: Redswarm,
+    result_ttl: Duration,
+    leader_lease: Duration,
+    max_result_bytes: usize,
+}
+
+impl Fanout {
+    pub(crate) fn new(swarm: &Redswarm) -> Fanout {
+        Fanout {
+            leader_lease: Duration::from_secs(10).max(swarm.config().min_renewable_ttl()),
+            swarm: swarm.clone(),
+            result_ttl: Duration::from_secs(5),
+            max_result_bytes: 1 << 20,
+        }
+    }
+
+    /// How long the outcome stays in Redis after completion (default 5 s):
+    /// late waiters and callers arriving in that window get it.
+    ///
+    /// ```no_run
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+    /// let f = swarm.fanout_options().result_ttl(std::time::Duration::from_secs(1));
+    /// ```
+    pub fn result_ttl(mut self, ttl: Duration) -> Self {
+        self.result_ttl = ttl;
+        self
+    }
+
+    /// The leader's lease, renewed by the heartbeat while the job runs
+    /// (default 10 s; at least three heartbeats). If the leader dies, a
+    /// waiter takes over within this time.
+    ///
+    /// ```no_run
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+    /// let f = swarm.fanout_options().leader_lease(std::time::Duration::from_secs(5));
+    /// ```
+    pub fn leader_lease(mut self, lease: Duration) -> Self {
+        self.leader_lease = lease;
+        self
+    }
+
+    /// Largest serialized outcome shared (default 1 MiB).
+    ///
+    /// ```no_run
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+    /// let f = swarm.fanout_options().max_result_bytes(4096);
+    /// ```
+    pub fn max_result_bytes(mut self, bytes: usize) -> Self {
+        self.max_result_bytes = bytes;
+        self
+    }
+
+    fn validate(&self) -> Result<()> {
+        validate_ttl(&self.swarm, self.leader_lease, true)?;
+        if self.result_ttl.is_zero() {
+            return Err(Error::invalid("result ttl", "must be greater than zero"));
+        }
+        if self.max_result_bytes == 0 {
+            return Err(Error::invalid(
+                "max result bytes",
+                "must be greater than zero",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Runs `job` for `job_id` unless it is already running somewhere; in
+    /// that case waits up to `timeout` for its outcome. If the leader dies
+    /// meanwhile, this caller may be promoted and run `job` itself.
+    ///
+    /// ```no_run
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+    /// let v: Result<String, redswarm::FanoutError<String>> = swarm
+    ///     .fanout_options()
+    ///     .run("user:7", std::time::Duration::from_secs(3), || Ok("profile".to_string()));
+    /// ```
+    pub fn run<T, E, F>(
+        &self,
+        job_id: &str,
+        timeout: Duration,
+        job: F,
+    ) -> std::result::Result<T, FanoutError<E>>
+    where
+        T: Serialize + DeserializeOwned,
+        E: Serialize + DeserializeOwned,
+        F: FnOnce() -> std::result::Result<T, E>,
+    {
+        let deadline = Instant::now() + timeout;
+        let completer = match self.push::<T, E>(job_id)? {
+            Push::Lead(c) => c,
+            Push::Wait(w) => match w.wait(deadline.saturating_duration_since(Instant::now()))? {
+                Waited::Done(r) => return r,
+                Waited::Promoted(c) => c,
+            },
+        };
+        let outcome = catch_unwind(AssertUnwindSafe(job));
+        match outcome {
+            Ok(result) => completer.complete(result),
+            Err(panic) => {
+                let msg = panic_message(panic.as_ref());
+                completer.fail(&format!("the job panicked: {msg}"));
+                Err(FanoutError::LeaderFailed(format!(
+                    "the job panicked: {msg}"
+                )))
+            }
+        }
+    }
+
+    /// The low-level step: joins job `job_id` and says whether this caller
+    /// must do the work ([`Push::Lead`], with a [`Completer`]) or wait for
+    /// someone else's outcome ([`Push::Wait`]).
+    ///
+    /// ```no_run
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+    /// use redswarm::{Push, Waited};
+    /// match swarm.fanout_options().push::<u32, String>("job").unwrap() {
+    ///     Push::Lead(completer) => { completer.complete(Ok(7)).unwrap(); }
+    ///     Push::Wait(waiter) => match waiter.wait(std::time::Duration::from_secs(5)).unwrap() {
+    ///         Waited::Done(result) => println!("{result:?}"),
+    ///         Waited::Promoted(completer) => { completer.complete(Ok(7)).unwrap(); }
+    ///     },
+    /// }
+    /// ```
+    pub fn push<T, E>(&self, job_id: &str) -> Result<Push<T, E>>
+    where
+        T: Serialize + DeserializeOwned,
+        E: Serialize + DeserializeOwned,
+    {
+        self.validate()?;
+        let keys = self.swarm.keys().fanout(job_id)?;
+        // Subscribe before claiming: an outcome published after our claim
+        // cannot be missed, and one published before it is stored.
+        let sub = self.swarm.subscribe(&keys.done)?;
+        let token = random_id();
+        let mut waiter = Waiter {
+            fanout: self.clone(),
+            job_id: job_id.to_string(),
+            keys,
+            token,
+            sub,
+            ready: None,
+        };
+        match waiter.claim()? {
+            Claim::Done(r) => {
+                waiter.ready = Some(r);
+                Ok(Push::Wait(waiter))
+            }
+            Claim::Lead(sent) => Ok(Push::Lead(waiter.into_completer(sent))),
+            Claim::Wait(_) => Ok(Push::Wait(waiter)),
+        }
+    }
+}
+
+/// Whether this caller leads a fan-out job or waits for it.
+#[derive(Debug)]
+pub enum Push<T, E> {
+    /// Do the work and call [`Completer::complete`].
+    Lead(Completer<T, E>),
+    /// Someone else is doing it; [`Waiter::wait`] for the outcome.
+    Wait(Waiter<T, E>),
+}
+
+/// What [`Waiter::wait`] ends with.
+#[derive(Debug)]
+pub enum Waited<T, E> {
+    /// The shared outcome.
+    Done(std::result::Result<T, FanoutError<E>>),
+    /// The leader died or gave up and this caller must do the work now.
+    Promoted(Completer<T, E>),
+}
+
+enum Claim<T, E> {
+    Done(std::result::Result<T, FanoutError<E>>),
+    Lead(Instant),
+    Wait(Option<Duration>),
+}
+
+/// A caller waiting for a fan-out job's outcome.
+///
+/// ```no_run
+/// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+/// if let redswarm::Push::Wait(w) = swarm.fanout_options().push::<u32, String>("job").unwrap() {
+///     let _ = w.wait(std::time::Duration::from_secs(1));
+/// }
+/// ```
+pub struct Waiter<T, E> {
+    fanout: Fanout,
+    job_id: String,
+    keys: FanoutKeys,
+    token: String,
+    sub: Subscription,
+    ready: Option<std::result::Result<T, FanoutError<E>>>,
+}
+
+impl<T, E> std::fmt::Debug for Waiter<T, E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Waiter")
+            .field("job_id", &self.job_id)
+            .finish()
+    }
+}
+
+impl<T, E> Waiter<T, E>
+where
+    T: Serialize + DeserializeOwned,
+    E: Serialize + DeserializeOwned,
+{
+    /// Blocks until the outcome arrives, this caller is promoted to leader,
+    /// or `timeout` passes ([`FanoutError::Timeout`]).
+    ///
+    /// ```no_run
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+    /// if let redswarm::Push::Wait(w) = swarm.fanout_options().push::<u32, String>("job").unwrap() {
+    ///     match w.wait(std::time::Duration::from_secs(5)) {
+    ///         Ok(redswarm::Waited::Done(v)) => println!("{v:?}"),
+    ///         Ok(redswarm::Waited::Promoted(c)) => { c.complete(Ok(1)).unwrap(); }
+    ///         Err(e) => eprintln!("{e}"),
+    ///     }
+    /// }
+    /// ```
+    pub fn wait(mut self, timeout: Duration) -> std::result::Result<Waited<T, E>, FanoutError<E>> {
+        if let Some(r) = self.ready.take() {
+            return Ok(Waited::Done(r));
+        }
+        let deadline = Instant::now() + timeout;
+        let recheck = self.fanout.swarm.config().wait_recheck();
+        let mut leader_left: Option<Duration> = None;
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(FanoutError::Timeout { waited: timeout });
+            }
+            let mut nap = (deadline - now).min(recheck);
+            if let Some(l) = leader_left {
+                // Wake just after the leader's lease would lapse.
+                nap = nap.min(l + Duration::from_millis(5));
+            }
+            match self.sub.recv_timeout(nap) {
+                Ok(SubEvent::Message(m)) if !m.payload.is_empty() => {
+                    return Ok(Waited::Done(decode::<T, E>(&self.keys.done, &m.payload)));
+                }
+                // '' = the leader gave up; Reconnected = messages may be
+                // lost; timeout = bounded re-check. All: claim again.
+                _ => {}
+            }
+            match self.claim() {
+                Ok(Claim::Done(r)) => return Ok(Waited::Done(r)),
+                Ok(Claim::Lead(sent)) => {
+                    log::info!(
+                        "fan-out `{}`: leader gone, this caller takes over",
+                        self.job_id
+                    );
+                    return Ok(Waited::Promoted(self.into_completer(sent)));
+                }
+                Ok(Claim::Wait(left)) => leader_left = left,
+                Err(e) if e.is_unavailable() => leader_left = None,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    fn claim(&mut self) -> Result<Claim<T, E>> {
+        let mut conn = self.fanout.swarm.conn()?;
+        let sent = Instant::now();
+        let reply: Vec<redis::Value> = invoke(
+            FANOUT_CLAIM
+                .prepare()
+                .key(&self.keys.leader)
+                .key(&self.keys.result)
+                .arg(&self.token)
+                .arg(millis(self.fanout.leader_lease)),
+            &mut *conn,
+        )?;
+        let corrupt = |why: &str| Error::corrupt(&self.keys.leader, format!("claim reply: {why}"));
+        let tag: String = match reply.first() {
+            Some(v) => redis::from_redis_value_ref(v).map_err(|e| corrupt(&e.to_string()))?,
+            None => return Err(corrupt("empty")),
+        };
+        match tag.as_str() {
+            "done" => {
+                let bytes: Vec<u8> = match reply.get(1) {
+                    Some(v) => {
+                        redis::from_redis_value_ref(v).map_err(|e| corrupt(&e.to_string()))?
+                    }
+                    None => return Err(corrupt("no outcome")),
+                };
+                match decode::<T, E>(&self.keys.result, &bytes) {
+                    Err(FanoutError::Redswarm(e)) => Err(e),
+                    outcome => Ok(Claim::Done(outcome)),
+                }
+            }
+            "lead" => Ok(Claim::Lead(sent)),
+            "wait" => {
+                let left: String = match reply.get(1) {
+                    Some(v) => {
+                        redis::from_redis_value_ref(v).map_err(|e| corrupt(&e.to_string()))?
+                    }
+                    None => "-1".into(),
+                };
+                Ok(Claim::Wait(
+                    left.parse::<u64>().ok().map(Duration::from_millis),
+                ))
+            }
+            other => Err(corrupt(&format!("unknown tag {other:?}"))),
+        }
+    }
+
+    fn into_completer(self, sent: Instant) -> Completer<T, E> {
+        let swarm = &self.fanout.swarm;
+        let lease = swarm.lease(
+            format!("fan-out leader of `{}`", self.job_id),
+            LeaseTarget::Key {
+                key: self.keys.leader.clone(),
+                token: self.token.clone(),
+            },
+            self.fanout.leader_lease,
+            sent,
+        );
+        Completer {
+            fanout: self.fanout,
+            job_id: self.job_id,
+            keys: self.keys,
+            token: self.token,
+            lease: Some(lease),
+            _types: std::marker::PhantomData,
+        }
+    }
+}
+
+fn decode<T: DeserializeOwned, E: DeserializeOwned>(
+    key: &str,
+    bytes: &[u8],
+) -> std::result::Result<T, FanoutError<E>> {
+    let outcome: Outcome<T, E> = serde_json::from_slice(bytes).map_err(|e| {
+        Error::corrupt(
+            key,
+            format!("fan-out outcome is not the expected JSON: {e}"),
+        )
+    })?;
+    outcome.into_result()
+}
+
+/// The leader's side of a fan-out job: publish the outcome with
+/// [`Completer::complete`]. Dropped without completing, it steps down and a
+/// waiter is promoted at once.
+///
+/// ```no_run
+/// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+/// if let redswarm::Push::Lead(c) = swarm.fanout_options().push::<u32, String>("job").unwrap() {
+///     assert!(c.is_leader());
+///     c.complete(Ok(5)).unwrap();
+/// }
+/// ```
+pub struct Completer<T, E> {
+    fanout: Fanout,
+    job_id: String,
+    keys: FanoutKeys,
+    token: String,
+    lease: Option<Lease>,
+    _types: std::marker::PhantomData<fn() -> (T, E)>,
+}
+
+impl<T, E> std::fmt::Debug for Completer<T, E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Completer")
+            .field("job_id", &self.job_id)
+            .finish()
+    }
+}
+
+impl<T, E> Completer<T, E>
+where
+    T: Serialize + DeserializeOwned,
+    E: Serialize + DeserializeOwned,
+{
+    /// True while this caller still holds the leader lease.
+    ///
+    /// ```no_run
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+    /// # if let redswarm::Push::Lead(c) = swarm.fanout_options().push::<u32, String>("job").unwrap() {
+    /// assert!(c.is_leader());
+    /// # }
+    /// ```
+    pub fn is_leader(&self) -> bool {
+        self.lease.as_ref().is_some_and(|l| !l.is_lost())
+    }
+
+    /// Shares `result` with every waiter and returns it to the caller. If
+    /// it cannot be shared (not serializable, over the size limit) waiters
+    /// get [`FanoutError::LeaderFailed`] and the caller the reason.
+    ///
+    /// ```no_run
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+    /// # if let redswarm::Push::Lead(c) = swarm.fanout_options().push::<u32, String>("job").unwrap() {
+    /// let v = c.complete(Ok(5)).unwrap();
+    /// # }
+    /// ```
+    pub fn complete(
+        mut self,
+        result: std::result::Result<T, E>,
+    ) -> std::result::Result<T, FanoutError<E>> {
+        let outcome = match result {
+            Ok(v) => Outcome::Ok(v),
+            Err(e) => Outcome::Err(e),
+        };
+        let encoded = match serde_json::to_vec(&outcome) {
+            Ok(b) if b.len() <= self.fanout.max_result_bytes => Ok(b),
+            Ok(b) => Err(Error::TooLarge {
+                what: "fan-out outcome",
+                size: b.len(),
+                limit: self.fanout.max_result_bytes,
+            }),
+            Err(e) => Err(Error::Serialization(e)),
+        };
+        match encoded {
+            Ok(bytes) => {
+                self.publish(&bytes)?;
+                outcome.into_result()
+            }
+            Err(e) => {
+                self.fail(&format!("the leader could not share its outcome: {e}"));
+                Err(FanoutError::Redswarm(e))
+            }
+        }
+    }
+
+    /// Tells every waiter the job failed for a reason of the leader's own
+    /// (a panic, an unshareable result).
+    fn fail(mut self, why: &str) {
+        let outcome: Outcome<(), ()> = Outcome::Failed(why.to_string());
+        match serde_json::to_vec(&outcome) {
+            Ok(bytes) => {
+                if let Err(e) = self.publish(&bytes) {
+                    log::warn!("fan-out `{}`: could not publish failure: {e}", self.job_id);
+                }
+            }
+            Err(e) => log::error!("fan-out `{}`: cannot encode failure: {e}", self.job_id),
+        }
+    }
+
+    fn publish(&mut self, bytes: &[u8]) -> Result<()> {
+        self.lease.take(); // stop renewing; the script checks the token anyway
+        let mut conn = self.fanout.swarm.store().conn()?;
+        let published: i64 = invoke(
+            FANOUT_COMPLETE
+                .prepare()
+                .key(&self.keys.leader)
+                .key(&self.keys.result)
+                .arg(&self.token)
+                .arg(bytes)
+                .arg(millis(self.fanout.result_ttl))
+                .arg(&self.keys.done),
+            &mut *conn,
+        )?;
+        if published == 0 {
+            log::warn!(
+                "fan-out `{}`: our lease lapsed and another leader took over; our outcome was not shared",
+                self.job_id
+            );
+        }
+        Ok(())
+    }
+}
+
+impl<T, E> Drop for Completer<T, E> {
+    fn drop(&mut self) {
+        if self.lease.take().is_none() {
+            return; // completed
+        }
+        let r = self.fanout.swarm.store().conn().and_then(|mut c| {
+            invoke::<i64>(
+                FANOUT_ABANDON
+                    .prepare()
+                    .key(&self.keys.leader)
+                    .arg(&self.token)
+                    .arg(&self.keys.done),
+                &mut *c,
+            )
+        });
+        match r {
+            Ok(_) => log::info!("fan-out `{}`: leader stepped down without an outcome", self.job_id),
+            Err(e) => log::warn!(
+                "fan-out `{}`: could not step down ({e}); a waiter takes over when the lease lapses",
+                self.job_id
+            ),
+        }
+    }
+}

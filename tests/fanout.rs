@@ -1,0 +1,335 @@
+//! Fan-out of in-flight work against a real redis-server.
+
+mod support;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use redswarm::{Config, Error, FanoutError, Push, Redswarm, Waited};
+use support::RedisServer;
+
+const SEC: Duration = Duration::from_secs(1);
+
+fn config(url: String, ns: &str) -> Config {
+    Config::builder()
+        .url(url)
+        .namespace(ns)
+        .heartbeat_interval(Duration::from_millis(100))
+        .command_timeout(Duration::from_millis(100))
+        .node_ttl(Duration::from_millis(600))
+        .peer_timeout(Duration::from_millis(50))
+        .reconnect_min(Duration::from_millis(20))
+        .reconnect_max(Duration::from_millis(200))
+        .pool_size(32)
+        .build()
+        .unwrap()
+}
+
+fn connect(server: &RedisServer, ns: &str) -> Redswarm {
+    Redswarm::connect(config(server.url(), ns)).unwrap()
+}
+
+#[test]
+fn one_leader_and_fifty_waiters_on_two_handles_run_the_job_once() {
+    let server = RedisServer::start();
+    let handles = [connect(&server, "burst"), connect(&server, "burst")];
+    let runs = Arc::new(AtomicU64::new(0));
+    let barrier = Arc::new(Barrier::new(51));
+    let threads: Vec<_> = (0..51)
+        .map(|i| {
+            let swarm = handles[i % 2].clone();
+            let (runs, barrier) = (runs.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                swarm.fanout("report", 30 * SEC, || -> Result<String, String> {
+                    runs.fetch_add(1, Ordering::SeqCst);
+                    std::thread::sleep(Duration::from_millis(800));
+                    Ok("the report".to_string())
+                })
+            })
+        })
+        .collect();
+    for t in threads {
+        assert_eq!(t.join().unwrap().unwrap(), "the report");
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "the job must run once");
+}
+
+#[test]
+fn the_jobs_error_reaches_every_waiter() {
+    let server = RedisServer::start();
+    let a = connect(&server, "err");
+    let b = connect(&server, "err");
+    let leader = std::thread::spawn(move || {
+        a.fanout("job", 10 * SEC, || -> Result<u32, String> {
+            std::thread::sleep(Duration::from_millis(400));
+            Err("backend down".into())
+        })
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    let waited = b.fanout("job", 10 * SEC, || -> Result<u32, String> {
+        panic!("must not run")
+    });
+    assert!(
+        matches!(waited, Err(FanoutError::Job(ref e)) if e == "backend down"),
+        "{waited:?}"
+    );
+    assert!(matches!(leader.join().unwrap(), Err(FanoutError::Job(_))));
+}
+
+#[test]
+fn a_waiter_times_out_while_the_job_goes_on_for_the_others() {
+    let server = RedisServer::start();
+    let a = connect(&server, "timeout");
+    let b = connect(&server, "timeout");
+    let leader = std::thread::spawn(move || {
+        a.fanout("slow", 10 * SEC, || -> Result<u32, String> {
+            std::thread::sleep(Duration::from_millis(1000));
+            Ok(7)
+        })
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    let started = Instant::now();
+    let r = b.fanout(
+        "slow",
+        Duration::from_millis(200),
+        || -> Result<u32, String> { Ok(0) },
+    );
+    assert!(matches!(r, Err(FanoutError::Timeout { .. })), "{r:?}");
+    assert!(started.elapsed() < 2 * SEC);
+    assert_eq!(leader.join().unwrap().unwrap(), 7);
+}
+
+#[test]
+fn a_leader_that_stops_renewing_is_replaced_by_a_waiter() {
+    let server = RedisServer::start();
+    let a = connect(&server, "dead");
+    let b = connect(&server, "dead");
+    let lease = Duration::from_millis(400);
+    let Push::Lead(completer) = a
+        .fanout_options()
+        .leader_lease(lease)
+        .push::<String, String>("job")
+        .unwrap()
+    else {
+        panic!("first caller leads");
+    };
+    // The leader's process "dies": its heartbeat stops and it never completes.
+    a.shutdown();
+    std::mem::forget(completer);
+    let started = Instant::now();
+    let r = b.fanout_options().leader_lease(lease).run(
+        "job",
+        10 * SEC,
+        || -> Result<String, String> { Ok("from the waiter".into()) },
+    );
+    assert_eq!(r.unwrap(), "from the waiter");
+    assert!(started.elapsed() < 5 * SEC);
+}
+
+#[test]
+fn a_leader_that_gives_up_promotes_a_waiter_at_once() {
+    let server = RedisServer::start();
+    let a = connect(&server, "abandon");
+    let b = connect(&server, "abandon");
+    let f = a.fanout_options().leader_lease(10 * SEC);
+    let Push::Lead(completer) = f.push::<u32, String>("job").unwrap() else {
+        panic!("leads")
+    };
+    let waiter = std::thread::spawn(move || {
+        let Push::Wait(w) = b.fanout_options().push::<u32, String>("job").unwrap() else {
+            panic!("waits")
+        };
+        let started = Instant::now();
+        match w.wait(10 * SEC).unwrap() {
+            Waited::Promoted(c) => (c.complete(Ok(9)).unwrap(), started.elapsed()),
+            Waited::Done(r) => panic!("expected promotion, got {r:?}"),
+        }
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    drop(completer); // gives up without an outcome
+    let (v, took) = waiter.join().unwrap();
+    assert_eq!(v, 9);
+    assert!(
+        took < 5 * SEC,
+        "promoted after {took:?}; the lease was 10 s"
+    );
+}
+
+/// Child role: leads job `CHILD_JOB` and never finishes (the parent SIGKILLs it).
+#[test]
+fn child_fanout_leader() {
+    let (Ok(url), Ok(job)) = (std::env::var("CHILD_URL"), std::env::var("CHILD_JOB")) else {
+        return;
+    };
+    let swarm = Redswarm::connect(config(url, "sigkill")).unwrap();
+    let _ = swarm
+        .fanout_options()
+        .leader_lease(Duration::from_millis(500))
+        .run(&job, 600 * SEC, || -> Result<String, String> {
+            std::thread::sleep(600 * SEC);
+            Ok("never".into())
+        });
+}
+
+#[test]
+fn a_leader_process_killed_with_sigkill_is_replaced_by_a_waiter() {
+    let server = RedisServer::start();
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "child_fanout_leader",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("CHILD_URL", server.url())
+        .env("CHILD_JOB", "k")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let leads = || -> bool {
+        let n: i64 = redis::cmd("EXISTS")
+            .arg("{sigkill:fanout:k}")
+            .query(&mut server.conn())
+            .unwrap();
+        n == 1
+    };
+    assert!(
+        support::wait_until(10 * SEC, leads),
+        "the child never became leader"
+    );
+    let b = connect(&server, "sigkill");
+    let waiter = std::thread::spawn(move || {
+        b.fanout_options()
+            .leader_lease(Duration::from_millis(500))
+            .run("k", 20 * SEC, || -> Result<String, String> {
+                Ok("from the waiter".into())
+            })
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(waiter.join().unwrap().unwrap(), "from the waiter");
+}
+
+#[test]
+fn a_panicking_job_fails_every_caller_instead_of_hanging() {
+    let server = RedisServer::start();
+    let a = connect(&server, "panic");
+    let b = connect(&server, "panic");
+    let leader = std::thread::spawn(move || {
+        a.fanout("job", 10 * SEC, || -> Result<u32, String> {
+            std::thread::sleep(Duration::from_millis(300));
+            panic!("job exploded");
+        })
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    let r = b.fanout("job", 10 * SEC, || -> Result<u32, String> { Ok(1) });
+    assert!(
+        matches!(r, Err(FanoutError::LeaderFailed(ref m)) if m.contains("job exploded")),
+        "{r:?}"
+    );
+    assert!(matches!(
+        leader.join().unwrap(),
+        Err(FanoutError::LeaderFailed(_))
+    ));
+}
+
+#[test]
+fn a_waiter_gets_the_outcome_across_a_pubsub_reconnect() {
+    let server = RedisServer::start();
+    let a = connect(&server, "reconnect");
+    let b = connect(&server, "reconnect");
+    let leader = std::thread::spawn(move || {
+        a.fanout("job", 10 * SEC, || -> Result<u32, String> {
+            std::thread::sleep(Duration::from_millis(600));
+            Ok(5)
+        })
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    let waiter =
+        std::thread::spawn(move || b.fanout("job", 10 * SEC, || -> Result<u32, String> { Ok(0) }));
+    std::thread::sleep(Duration::from_millis(200));
+    let _: redis::Value = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("pubsub")
+        .query(&mut server.conn())
+        .unwrap();
+    assert_eq!(waiter.join().unwrap().unwrap(), 5);
+    assert_eq!(leader.join().unwrap().unwrap(), 5);
+}
+
+#[test]
+fn a_caller_arriving_just_after_completion_gets_the_stored_outcome() {
+    let server = RedisServer::start();
+    let a = connect(&server, "window");
+    let f = a.fanout_options().result_ttl(5 * SEC);
+    assert_eq!(
+        f.run("job", SEC, || -> Result<u32, String> { Ok(3) })
+            .unwrap(),
+        3
+    );
+    let again = f.run("job", SEC, || -> Result<u32, String> {
+        panic!("must not run again")
+    });
+    assert_eq!(again.unwrap(), 3);
+    let short = a.fanout_options().result_ttl(Duration::from_millis(50));
+    assert_eq!(
+        short
+            .run("job2", SEC, || -> Result<u32, String> { Ok(1) })
+            .unwrap(),
+        1
+    );
+    std::thread::sleep(Duration::from_millis(150));
+    assert_eq!(
+        short
+            .run("job2", SEC, || -> Result<u32, String> { Ok(2) })
+            .unwrap(),
+        2
+    );
+}
+
+#[test]
+fn bad_ids_oversized_and_unserializable_results_are_clear_errors() {
+    let server = RedisServer::start();
+    let a = connect(&server, "bad");
+    let r = a.fanout("", SEC, || -> Result<u32, String> { Ok(1) });
+    assert!(
+        matches!(
+            r,
+            Err(FanoutError::Redswarm(Error::InvalidInput {
+                what: "job id",
+                ..
+            }))
+        ),
+        "{r:?}"
+    );
+
+    let small = a.fanout_options().max_result_bytes(16);
+    let r = small.run("big", SEC, || -> Result<String, String> {
+        Ok("x".repeat(100))
+    });
+    assert!(
+        matches!(r, Err(FanoutError::Redswarm(Error::TooLarge { .. }))),
+        "{r:?}"
+    );
+    // Waiters of that run (and late callers) learn it failed.
+    let late = small.run("big", SEC, || -> Result<String, String> { Ok("y".into()) });
+    assert!(
+        matches!(late, Err(FanoutError::LeaderFailed(_))),
+        "{late:?}"
+    );
+
+    // JSON cannot have non-string map keys.
+    let r = a.fanout("map", SEC, || -> Result<HashMap<(u8, u8), u8>, String> {
+        Ok(HashMap::from([((1, 2), 3)]))
+    });
+    assert!(
+        matches!(r, Err(FanoutError::Redswarm(Error::Serialization(_)))),
+        "{r:?}"
+    );
+}
