@@ -14,18 +14,23 @@ mod common;
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
     let (url, _server) = common::redis_url()?;
-    let swarm = redswarm::Redswarm::connect(redswarm::Config::builder_from_env()?.url(url).build()?)?;
+    let swarm =
+        redswarm::Redswarm::connect(redswarm::Config::builder_from_env()?.url(url).build()?)?;
     let computed = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let threads: Vec<_> = (0..20)
         .map(|_| {
             let (swarm, computed) = (swarm.clone(), computed.clone());
             std::thread::spawn(move || {
-                swarm.fanout("exchange-rate:EURUSD", Duration::from_secs(10), || -> Result<f64, String> {
-                    computed.fetch_add(1, Ordering::SeqCst);
-                    std::thread::sleep(Duration::from_millis(500)); // the slow backend
-                    Ok(1.0842)
-                })
+                swarm.fanout(
+                    "exchange-rate:EURUSD",
+                    Duration::from_secs(10),
+                    || -> Result<f64, String> {
+                        computed.fetch_add(1, Ordering::SeqCst);
+                        std::thread::sleep(Duration::from_millis(500)); // the slow backend
+                        Ok(1.0842)
+                    },
+                )
             })
         })
         .collect();

@@ -112,8 +112,13 @@ fn demo() -> Result<(), Box<dyn std::error::Error>> {
         let _ = c.wait();
     }
     let (ok, took) = outcome?;
-    let calls: i64 = redis::cmd("GET").arg(BACKEND_CALLS).query(&mut admin).unwrap_or(0);
-    println!("burst: 60 concurrent requests over 2 server processes, {ok} answered 200 in {took:?}");
+    let calls: i64 = redis::cmd("GET")
+        .arg(BACKEND_CALLS)
+        .query(&mut admin)
+        .unwrap_or(0);
+    println!(
+        "burst: 60 concurrent requests over 2 server processes, {ok} answered 200 in {took:?}"
+    );
     println!("backend calls caused by the burst: {calls}");
     Ok(())
 }

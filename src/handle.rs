@@ -16,6 +16,7 @@ use crate::multilock::{MultiLockGuard, MultiLockOptions};
 use crate::semaphore::Semaphore;
 use crate::store::{PooledConnection, Store};
 use crate::subscriber::{Subscriber, Subscription};
+use crate::swarm::Queue;
 
 /// A connection to one Redis deployment: pool, pub/sub thread and
 /// heartbeat. Cheap to clone (`Arc` inside), `Send + Sync`; the last clone
@@ -401,6 +402,20 @@ impl Redswarm {
     /// ```
     pub fn fanout_options(&self) -> Fanout {
         Fanout::new(self)
+    }
+
+    // ---- task swarm ----
+
+    /// The task queue `name` (see [`Queue`], [`SwarmWorker`](crate::SwarmWorker),
+    /// [`Monitor`](crate::Monitor)).
+    ///
+    /// ```no_run
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+    /// let q = swarm.queue("emails").unwrap();
+    /// q.push(&serde_json::json!({"to": "a@example.com"})).unwrap();
+    /// ```
+    pub fn queue(&self, name: &str) -> Result<Queue> {
+        Queue::new(self, name)
     }
 
     // ---- for the feature modules ----

@@ -23,7 +23,17 @@
 //! | `{ns:fanout:<id>}` | string | leader token with lease |
 //! | `{ns:fanout:<id>}:result` | string | serialized outcome, kept briefly |
 //! | `{ns:fanout:<id>}:done` | channel | published when the outcome is stored |
-//! | `{ns:queue:<q>}:*` | various | task swarm queue, see [`QueueKeys`] |
+//! | `{ns:queue:<q>}:ready` | zset | ready task ids by priority, then arrival |
+//! | `{ns:queue:<q>}:delayed` | zset | delayed / backing-off task ids by run-at (ms) |
+//! | `{ns:queue:<q>}:running` | zset | running task ids by lease deadline (ms) |
+//! | `{ns:queue:<q>}:ended` | zset | tasks ended `ok`/`cancelled` by end time (bounded retention) |
+//! | `{ns:queue:<q>}:failed` | zset | tasks ended `failed` by end time |
+//! | `{ns:queue:<q>}:marker` | list | wake-up markers workers block on (`BLPOP`) |
+//! | `{ns:queue:<q>}:seq` | string | arrival counter |
+//! | `{ns:queue:<q>}:task:<id>` | hash | the task record: state, data, attempts, fence, times, worker, error, result |
+//! | `{ns:queue:<q>}:events` | channel | every task event of the queue (JSON) |
+//! | `{ns:queue:<q>}:task:<id>:events` | channel | one task's events (JSON) |
+//! | `{ns:queue:<q>}:task:<id>:control` | channel | control messages to a running task (`cancel`) |
 
 use crate::error::{Error, Result};
 
@@ -112,24 +122,25 @@ pub struct FanoutKeys {
     pub done: String,
 }
 
-/// Keys of one task queue.
+/// Keys of one task queue (all share the hash tag `{ns:queue:<q>}`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct QueueKeys {
     /// Hash tag base `{ns:queue:<q>}`; task hashes are `<base>:task:<id>`.
     pub base: String,
-    /// List of ready task ids.
-    pub waiting: String,
-    /// Zset of delayed task ids by run-at (ms).
+    /// Zset of ready task ids, by priority then arrival.
+    pub ready: String,
+    /// Zset of delayed (and backing-off) task ids by run-at (ms).
     pub delayed: String,
-    /// Zset of ready task ids by priority (priority mode).
-    pub prioritized: String,
     /// Zset of running task ids by lease deadline (ms).
     pub running: String,
-    /// Zset of ended task ids by end time (ms).
+    /// Zset of tasks ended `ok` or `cancelled`, by end time (ms).
     pub ended: String,
-    /// Zset of failed task ids by end time (ms).
+    /// Zset of tasks ended `failed`, by end time (ms).
     pub failed: String,
-    /// Task id and fencing counter.
+    /// List of wake-up markers workers block on (not tasks: losing one
+    /// loses nothing).
+    pub marker: String,
+    /// Arrival counter (orders tasks of equal priority).
     pub seq: String,
     /// Queue-wide event channel.
     pub events: String,
@@ -244,12 +255,12 @@ impl Keys {
     pub fn queue(&self, queue: &str) -> Result<QueueKeys> {
         let base = self.tag("queue", "queue name", queue)?;
         Ok(QueueKeys {
-            waiting: format!("{base}:waiting"),
+            ready: format!("{base}:ready"),
             delayed: format!("{base}:delayed"),
-            prioritized: format!("{base}:prioritized"),
             running: format!("{base}:running"),
             ended: format!("{base}:ended"),
             failed: format!("{base}:failed"),
+            marker: format!("{base}:marker"),
             seq: format!("{base}:seq"),
             events: format!("{base}:events"),
             base,
@@ -276,6 +287,17 @@ impl QueueKeys {
     /// ```
     pub fn task_events(&self, id: &str) -> String {
         format!("{}:task:{id}:events", self.base)
+    }
+
+    /// Prefix of task hashes (`<base>:task:`), for scripts that derive a
+    /// task's key from its id (same hash tag, same slot).
+    ///
+    /// ```
+    /// let k = redswarm::keys::Keys::new("ns").queue("q").unwrap();
+    /// assert_eq!(k.task_prefix(), "{ns:queue:q}:task:");
+    /// ```
+    pub fn task_prefix(&self) -> String {
+        format!("{}:task:", self.base)
     }
 
     /// Control channel of one task.

@@ -32,6 +32,7 @@ mod scripts;
 mod semaphore;
 mod store;
 mod subscriber;
+pub mod swarm;
 mod threadpool;
 mod util;
 
@@ -45,4 +46,9 @@ pub use multilock::{MultiLockGuard, MultiLockOptions};
 pub use semaphore::{Permit, Semaphore};
 pub use store::{ConnectionManager, PooledConnection};
 pub use subscriber::{Message, SubEvent, Subscription};
+pub use swarm::{
+    EventKind, Finished, FinishedHow, Monitor, MonitorStats, Queue, QueueCounts, StopReason,
+    SwarmWorker, TaskContext, TaskEvent, TaskInfo, TaskOptions, TaskOutcome, TaskSet, TaskState,
+    WorkerOptions,
+};
 pub use threadpool::{JobHandle, ThreadPool};

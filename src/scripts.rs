@@ -47,8 +47,8 @@ macro_rules! lua_script {
                 $crate::scripts::LuaScript::new(
                     $file,
                     concat!(
-                        include_str!("scripts/prelude.lua"),
-                        include_str!(concat!("scripts/", $file))
+                        include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/scripts/prelude.lua")),
+                        include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/scripts/", $file))
                     ),
                 )
             });

@@ -15,8 +15,8 @@ impl RedisServer {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
-        let dir = std::env::temp_dir()
-            .join(format!("redswarm-example-{}-{port}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("redswarm-example-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
         let child = Command::new("redis-server")
             .args([
@@ -70,9 +70,11 @@ pub fn redis_url() -> Result<(String, Option<RedisServer>), Box<dyn std::error::
         Ok(url) if !url.is_empty() => Ok((url, None)),
         _ => {
             let server = RedisServer::start()?;
-            eprintln!("REDIS_URL is unset: started a throwaway redis-server at {}", server.url());
+            eprintln!(
+                "REDIS_URL is unset: started a throwaway redis-server at {}",
+                server.url()
+            );
             Ok((server.url(), Some(server)))
         }
     }
 }
-

@@ -1,0 +1,30 @@
+//! The task swarm: a reliable task queue, workers on a thread pool,
+//! monitors that heal what dead workers leave behind, task events and
+//! control over pub/sub, and partition awareness (task-swarm's seed).
+//!
+//! - [`Queue`]: push tasks (priority, delay, attempts, timeout, backoff),
+//!   inspect, cancel, re-queue failed ones, delete, subscribe to events.
+//! - [`SwarmWorker`]: N threads; a task is claimed only when a thread is
+//!   free, by one script that moves it into the running set with a lease
+//!   and a fresh fencing token. The heartbeat renews the leases of all
+//!   running tasks in one batched call per beat.
+//! - [`Monitor`]: re-queues tasks whose lease ran out (dead, hung or cut-off
+//!   workers), or fails them after their last attempt. Workers do the same
+//!   opportunistically, so a deployment without a monitor still heals.
+//!
+//! Delivery is at-least-once: a task that was pushed is, until it ends, in
+//! exactly one of the ready, delayed or running sets (each transition is one
+//! script), so a crash at any instruction loses nothing. A task runs twice
+//! when its worker lost its lease while still running it (paused, cut off,
+//! or slower than its lease without renewals); the stale run's completion
+//! is then rejected by its fencing token.
+
+mod monitor;
+mod queue;
+mod task;
+mod worker;
+
+pub use monitor::{Monitor, MonitorStats};
+pub use queue::{EventStream, Queue, QueueCounts, TaskSet};
+pub use task::{EventKind, TaskEvent, TaskInfo, TaskOptions, TaskOutcome, TaskState};
+pub use worker::{Finished, FinishedHow, StopReason, SwarmWorker, TaskContext, WorkerOptions};

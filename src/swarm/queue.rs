@@ -1,0 +1,487 @@
+//! The task queue: push, inspect, cancel, re-queue, delete, events.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::handle::Redswarm;
+use crate::keys::QueueKeys;
+use crate::scripts::{invoke, lua_script, query_pipeline};
+use crate::subscriber::{SubEvent, Subscription};
+use crate::swarm::task::{TaskEvent, TaskInfo, TaskOptions};
+use crate::util::{millis, random_id};
+
+lua_script!(pub(crate) QUEUE_PUSH, "queue_push.lua");
+lua_script!(pub(crate) QUEUE_CLAIM, "queue_claim.lua");
+lua_script!(pub(crate) QUEUE_FINISH, "queue_finish.lua");
+lua_script!(pub(crate) QUEUE_REAP, "queue_reap.lua");
+lua_script!(QUEUE_CANCEL, "queue_cancel.lua");
+lua_script!(QUEUE_REQUEUE_FAILED, "queue_requeue_failed.lua");
+lua_script!(QUEUE_DELETE, "queue_delete.lua");
+
+/// Largest task payload accepted (JSON bytes).
+const MAX_DATA_BYTES: usize = 4 << 20;
+
+/// A named task queue; create with [`Redswarm::queue`].
+///
+/// ```no_run
+/// # fn main() -> redswarm::Result<()> {
+/// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
+/// use std::time::Duration;
+/// let q = swarm.queue("thumbnails")?;
+/// let id = q.push(&serde_json::json!({"image": "cat.png"}))?;
+/// let urgent = q.push_with(&"resize", &redswarm::TaskOptions::new().priority(9).max_attempts(5))?;
+/// let later = q.push_with(&"report", &redswarm::TaskOptions::new().delay(Duration::from_secs(60)))?;
+/// println!("{:?}", q.counts()?);
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct Queue {
+    pub(crate) swarm: Redswarm,
+    pub(crate) name: String,
+    pub(crate) keys: QueueKeys,
+    pub(crate) keep_ended: u64,
+    pub(crate) keep_ended_for: Duration,
+}
+
+/// Task counts per set.
+///
+/// ```no_run
+/// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+/// let c = swarm.queue("q").unwrap().counts().unwrap();
+/// println!("{} ready, {} running", c.ready, c.running);
+/// ```
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QueueCounts {
+    /// Ready to run.
+    pub ready: u64,
+    /// Waiting for their run-at (delay or retry backoff).
+    pub delayed: u64,
+    /// Claimed, under lease.
+    pub running: u64,
+    /// Ended ok or cancelled (within retention).
+    pub ended: u64,
+    /// Ended failed.
+    pub failed: u64,
+}
+
+impl QueueCounts {
+    /// Tasks not yet ended.
+    ///
+    /// ```
+    /// let c = redswarm::QueueCounts { ready: 1, delayed: 2, running: 3, ended: 4, failed: 5 };
+    /// assert_eq!(c.pending(), 6);
+    /// ```
+    pub fn pending(&self) -> u64 {
+        self.ready + self.delayed + self.running
+    }
+}
+
+/// The sets [`Queue::list`] can list.
+///
+/// ```
+/// let s = redswarm::TaskSet::Failed;
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TaskSet {
+    /// Ready, in run order.
+    Ready,
+    /// Delayed, by run-at.
+    Delayed,
+    /// Running, by lease deadline.
+    Running,
+    /// Ended ok/cancelled, oldest first.
+    Ended,
+    /// Failed, oldest first.
+    Failed,
+}
+
+impl Queue {
+    pub(crate) fn new(swarm: &Redswarm, name: &str) -> Result<Queue> {
+        Ok(Queue {
+            keys: swarm.keys().queue(name)?,
+            swarm: swarm.clone(),
+            name: name.to_string(),
+            keep_ended: 10_000,
+            keep_ended_for: Duration::from_secs(24 * 3600),
+        })
+    }
+
+    /// Retention of ended tasks: at most `count` (default 10,000) and none
+    /// older than `age` (default 24 h); trimmed as tasks end. Failed tasks
+    /// stay until re-queued or deleted.
+    ///
+    /// ```no_run
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+    /// let q = swarm.queue("q").unwrap().retention(1000, std::time::Duration::from_secs(3600));
+    /// ```
+    pub fn retention(mut self, count: u64, age: Duration) -> Self {
+        self.keep_ended = count;
+        self.keep_ended_for = age;
+        self
+    }
+
+    /// The queue's name.
+    ///
+    /// ```no_run
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+    /// assert_eq!(swarm.queue("q").unwrap().name(), "q");
+    /// ```
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The handle this queue uses.
+    ///
+    /// ```no_run
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+    /// let q = swarm.queue("q").unwrap();
+    /// assert_eq!(q.swarm().node_id(), swarm.node_id());
+    /// ```
+    pub fn swarm(&self) -> &Redswarm {
+        &self.swarm
+    }
+
+    /// Pushes a task with default options; returns its id.
+    ///
+    /// ```no_run
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+    /// let id = swarm.queue("q").unwrap().push(&42).unwrap();
+    /// ```
+    pub fn push<T: Serialize + ?Sized>(&self, data: &T) -> Result<String> {
+        self.push_with(data, &TaskOptions::default())
+    }
+
+    /// Pushes a task with options.
+    ///
+    /// ```no_run
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+    /// let id = swarm.queue("q").unwrap().push_with(&"x", &redswarm::TaskOptions::new().priority(5)).unwrap();
+    /// ```
+    pub fn push_with<T: Serialize + ?Sized>(&self, data: &T, opts: &TaskOptions) -> Result<String> {
+        let mut ids = self.push_many_with(std::slice::from_ref(&data), opts)?;
+        ids.pop()
+            .ok_or_else(|| Error::corrupt(&self.keys.base, "push returned no id"))
+    }
+
+    /// Pushes many tasks in one round trip (one script call each).
+    ///
+    /// ```no_run
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+    /// let ids = swarm.queue("q").unwrap().push_many(&[1, 2, 3]).unwrap();
+    /// assert_eq!(ids.len(), 3);
+    /// ```
+    pub fn push_many<T: Serialize>(&self, items: &[T]) -> Result<Vec<String>> {
+        self.push_many_with(items, &TaskOptions::default())
+    }
+
+    /// [`Queue::push_many`] with options for every task.
+    ///
+    /// ```no_run
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+    /// let ids = swarm.queue("q").unwrap().push_many_with(&[1, 2], &redswarm::TaskOptions::new().max_attempts(1)).unwrap();
+    /// ```
+    pub fn push_many_with<T: Serialize>(
+        &self,
+        items: &[T],
+        opts: &TaskOptions,
+    ) -> Result<Vec<String>> {
+        opts.validate()?;
+        let mut pipe = redis::pipe();
+        let mut ids = Vec::with_capacity(items.len());
+        for item in items {
+            let data = serde_json::to_string(item)?;
+            if data.len() > MAX_DATA_BYTES {
+                return Err(Error::TooLarge {
+                    what: "task data",
+                    size: data.len(),
+                    limit: MAX_DATA_BYTES,
+                });
+            }
+            let id = random_id();
+            let mut inv = QUEUE_PUSH.prepare();
+            inv.key(self.keys.task(&id))
+                .key(&self.keys.ready)
+                .key(&self.keys.delayed)
+                .key(&self.keys.marker)
+                .key(&self.keys.seq)
+                .arg(&id)
+                .arg(data)
+                .arg(opts.priority)
+                .arg(if opts.delay.is_zero() {
+                    0
+                } else {
+                    millis(opts.delay)
+                })
+                .arg(opts.max_attempts)
+                .arg(opts.timeout.map(millis).unwrap_or(0))
+                .arg(opts.backoff.as_millis() as u64)
+                .arg(&self.keys.events);
+            pipe.invoke_script(&inv);
+            ids.push(id);
+        }
+        if ids.is_empty() {
+            return Ok(ids);
+        }
+        let mut conn = self.swarm.conn()?;
+        let _: Vec<i64> = query_pipeline(&pipe, &[&QUEUE_PUSH], &mut *conn)?;
+        Ok(ids)
+    }
+
+    /// Task counts per set.
+    ///
+    /// ```no_run
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+    /// let c = swarm.queue("q").unwrap().counts().unwrap();
+    /// ```
+    pub fn counts(&self) -> Result<QueueCounts> {
+        let mut conn = self.swarm.conn()?;
+        let (ready, delayed, running, ended, failed): (u64, u64, u64, u64, u64) = redis::pipe()
+            .zcard(&self.keys.ready)
+            .zcard(&self.keys.delayed)
+            .zcard(&self.keys.running)
+            .zcard(&self.keys.ended)
+            .zcard(&self.keys.failed)
+            .query(&mut *conn)?;
+        Ok(QueueCounts {
+            ready,
+            delayed,
+            running,
+            ended,
+            failed,
+        })
+    }
+
+    /// Up to `limit` task ids of one set, in its order.
+    ///
+    /// ```no_run
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+    /// let failed = swarm.queue("q").unwrap().list(redswarm::TaskSet::Failed, 100).unwrap();
+    /// ```
+    pub fn list(&self, set: TaskSet, limit: usize) -> Result<Vec<String>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let key = match set {
+            TaskSet::Ready => &self.keys.ready,
+            TaskSet::Delayed => &self.keys.delayed,
+            TaskSet::Running => &self.keys.running,
+            TaskSet::Ended => &self.keys.ended,
+            TaskSet::Failed => &self.keys.failed,
+        };
+        let mut conn = self.swarm.conn()?;
+        Ok(redis::cmd("ZRANGE")
+            .arg(key)
+            .arg(0)
+            .arg(limit as i64 - 1)
+            .query(&mut *conn)?)
+    }
+
+    /// One task's record, if it exists.
+    ///
+    /// ```no_run
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+    /// let t = swarm.queue("q").unwrap().get("some-id").unwrap();
+    /// ```
+    pub fn get(&self, id: &str) -> Result<Option<TaskInfo>> {
+        crate::keys::validate_name("task id", id)?;
+        let key = self.keys.task(id);
+        let mut conn = self.swarm.conn()?;
+        let h: HashMap<String, String> = redis::cmd("HGETALL").arg(&key).query(&mut *conn)?;
+        if h.is_empty() {
+            return Ok(None);
+        }
+        TaskInfo::from_hash(&key, h).map(Some)
+    }
+
+    /// Cancels a task: a queued one ends `cancelled` at once; a running one
+    /// is sent `cancel` and ends when its handler stops. Returns
+    /// `"cancelled"`, `"signalled"`, `"ended"` (already over) or
+    /// `"missing"`.
+    ///
+    /// ```no_run
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+    /// let what = swarm.queue("q").unwrap().cancel("some-id").unwrap();
+    /// ```
+    pub fn cancel(&self, id: &str) -> Result<String> {
+        crate::keys::validate_name("task id", id)?;
+        let mut conn = self.swarm.conn()?;
+        invoke(
+            QUEUE_CANCEL
+                .prepare()
+                .key(self.keys.task(id))
+                .key(&self.keys.ready)
+                .key(&self.keys.delayed)
+                .key(&self.keys.ended)
+                .arg(id)
+                .arg(&self.keys.events),
+            &mut *conn,
+        )
+    }
+
+    /// Sends a control message (`cancel`, or your own) to a running task.
+    ///
+    /// ```no_run
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+    /// swarm.queue("q").unwrap().control("some-id", "pause").unwrap();
+    /// ```
+    pub fn control(&self, id: &str, message: &str) -> Result<u64> {
+        crate::keys::validate_name("task id", id)?;
+        self.swarm.publish(&self.keys.task_control(id), message)
+    }
+
+    /// Gives up to `max` failed tasks a fresh set of attempts.
+    ///
+    /// ```no_run
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+    /// let n = swarm.queue("q").unwrap().requeue_failed(100).unwrap();
+    /// ```
+    pub fn requeue_failed(&self, max: usize) -> Result<u64> {
+        if max == 0 {
+            return Ok(0);
+        }
+        let mut conn = self.swarm.conn()?;
+        invoke(
+            QUEUE_REQUEUE_FAILED
+                .prepare()
+                .key(&self.keys.failed)
+                .key(&self.keys.delayed)
+                .key(&self.keys.marker)
+                .arg(self.keys.task_prefix())
+                .arg(max)
+                .arg(&self.keys.events),
+            &mut *conn,
+        )
+    }
+
+    /// Deletes a task from every set; a worker running it will find its
+    /// completion rejected. Returns whether it existed.
+    ///
+    /// ```no_run
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+    /// swarm.queue("q").unwrap().delete("some-id").unwrap();
+    /// ```
+    pub fn delete(&self, id: &str) -> Result<bool> {
+        crate::keys::validate_name("task id", id)?;
+        let mut conn = self.swarm.conn()?;
+        let n: i64 = invoke(
+            QUEUE_DELETE
+                .prepare()
+                .key(self.keys.task(id))
+                .key(&self.keys.ready)
+                .key(&self.keys.delayed)
+                .key(&self.keys.running)
+                .key(&self.keys.ended)
+                .key(&self.keys.failed)
+                .arg(id),
+            &mut *conn,
+        )?;
+        Ok(n == 1)
+    }
+
+    /// Re-queues (or fails, after their last attempt) up to `batch` tasks
+    /// whose lease ran out. Returns (re-queued, failed).
+    ///
+    /// ```no_run
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+    /// let (requeued, failed) = swarm.queue("q").unwrap().reap_expired(100).unwrap();
+    /// ```
+    pub fn reap_expired(&self, batch: usize) -> Result<(u64, u64)> {
+        let mut conn = self.swarm.conn()?;
+        let (requeued, failed): (u64, u64) = invoke(
+            QUEUE_REAP
+                .prepare()
+                .key(&self.keys.running)
+                .key(&self.keys.delayed)
+                .key(&self.keys.failed)
+                .key(&self.keys.marker)
+                .arg(self.keys.task_prefix())
+                .arg(batch.max(1))
+                .arg(&self.keys.events),
+            &mut *conn,
+        )?;
+        if requeued + failed > 0 {
+            log::info!(
+                "queue `{}`: re-queued {requeued}, failed {failed} expired tasks",
+                self.name
+            );
+        }
+        Ok((requeued, failed))
+    }
+
+    /// Every event of the queue, from any process.
+    ///
+    /// ```no_run
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+    /// let events = swarm.queue("q").unwrap().events().unwrap();
+    /// while let Some(e) = events.next_event(std::time::Duration::from_secs(1)) { println!("{e:?}"); }
+    /// ```
+    pub fn events(&self) -> Result<EventStream> {
+        Ok(EventStream {
+            sub: self.swarm.subscribe(&self.keys.events)?,
+        })
+    }
+
+    /// The events of one task.
+    ///
+    /// ```no_run
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+    /// let events = swarm.queue("q").unwrap().task_events("some-id").unwrap();
+    /// ```
+    pub fn task_events(&self, id: &str) -> Result<EventStream> {
+        crate::keys::validate_name("task id", id)?;
+        Ok(EventStream {
+            sub: self.swarm.subscribe(&self.keys.task_events(id))?,
+        })
+    }
+}
+
+/// A subscription to task events; see [`Queue::events`].
+///
+/// ```no_run
+/// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+/// let events = swarm.queue("q").unwrap().events().unwrap();
+/// let first = events.next_event(std::time::Duration::from_secs(5));
+/// ```
+pub struct EventStream {
+    sub: Subscription,
+}
+
+impl EventStream {
+    /// The next event within `timeout` (malformed messages are skipped and
+    /// logged; a pub/sub reconnect is not an event).
+    ///
+    /// ```no_run
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+    /// # let events = swarm.queue("q").unwrap().events().unwrap();
+    /// let e = events.next_event(std::time::Duration::from_millis(100));
+    /// ```
+    pub fn next_event(&self, timeout: Duration) -> Option<TaskEvent> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.sub.recv_timeout(left) {
+                Ok(SubEvent::Message(m)) => match serde_json::from_slice::<TaskEvent>(&m.payload) {
+                    Ok(e) => return Some(e),
+                    Err(e) => log::debug!("skipping a malformed task event on {}: {e}", m.channel),
+                },
+                Ok(SubEvent::Reconnected) => continue,
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// The raw subscription (for `select!`); payloads are JSON
+    /// [`TaskEvent`]s.
+    ///
+    /// ```no_run
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+    /// # let events = swarm.queue("q").unwrap().events().unwrap();
+    /// let rx = events.subscription().receiver();
+    /// ```
+    pub fn subscription(&self) -> &Subscription {
+        &self.sub
+    }
+}

@@ -1,0 +1,314 @@
+//! Task records, options and events.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Per-task options for [`Queue::push_with`](crate::Queue::push_with).
+///
+/// ```
+/// use std::time::Duration;
+/// let opts = redswarm::TaskOptions::new()
+///     .priority(10)
+///     .delay(Duration::from_secs(5))
+///     .max_attempts(5)
+///     .timeout(Duration::from_secs(60))
+///     .backoff(Duration::from_millis(500));
+/// assert_eq!(opts.get_max_attempts(), 5);
+/// ```
+#[derive(Clone, Debug)]
+pub struct TaskOptions {
+    pub(crate) priority: u8,
+    pub(crate) delay: Duration,
+    pub(crate) max_attempts: u32,
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) backoff: Duration,
+}
+
+impl Default for TaskOptions {
+    fn default() -> Self {
+        TaskOptions {
+            priority: 0,
+            delay: Duration::ZERO,
+            max_attempts: 3,
+            timeout: None,
+            backoff: Duration::from_secs(1),
+        }
+    }
+}
+
+impl TaskOptions {
+    /// Defaults: priority 0, no delay, 3 attempts, no timeout, 1 s backoff.
+    ///
+    /// ```
+    /// assert_eq!(redswarm::TaskOptions::new().get_max_attempts(), 3);
+    /// ```
+    pub fn new() -> TaskOptions {
+        TaskOptions::default()
+    }
+
+    /// Priority 0..=255; higher runs first (then arrival order).
+    ///
+    /// ```
+    /// let o = redswarm::TaskOptions::new().priority(200);
+    /// ```
+    pub fn priority(mut self, p: u8) -> Self {
+        self.priority = p;
+        self
+    }
+
+    /// Run no earlier than `d` from now (Redis clock).
+    ///
+    /// ```
+    /// let o = redswarm::TaskOptions::new().delay(std::time::Duration::from_secs(60));
+    /// ```
+    pub fn delay(mut self, d: Duration) -> Self {
+        self.delay = d;
+        self
+    }
+
+    /// Attempts before the task ends `failed` (counted at claim time).
+    ///
+    /// ```
+    /// let o = redswarm::TaskOptions::new().max_attempts(1);
+    /// ```
+    pub fn max_attempts(mut self, n: u32) -> Self {
+        self.max_attempts = n;
+        self
+    }
+
+    /// The handler is told to stop (and the attempt fails) after this long.
+    ///
+    /// ```
+    /// let o = redswarm::TaskOptions::new().timeout(std::time::Duration::from_secs(30));
+    /// ```
+    pub fn timeout(mut self, d: Duration) -> Self {
+        self.timeout = Some(d);
+        self
+    }
+
+    /// Base delay before a retry; doubles with each failed attempt.
+    ///
+    /// ```
+    /// let o = redswarm::TaskOptions::new().backoff(std::time::Duration::from_millis(100));
+    /// ```
+    pub fn backoff(mut self, d: Duration) -> Self {
+        self.backoff = d;
+        self
+    }
+
+    /// The configured attempt limit.
+    ///
+    /// ```
+    /// assert_eq!(redswarm::TaskOptions::new().max_attempts(2).get_max_attempts(), 2);
+    /// ```
+    pub fn get_max_attempts(&self) -> u32 {
+        self.max_attempts
+    }
+
+    pub(crate) fn validate(&self) -> Result<()> {
+        if self.max_attempts == 0 {
+            return Err(Error::invalid("max attempts", "must be at least 1"));
+        }
+        if self.timeout.is_some_and(|t| t.is_zero()) {
+            return Err(Error::invalid("task timeout", "must be greater than zero"));
+        }
+        Ok(())
+    }
+}
+
+/// How a task ended.
+///
+/// ```
+/// assert_eq!(redswarm::TaskOutcome::Ok, redswarm::TaskOutcome::Ok);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TaskOutcome {
+    /// Completed.
+    Ok,
+    /// Failed on its last attempt.
+    Failed,
+    /// Cancelled.
+    Cancelled,
+}
+
+/// Where a task is.
+///
+/// ```
+/// let s = redswarm::TaskState::Queued;
+/// assert!(!s.is_end());
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TaskState {
+    /// Ready, delayed or backing off.
+    Queued,
+    /// Claimed by a worker, under lease.
+    Running,
+    /// Over.
+    End(TaskOutcome),
+}
+
+impl TaskState {
+    /// True for [`TaskState::End`].
+    ///
+    /// ```
+    /// assert!(redswarm::TaskState::End(redswarm::TaskOutcome::Ok).is_end());
+    /// ```
+    pub fn is_end(&self) -> bool {
+        matches!(self, TaskState::End(_))
+    }
+}
+
+/// A task record as stored in Redis.
+///
+/// ```no_run
+/// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+/// let q = swarm.queue("jobs").unwrap();
+/// let id = q.push(&serde_json::json!({"ms": 10})).unwrap();
+/// let task = q.get(&id).unwrap().unwrap();
+/// println!("{:?} after {} attempts", task.state, task.attempts);
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+pub struct TaskInfo {
+    /// Task id.
+    pub id: String,
+    /// State.
+    pub state: TaskState,
+    /// The payload.
+    pub data: serde_json::Value,
+    /// Priority.
+    pub priority: u8,
+    /// Attempts so far (counted at claim).
+    pub attempts: u32,
+    /// Attempt limit.
+    pub max_attempts: u32,
+    /// Fencing token of the latest claim.
+    pub fencing_token: u64,
+    /// Node of the latest claim.
+    pub worker: Option<String>,
+    /// Created (ms, Redis clock).
+    pub created_ms: u64,
+    /// Latest claim (ms).
+    pub started_ms: Option<u64>,
+    /// Latest change (ms).
+    pub updated_ms: u64,
+    /// End (ms).
+    pub ended_ms: Option<u64>,
+    /// When a delayed or backing-off task becomes ready (ms).
+    pub run_at_ms: Option<u64>,
+    /// Error of the latest failed attempt.
+    pub error: Option<String>,
+    /// Result of a completed task.
+    pub result: Option<serde_json::Value>,
+}
+
+impl TaskInfo {
+    pub(crate) fn from_hash(key: &str, h: HashMap<String, String>) -> Result<TaskInfo> {
+        let corrupt = |why: String| Error::corrupt(key, why);
+        let num = |f: &str| -> Result<u64> {
+            h.get(f)
+                .ok_or_else(|| corrupt(format!("missing field `{f}`")))?
+                .parse::<u64>()
+                .map_err(|e| corrupt(format!("field `{f}`: {e}")))
+        };
+        let opt_num = |f: &str| h.get(f).and_then(|v| v.parse::<u64>().ok());
+        let state = match (
+            h.get("state").map(String::as_str),
+            h.get("outcome").map(String::as_str),
+        ) {
+            (Some("queued"), _) => TaskState::Queued,
+            (Some("running"), _) => TaskState::Running,
+            (Some("end"), Some("ok")) => TaskState::End(TaskOutcome::Ok),
+            (Some("end"), Some("failed")) => TaskState::End(TaskOutcome::Failed),
+            (Some("end"), Some("cancelled")) => TaskState::End(TaskOutcome::Cancelled),
+            (s, o) => return Err(corrupt(format!("unknown state {s:?}/{o:?}"))),
+        };
+        let data = h
+            .get("data")
+            .map(|d| serde_json::from_str(d))
+            .transpose()
+            .map_err(|e| corrupt(format!("data is not JSON: {e}")))?
+            .unwrap_or(serde_json::Value::Null);
+        let result = h
+            .get("result")
+            .map(|d| serde_json::from_str(d).unwrap_or(serde_json::Value::String(d.clone())));
+        Ok(TaskInfo {
+            id: h.get("id").cloned().unwrap_or_default(),
+            state,
+            data,
+            priority: u8::try_from(num("priority")?).map_err(|e| corrupt(e.to_string()))?,
+            attempts: u32::try_from(num("attempts")?).map_err(|e| corrupt(e.to_string()))?,
+            max_attempts: u32::try_from(num("max_attempts")?)
+                .map_err(|e| corrupt(e.to_string()))?,
+            fencing_token: num("fence")?,
+            worker: h.get("worker").cloned(),
+            created_ms: num("created")?,
+            started_ms: opt_num("started"),
+            updated_ms: num("updated")?,
+            ended_ms: opt_num("ended"),
+            run_at_ms: opt_num("run_at"),
+            error: h.get("error").cloned(),
+            result,
+        })
+    }
+}
+
+/// Kinds of task events.
+///
+/// ```
+/// let e: redswarm::EventKind = serde_json::from_str("\"completed\"").unwrap();
+/// assert_eq!(e, redswarm::EventKind::Completed);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventKind {
+    /// Pushed.
+    Queued,
+    /// Claimed by a worker.
+    Started,
+    /// Published by the handler with [`TaskContext::progress`](crate::TaskContext::progress).
+    Progress,
+    /// Ended ok.
+    Completed,
+    /// Ended failed (last attempt).
+    Failed,
+    /// An attempt failed; it will run again after its backoff.
+    Retrying,
+    /// Cancelled.
+    Cancelled,
+    /// Put back in the queue (lease expired, or handed back at shutdown).
+    Requeued,
+    /// An event this version does not know.
+    #[serde(other)]
+    Unknown,
+}
+
+/// One task event (JSON on the task's and the queue's event channels).
+///
+/// ```
+/// let e: redswarm::TaskEvent = serde_json::from_str(r#"{"task":"t1","event":"progress","data":{"pct":50}}"#).unwrap();
+/// assert_eq!(e.kind, redswarm::EventKind::Progress);
+/// ```
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TaskEvent {
+    /// Task id.
+    pub task: String,
+    /// What happened.
+    #[serde(rename = "event")]
+    pub kind: EventKind,
+    /// Attempt number (started).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
+    /// Worker node (started).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// Error text (failed, retrying).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Progress payload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<serde_json::Value>,
+}
