@@ -13,6 +13,7 @@ use crate::heartbeat::{Health, Heartbeat, Lease, LeaseTarget, NodeInfo, Partitio
 use crate::keys::Keys;
 use crate::lock::{LockGuard, LockOptions};
 use crate::multilock::{MultiLockGuard, MultiLockOptions};
+use crate::peer::{PeerIdentity, PeerListener};
 use crate::semaphore::Semaphore;
 use crate::store::{PooledConnection, Store};
 use crate::subscriber::{Subscriber, Subscription};
@@ -37,6 +38,7 @@ pub struct Redswarm {
 
 struct Inner {
     store: Arc<Store>,
+    peers: Option<PeerListener>,
     subscriber: Subscriber,
     heartbeat: Heartbeat,
     down: AtomicBool,
@@ -50,6 +52,9 @@ impl Inner {
         log::debug!("shutting down node {}", self.store.node_id);
         self.heartbeat.stop();
         self.subscriber.stop();
+        if let Some(p) = &self.peers {
+            p.stop();
+        }
     }
 }
 
@@ -83,7 +88,27 @@ impl Redswarm {
             .clone()
             .unwrap_or_else(crate::util::random_id);
         let store = Store::open(config, node_id)?;
-        let heartbeat = Heartbeat::start(store.clone())?;
+        let peers = match store.config.peer_listen {
+            Some(bind) => Some(PeerListener::start(
+                bind,
+                PeerIdentity {
+                    namespace: store.config.namespace.clone(),
+                    node_id: store.node_id.clone(),
+                    secret: store.config.peer_secret.clone(),
+                },
+                store
+                    .config
+                    .heartbeat_interval
+                    .max(Duration::from_millis(500)),
+            )?),
+            None => None,
+        };
+        let advertised = store
+            .config
+            .peer_advertise
+            .clone()
+            .or_else(|| peers.as_ref().map(|p| p.addr().to_string()));
+        let heartbeat = Heartbeat::start(store.clone(), advertised)?;
         let subscriber = match Subscriber::start(store.clone()) {
             Ok(s) => s,
             Err(e) => {
@@ -100,6 +125,7 @@ impl Redswarm {
         Ok(Redswarm {
             inner: Arc::new(Inner {
                 store,
+                peers,
                 subscriber,
                 heartbeat,
                 down: AtomicBool::new(false),
@@ -220,13 +246,39 @@ impl Redswarm {
     /// assert_eq!(swarm.partition_state(), redswarm::PartitionState::Connected);
     /// ```
     pub fn partition_state(&self) -> PartitionState {
-        match self.health() {
-            Health::Healthy => PartitionState::Connected,
-            Health::LostRedis { .. } => PartitionState::Partitioned {
-                answered: 0,
-                known: 0,
-            },
-        }
+        self.inner.heartbeat.partition_state()
+    }
+
+    /// A channel that receives every change of
+    /// [`Redswarm::partition_state`].
+    ///
+    /// ```no_run
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+    /// let changes = swarm.watch_partition();
+    /// ```
+    pub fn watch_partition(&self) -> Receiver<PartitionState> {
+        self.inner.heartbeat.watch_partition()
+    }
+
+    /// Where this node answers peer pings, if `peer_listen` is set.
+    ///
+    /// ```no_run
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+    /// if let Some(addr) = swarm.peer_addr() { println!("pings answered on {addr}"); }
+    /// ```
+    pub fn peer_addr(&self) -> Option<std::net::SocketAddr> {
+        self.inner.peers.as_ref().map(|p| p.addr())
+    }
+
+    /// Peer-ping addresses of the other live nodes, as last read from Redis
+    /// (what this node pings when it loses Redis).
+    ///
+    /// ```no_run
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+    /// println!("{:?}", swarm.known_peers());
+    /// ```
+    pub fn known_peers(&self) -> Vec<String> {
+        self.inner.heartbeat.known_peers()
     }
 
     /// A channel that receives every change of [`Redswarm::health`].
@@ -437,7 +489,23 @@ impl Redswarm {
         ttl: Duration,
         acquired: Instant,
     ) -> Lease {
-        self.inner.heartbeat.register(what, target, ttl, acquired)
+        self.inner
+            .heartbeat
+            .register(what, target, ttl, acquired, false)
+    }
+
+    /// Like [`Redswarm::lease`], but the lease survives a Redis outage while
+    /// enough peers answer (task claims: the partition rule decides).
+    pub(crate) fn lease_tolerating_outage(
+        &self,
+        what: String,
+        target: LeaseTarget,
+        ttl: Duration,
+        acquired: Instant,
+    ) -> Lease {
+        self.inner
+            .heartbeat
+            .register(what, target, ttl, acquired, true)
     }
 
     /// A lease only watched for its local deadline (no auto-extension).
@@ -449,10 +517,5 @@ impl Redswarm {
         acquired: Instant,
     ) -> Lease {
         self.inner.heartbeat.unrenewed(what, target, ttl, acquired)
-    }
-
-    /// Advertises this node's peer-ping address in its membership record.
-    pub(crate) fn set_peer_addr(&self, addr: Option<String>) {
-        self.inner.heartbeat.set_peer_addr(addr);
     }
 }

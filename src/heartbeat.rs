@@ -21,6 +21,7 @@ use redis::Value;
 
 use crate::error::{Error, Result};
 use crate::keys::hash_tag;
+use crate::peer::{ping_all, PeerIdentity};
 use crate::scripts::{lua_script, query_pipeline};
 use crate::store::Store;
 use crate::util::millis;
@@ -29,6 +30,9 @@ lua_script!(NODE_BEAT, "node_beat.lua");
 lua_script!(NODE_LIST, "node_list.lua");
 lua_script!(NODE_LEAVE, "node_leave.lua");
 lua_script!(LEASE_RENEW, "lease_renew.lua");
+
+/// The peer list is re-read from Redis every this many beats.
+const PEER_REFRESH_BEATS: u64 = 5;
 
 /// Most leases renewed by one script call.
 const LEASES_PER_CALL: usize = 256;
@@ -171,9 +175,23 @@ pub(crate) struct LeaseState {
     last_ok: Mutex<Instant>,
     lost: Mutex<Option<String>>,
     watchers: Mutex<Vec<Sender<LeaseLost>>>,
+    /// Keeps the lease through a Redis outage while enough peers answer
+    /// (task leases: the swarm's partition rule); see [`PartitionState`].
+    tolerate_outage: bool,
+    partition: Arc<Mutex<PartitionState>>,
 }
 
 impl LeaseState {
+    /// Whether the local deadline applies now: not for an outage-tolerant
+    /// lease while Redis is away but the peers answer.
+    fn deadline_applies(&self) -> bool {
+        !(self.tolerate_outage
+            && matches!(
+                *self.partition.lock(),
+                PartitionState::RedisLostPeersOk { .. }
+            ))
+    }
+
     fn mark_lost(&self, reason: &str) {
         let mut lost = self.lost.lock();
         if lost.is_some() {
@@ -208,7 +226,7 @@ impl Lease {
         if self.state.lost.lock().is_some() {
             return true;
         }
-        if Instant::now() >= self.state.local_deadline() {
+        if self.state.deadline_applies() && Instant::now() >= self.state.local_deadline() {
             self.state
                 .mark_lost("not renewed in time (Redis unreachable?)");
             return true;
@@ -265,7 +283,13 @@ struct Shared {
     store: Arc<Store>,
     instance: String,
     started_ms: u64,
-    peer_addr: Mutex<Option<String>>,
+    peer_addr: Option<String>,
+    identity: PeerIdentity,
+    /// Peer-ping addresses of the other live nodes, as last read from Redis.
+    peers: Mutex<Vec<String>>,
+    beats: AtomicU64,
+    partition: Arc<Mutex<PartitionState>>,
+    partition_watchers: Mutex<Vec<Sender<PartitionState>>>,
     leases: Mutex<HashMap<u64, Arc<LeaseState>>>,
     next_lease: AtomicU64,
     health: Mutex<Health>,
@@ -282,15 +306,24 @@ pub(crate) struct Heartbeat {
 impl Heartbeat {
     /// Registers the node with a first beat (failing if another live
     /// process uses the same node id) and starts the thread.
-    pub(crate) fn start(store: Arc<Store>) -> Result<Heartbeat> {
+    pub(crate) fn start(store: Arc<Store>, peer_addr: Option<String>) -> Result<Heartbeat> {
         let shared = Arc::new(Shared {
+            identity: PeerIdentity {
+                namespace: store.config.namespace.clone(),
+                node_id: store.node_id.clone(),
+                secret: store.config.peer_secret.clone(),
+            },
+            peers: Mutex::new(Vec::new()),
+            beats: AtomicU64::new(0),
+            partition: Arc::new(Mutex::new(PartitionState::Connected)),
+            partition_watchers: Mutex::new(Vec::new()),
             instance: crate::util::random_id(),
             started_ms: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_millis() as u64)
                 .unwrap_or(0),
             store,
-            peer_addr: Mutex::new(None),
+            peer_addr,
             leases: Mutex::new(HashMap::new()),
             next_lease: AtomicU64::new(1),
             health: Mutex::new(Health::Healthy),
@@ -338,6 +371,7 @@ impl Heartbeat {
         target: LeaseTarget,
         ttl: Duration,
         acquired: Instant,
+        tolerate_outage: bool,
     ) -> Lease {
         let id = self.shared.next_lease.fetch_add(1, Ordering::Relaxed);
         let state = Arc::new(LeaseState {
@@ -349,6 +383,8 @@ impl Heartbeat {
             last_ok: Mutex::new(acquired),
             lost: Mutex::new(None),
             watchers: Mutex::new(Vec::new()),
+            tolerate_outage,
+            partition: self.shared.partition.clone(),
         });
         self.shared.leases.lock().insert(id, state.clone());
         Lease {
@@ -375,6 +411,8 @@ impl Heartbeat {
             last_ok: Mutex::new(acquired),
             lost: Mutex::new(None),
             watchers: Mutex::new(Vec::new()),
+            tolerate_outage: false,
+            partition: self.shared.partition.clone(),
         });
         Lease {
             state,
@@ -392,8 +430,19 @@ impl Heartbeat {
         rx
     }
 
-    pub(crate) fn set_peer_addr(&self, addr: Option<String>) {
-        *self.shared.peer_addr.lock() = addr;
+    pub(crate) fn partition_state(&self) -> PartitionState {
+        *self.shared.partition.lock()
+    }
+
+    pub(crate) fn watch_partition(&self) -> Receiver<PartitionState> {
+        let (tx, rx) = bounded(64);
+        self.shared.partition_watchers.lock().push(tx);
+        rx
+    }
+
+    /// The peer addresses this node would ping now.
+    pub(crate) fn known_peers(&self) -> Vec<String> {
+        self.shared.peers.lock().clone()
     }
 
     pub(crate) fn nodes(&self, alive: bool) -> Result<Vec<NodeInfo>> {
@@ -465,7 +514,7 @@ fn node_beat(shared: &Shared, first: bool) -> redis::ScriptInvocation<'static> {
         .arg(std::process::id())
         .arg("started")
         .arg(shared.started_ms);
-    if let Some(addr) = &*shared.peer_addr.lock() {
+    if let Some(addr) = &shared.peer_addr {
         inv.arg("peer").arg(addr);
     }
     inv
@@ -499,6 +548,19 @@ fn beat(shared: &Shared, sent: Instant, conn: &mut Option<redis::Connection>) {
     }
     let mut pipe = redis::pipe();
     pipe.invoke_script(&node_beat(shared, false));
+    // Refresh the peer list every few beats (the first beat included), so a
+    // node that loses Redis knows whom to ask.
+    let refresh_peers = shared.beats.fetch_add(1, Ordering::Relaxed) % PEER_REFRESH_BEATS == 0;
+    if refresh_peers {
+        let keys = &shared.store.keys;
+        pipe.invoke_script(
+            NODE_LIST
+                .prepare()
+                .key(keys.nodes())
+                .arg("1")
+                .arg(keys.node_info("")),
+        );
+    }
     let mut batches: Vec<Vec<&Arc<LeaseState>>> = Vec::new();
     for group in groups.into_values() {
         for chunk in group.chunks(LEASES_PER_CALL) {
@@ -519,7 +581,7 @@ fn beat(shared: &Shared, sent: Instant, conn: &mut Option<redis::Connection>) {
         }
     }
     let outcome = match conn.as_mut() {
-        Some(c) => query_pipeline::<Vec<Value>>(&pipe, &[&NODE_BEAT, &LEASE_RENEW], c),
+        Some(c) => query_pipeline::<Vec<Value>>(&pipe, &[&NODE_BEAT, &NODE_LIST, &LEASE_RENEW], c),
         None => Err(Error::Pool("heartbeat has no connection to Redis".into())),
     };
     if outcome.is_err() {
@@ -530,9 +592,14 @@ fn beat(shared: &Shared, sent: Instant, conn: &mut Option<redis::Connection>) {
             if matches!(*shared.health.lock(), Health::LostRedis { .. }) {
                 shared.store.renew_pool();
             }
-            set_health(shared, Health::Healthy);
-            for (batch, reply) in batches.iter().zip(replies.iter().skip(1)) {
-                let flags: Vec<i64> = redis::from_redis_value_ref(reply).unwrap_or_default();
+            let mut replies = replies.into_iter().skip(1);
+            if refresh_peers {
+                if let Some(list) = replies.next() {
+                    update_peers(shared, list);
+                }
+            }
+            for (batch, reply) in batches.iter().zip(replies) {
+                let flags: Vec<i64> = redis::from_redis_value(reply).unwrap_or_default();
                 for (i, lease) in batch.iter().enumerate() {
                     if flags.get(i) == Some(&1) {
                         let mut last = lease.last_ok.lock();
@@ -544,6 +611,10 @@ fn beat(shared: &Shared, sent: Instant, conn: &mut Option<redis::Connection>) {
                     }
                 }
             }
+            // Renewals are recorded before the state turns Connected, so an
+            // outage-tolerant lease is judged by its fresh renewal time.
+            set_health(shared, Health::Healthy);
+            set_partition(shared, PartitionState::Connected);
         }
         Err(e) => {
             log::warn!("heartbeat failed: {e}");
@@ -552,16 +623,78 @@ fn beat(shared: &Shared, sent: Instant, conn: &mut Option<redis::Connection>) {
                 Health::Healthy => SystemTime::now(),
             };
             set_health(shared, Health::LostRedis { since });
+            set_partition(shared, judge_partition(shared));
             // Fence early: if the next beat could come after the local
             // deadline, the holder must stop now.
             let next = Instant::now() + shared.store.config.heartbeat_interval;
             for lease in &leases {
-                if next >= lease.local_deadline() {
+                if lease.deadline_applies() && next >= lease.local_deadline() {
                     lease.mark_lost("could not be renewed: Redis unreachable");
                 }
             }
         }
     }
+}
+
+/// Pings the known peers: may this node keep working without Redis?
+fn judge_partition(shared: &Shared) -> PartitionState {
+    let peers = shared.peers.lock().clone();
+    let known = peers.len();
+    if known == 0 {
+        return PartitionState::Partitioned {
+            answered: 0,
+            known: 0,
+        };
+    }
+    let answered = ping_all(&peers, &shared.identity, shared.store.config.peer_timeout);
+    let needed = shared.store.config.partition_percentage as usize;
+    if answered * 100 >= needed * known {
+        PartitionState::RedisLostPeersOk { answered, known }
+    } else {
+        PartitionState::Partitioned { answered, known }
+    }
+}
+
+fn update_peers(shared: &Shared, list: Value) {
+    let key = shared.store.keys.nodes();
+    let Ok(entries) = redis::from_redis_value::<Vec<Value>>(list) else {
+        log::debug!("peer refresh: unexpected node list reply");
+        return;
+    };
+    let peers: Vec<String> = entries
+        .into_iter()
+        .skip(1)
+        .filter_map(|v| parse_node(&key, v).ok())
+        .filter(|n| n.id != shared.store.node_id)
+        .filter_map(|n| n.peer_addr)
+        .collect();
+    *shared.peers.lock() = peers;
+}
+
+fn set_partition(shared: &Shared, state: PartitionState) {
+    let mut current = shared.partition.lock();
+    if *current == state {
+        return;
+    }
+    match state {
+        PartitionState::Connected => log::info!("partition state: connected"),
+        PartitionState::RedisLostPeersOk { answered, known } => {
+            log::warn!("Redis unreachable, {answered}/{known} peers answer: keep working")
+        }
+        PartitionState::Partitioned { answered, known } => {
+            log::warn!(
+                "Redis unreachable, {answered}/{known} peers answer: partitioned, stopping work"
+            )
+        }
+    }
+    *current = state;
+    drop(current);
+    shared.partition_watchers.lock().retain(|w| {
+        !matches!(
+            w.try_send(state),
+            Err(crossbeam_channel::TrySendError::Disconnected(_))
+        )
+    });
 }
 
 fn renew_invocation(batch: &[&Arc<LeaseState>]) -> redis::ScriptInvocation<'static> {

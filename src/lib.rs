@@ -28,6 +28,7 @@ mod heartbeat;
 pub mod keys;
 mod lock;
 mod multilock;
+mod peer;
 mod scripts;
 mod semaphore;
 mod store;

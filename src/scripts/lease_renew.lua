@@ -5,7 +5,8 @@
 --   'key'     KEYS: key             ARGV: token   (string key holding our token)
 --   'member'  KEYS: zset            ARGV: member  (zset member scored by deadline)
 --   'guarded' KEYS: zset, hash      ARGV: member, field, token
---             (zset member scored by deadline, and hash[field] == token)
+--             (zset member scored by deadline, and hash[field] == token; the
+--             token makes it safe to renew a lapsed deadline nobody reaped)
 -- Returns one integer per lease: 1 renewed, 0 lost.
 local now = now_ms()
 local out = {}
@@ -30,8 +31,9 @@ for i = 1, tonumber(ARGV[1]) do
     end
     k, a = k + 1, a + 3
   elseif kind == 'guarded' then
-    local score = redis.call('ZSCORE', KEYS[k], ARGV[a + 2])
-    if score and tonumber(score) > now and redis.call('HGET', KEYS[k + 1], ARGV[a + 3]) == ARGV[a + 4] then
+    -- Still in the zset and still our token: nobody reaped or re-claimed it,
+    -- so renewing is safe even if the deadline passed during an outage.
+    if redis.call('ZSCORE', KEYS[k], ARGV[a + 2]) and redis.call('HGET', KEYS[k + 1], ARGV[a + 3]) == ARGV[a + 4] then
       redis.call('ZADD', KEYS[k], 'XX', now + ttl, ARGV[a + 2])
       out[i] = 1
     else

@@ -670,7 +670,7 @@ fn claim(shared: &Shared) -> Result<Claimed> {
 
 fn start_task(shared: &Arc<Shared>, pool: &ThreadPool, task: ClaimedTask) {
     let q = &shared.queue;
-    let lease = q.swarm.lease(
+    let lease = q.swarm.lease_tolerating_outage(
         format!("task {} of queue `{}`", task.id, q.name),
         LeaseTarget::Guarded {
             zset: q.keys.running.clone(),
