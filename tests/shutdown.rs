@@ -51,8 +51,21 @@ fn no_thread_is_left_after_shutdown_or_drop() {
         names()
     );
 
-    // Dropping the last clone does the same.
+    // Dropping the last clone does the same, with the peer mesh on too.
+    let config = redswarm::Config::builder()
+        .url(config.url())
+        .namespace("threads")
+        .heartbeat_interval(Duration::from_millis(100))
+        .command_timeout(Duration::from_millis(100))
+        .node_ttl(Duration::from_millis(600))
+        .peer_timeout(Duration::from_millis(50))
+        .peer_listen("127.0.0.1:0".parse().unwrap())
+        .build()
+        .unwrap();
     let swarm = redswarm::Redswarm::connect(config).unwrap();
+    let peer = swarm.peer_addr().unwrap();
+    // A ping in flight when the handle goes away must not leave a thread.
+    let _client = std::net::TcpStream::connect(peer).unwrap();
     let clone = swarm.clone();
     let sub = clone.subscribe("y").unwrap();
     drop(swarm);

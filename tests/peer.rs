@@ -1,0 +1,319 @@
+//! Partition awareness: the peer mesh against a real redis-server and the
+//! fault proxy.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use redswarm::{
+    Config, PartitionState, Redswarm, StopReason, SwarmWorker, TaskState, WorkerOptions,
+};
+use serde_json::Value;
+use support::{FaultProxy, RedisServer};
+
+const SEC: Duration = Duration::from_secs(1);
+
+fn builder(url: &str, ns: &str) -> redswarm::ConfigBuilder {
+    Config::builder()
+        .url(url)
+        .namespace(ns)
+        .heartbeat_interval(Duration::from_millis(100))
+        .command_timeout(Duration::from_millis(80))
+        .connect_timeout(Duration::from_millis(200))
+        .node_ttl(SEC)
+        .peer_timeout(Duration::from_millis(50))
+        .reconnect_min(Duration::from_millis(20))
+        .reconnect_max(Duration::from_millis(200))
+}
+
+fn mesh_node(url: &str, ns: &str) -> Redswarm {
+    Redswarm::connect(
+        builder(url, ns)
+            .peer_listen("127.0.0.1:0".parse().unwrap())
+            .build()
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+fn wait_state(
+    s: &Redswarm,
+    within: Duration,
+    f: impl Fn(PartitionState) -> bool,
+) -> PartitionState {
+    let mut last = s.partition_state();
+    support::wait_until(within, || {
+        last = s.partition_state();
+        f(last)
+    });
+    last
+}
+
+fn wait_peers(s: &Redswarm, n: usize) {
+    assert!(
+        support::wait_until(5 * SEC, || s.known_peers().len() == n),
+        "expected {n} known peers, have {:?}",
+        s.known_peers()
+    );
+}
+
+#[test]
+fn nodes_advertise_their_peer_addresses_and_learn_each_other() {
+    let server = RedisServer::start();
+    let nodes: Vec<Redswarm> = (0..3).map(|_| mesh_node(&server.url(), "adv")).collect();
+    let live = nodes[0].live_nodes().unwrap();
+    assert_eq!(live.len(), 3);
+    for n in &nodes {
+        let me = live.iter().find(|i| i.id == n.node_id()).unwrap();
+        assert_eq!(me.peer_addr, n.peer_addr().map(|a| a.to_string()));
+        wait_peers(n, 2);
+        assert!(
+            !n.known_peers()
+                .contains(&n.peer_addr().unwrap().to_string()),
+            "a node does not ping itself"
+        );
+    }
+}
+
+#[test]
+fn a_node_cut_off_from_redis_keeps_working_while_peers_answer_and_stops_when_they_do_not() {
+    let server = RedisServer::start();
+    let proxy = FaultProxy::start(server.addr());
+    let a = mesh_node(&server.url(), "cut");
+    let b = mesh_node(&server.url(), "cut");
+    let c = mesh_node(&proxy.url(), "cut");
+    wait_peers(&c, 2);
+    proxy.blackhole();
+    let s = wait_state(&c, 5 * SEC, |s| s != PartitionState::Connected);
+    assert_eq!(
+        s,
+        PartitionState::RedisLostPeersOk {
+            answered: 2,
+            known: 2
+        }
+    );
+    assert!(c.partition_state().may_work());
+    // Its peers go away too: now it is on its own.
+    a.shutdown();
+    b.shutdown();
+    let s = wait_state(&c, 5 * SEC, |s| {
+        matches!(s, PartitionState::Partitioned { answered: 0, .. })
+    });
+    assert_eq!(
+        s,
+        PartitionState::Partitioned {
+            answered: 0,
+            known: 2
+        }
+    );
+    assert!(!c.partition_state().may_work());
+    proxy.pass();
+    let s = wait_state(&c, 10 * SEC, |s| s == PartitionState::Connected);
+    assert_eq!(s, PartitionState::Connected);
+}
+
+#[test]
+fn when_redis_dies_nodes_that_reach_each_other_keep_working_and_a_lone_node_stops() {
+    let mut server = RedisServer::start();
+    let a = mesh_node(&server.url(), "dead");
+    let b = mesh_node(&server.url(), "dead");
+    wait_peers(&a, 1);
+    wait_peers(&b, 1);
+    server.kill();
+    for n in [&a, &b] {
+        let s = wait_state(n, 5 * SEC, |s| s != PartitionState::Connected);
+        assert_eq!(
+            s,
+            PartitionState::RedisLostPeersOk {
+                answered: 1,
+                known: 1
+            }
+        );
+    }
+    b.shutdown();
+    let s = wait_state(&a, 5 * SEC, |s| {
+        matches!(s, PartitionState::Partitioned { .. })
+    });
+    assert_eq!(
+        s,
+        PartitionState::Partitioned {
+            answered: 0,
+            known: 1
+        }
+    );
+    server.restart();
+    assert_eq!(
+        wait_state(&a, 10 * SEC, |s| s == PartitionState::Connected),
+        PartitionState::Connected
+    );
+}
+
+#[test]
+fn peers_with_another_secret_do_not_count() {
+    let server = RedisServer::start();
+    let proxy = FaultProxy::start(server.addr());
+    let listen: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let _a = Redswarm::connect(
+        builder(&server.url(), "sec")
+            .peer_listen(listen)
+            .peer_secret("right")
+            .build()
+            .unwrap(),
+    )
+    .unwrap();
+    let _b = Redswarm::connect(
+        builder(&server.url(), "sec")
+            .peer_listen(listen)
+            .peer_secret("wrong")
+            .build()
+            .unwrap(),
+    )
+    .unwrap();
+    let c = Redswarm::connect(
+        builder(&proxy.url(), "sec")
+            .peer_listen(listen)
+            .peer_secret("right")
+            .build()
+            .unwrap(),
+    )
+    .unwrap();
+    wait_peers(&c, 2);
+    proxy.blackhole();
+    let s = wait_state(&c, 5 * SEC, |s| s != PartitionState::Connected);
+    // One of two answers with the right MAC: 50 % < 60 %.
+    assert_eq!(
+        s,
+        PartitionState::Partitioned {
+            answered: 1,
+            known: 2
+        }
+    );
+}
+
+fn exchange(addr: SocketAddr, send: &[u8]) -> Option<String> {
+    let mut s = TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(3 * SEC)).ok()?;
+    let _ = s.write_all(send);
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).ok()?;
+    (!line.is_empty()).then_some(line)
+}
+
+#[test]
+fn garbage_on_the_peer_port_is_dropped_without_harm() {
+    let server = RedisServer::start();
+    let node = mesh_node(&server.url(), "garbage");
+    let addr = node.peer_addr().unwrap();
+    let good = "RSWP/1 PING garbage tester nonce1 -\n";
+    assert!(exchange(addr, good.as_bytes())
+        .unwrap()
+        .starts_with("RSWP/1 PONG garbage "));
+
+    assert_eq!(exchange(addr, b"\x00\xff\x13garbage\n"), None);
+    assert_eq!(
+        exchange(addr, format!("{}\n", "A".repeat(10_000)).as_bytes()),
+        None
+    );
+    assert_eq!(exchange(addr, b"RSWP/2 PING garbage tester n -\n"), None);
+    assert_eq!(
+        exchange(addr, b"RSWP/1 PING other-namespace tester n -\n"),
+        None
+    );
+    assert_eq!(exchange(addr, b"GET / HTTP/1.1\r\n\r\n"), None);
+    // Slow clients that send nothing, and a crowd of them.
+    let started = Instant::now();
+    let mut silent = TcpStream::connect(addr).unwrap();
+    silent.set_read_timeout(Some(5 * SEC)).unwrap();
+    let mut buf = [0u8; 16];
+    let n = silent.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "a silent client is closed without a reply");
+    assert!(started.elapsed() < 4 * SEC);
+    let crowd: Vec<TcpStream> = (0..100)
+        .filter_map(|_| TcpStream::connect(addr).ok())
+        .collect();
+    std::thread::sleep(Duration::from_millis(100));
+    drop(crowd);
+    // Still answering, still healthy.
+    assert!(support::wait_until(5 * SEC, || exchange(
+        addr,
+        good.as_bytes()
+    )
+    .is_some_and(|l| l.starts_with("RSWP/1 PONG"))));
+    assert_eq!(node.partition_state(), PartitionState::Connected);
+}
+
+/// A worker behind the proxy runs a long task; the proxy is cut.
+fn cut_off_worker(with_peers: bool) -> (Option<StopReason>, TaskState) {
+    let server = RedisServer::start();
+    let proxy = FaultProxy::start(server.addr());
+    let ns = if with_peers { "keep" } else { "stop" };
+    let peers: Vec<Redswarm> = if with_peers {
+        (0..2).map(|_| mesh_node(&server.url(), ns)).collect()
+    } else {
+        vec![]
+    };
+    let worker_node = mesh_node(&proxy.url(), ns);
+    wait_peers(&worker_node, peers.len());
+    let q = worker_node.queue("jobs").unwrap();
+    let id = q.push(&"long").unwrap();
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    let _w = SwarmWorker::start(
+        &q,
+        WorkerOptions::new()
+            .threads(1)
+            .lease(Duration::from_millis(600)),
+        move |ctx| {
+            let stopped = !ctx.sleep(Duration::from_millis(2500));
+            let _ = tx.send(ctx.stop_reason());
+            if stopped {
+                Err("stopped".into())
+            } else {
+                Ok(Value::Null)
+            }
+        },
+    )
+    .unwrap();
+    let inspector = Redswarm::connect(builder(&server.url(), ns).build().unwrap()).unwrap();
+    let iq = inspector.queue("jobs").unwrap();
+    assert!(support::wait_until(5 * SEC, || iq
+        .get(&id)
+        .unwrap()
+        .unwrap()
+        .state
+        == TaskState::Running));
+    proxy.blackhole();
+    let reason = rx.recv_timeout(10 * SEC).expect("handler returned");
+    proxy.pass();
+    let state = if with_peers {
+        let mut last = TaskState::Running;
+        support::wait_until(10 * SEC, || {
+            last = iq.get(&id).unwrap().unwrap().state;
+            last.is_end()
+        });
+        last
+    } else {
+        iq.get(&id).unwrap().unwrap().state
+    };
+    (reason, state)
+}
+
+#[test]
+fn a_cut_off_worker_whose_peers_answer_keeps_its_task() {
+    let (reason, state) = cut_off_worker(true);
+    assert_eq!(reason, None, "the task ran to the end");
+    assert_eq!(state, TaskState::End(redswarm::TaskOutcome::Ok));
+}
+
+#[test]
+fn a_cut_off_worker_without_enough_peers_stops_its_task_before_the_lease_runs_out() {
+    let (reason, _) = cut_off_worker(false);
+    assert!(
+        matches!(
+            reason,
+            Some(StopReason::Partitioned | StopReason::LeaseLost)
+        ),
+        "{reason:?}"
+    );
+}
