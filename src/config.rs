@@ -261,6 +261,10 @@ impl Config {
 #[derive(Clone, Debug)]
 pub struct ConfigBuilder {
     c: Config,
+    /// Unless set, derived from the heartbeat: min(1 s, heartbeat).
+    command_timeout: Option<Duration>,
+    /// Unless set, derived from the heartbeat: min(300 ms, heartbeat / 3).
+    peer_timeout: Option<Duration>,
 }
 
 impl Default for ConfigBuilder {
@@ -285,6 +289,8 @@ impl Default for ConfigBuilder {
                 peer_timeout: Duration::from_millis(300),
                 partition_percentage: 60,
             },
+            command_timeout: None,
+            peer_timeout: None,
         }
     }
 }
@@ -387,15 +393,16 @@ impl ConfigBuilder {
         /// ```
         connect_timeout: Duration
     );
-    setter!(
-        /// Read/write timeout of every command (default 1 s; at most the
-        /// heartbeat interval).
-        ///
-        /// ```
-        /// let c = redswarm::Config::builder().command_timeout(std::time::Duration::from_millis(500)).build().unwrap();
-        /// ```
-        command_timeout: Duration
-    );
+    /// Read/write timeout of every command (default: 1 s, or the heartbeat
+    /// interval if that is shorter; at most the heartbeat interval).
+    ///
+    /// ```
+    /// let c = redswarm::Config::builder().command_timeout(std::time::Duration::from_millis(500)).build().unwrap();
+    /// ```
+    pub fn command_timeout(mut self, d: Duration) -> Self {
+        self.command_timeout = Some(d);
+        self
+    }
     setter!(
         /// Heartbeat period (default 1 s): membership and every auto-renewed
         /// lease are renewed once per beat.
@@ -438,14 +445,16 @@ impl ConfigBuilder {
         /// ```
         reconnect_max: Duration
     );
-    setter!(
-        /// Timeout of one peer ping (default 300 ms; below the heartbeat).
-        ///
-        /// ```
-        /// let c = redswarm::Config::builder().peer_timeout(std::time::Duration::from_millis(200)).build().unwrap();
-        /// ```
-        peer_timeout: Duration
-    );
+    /// Timeout of one peer ping (default: 300 ms, or a third of the
+    /// heartbeat interval if that is shorter; below the heartbeat).
+    ///
+    /// ```
+    /// let c = redswarm::Config::builder().peer_timeout(std::time::Duration::from_millis(200)).build().unwrap();
+    /// ```
+    pub fn peer_timeout(mut self, d: Duration) -> Self {
+        self.peer_timeout = Some(d);
+        self
+    }
     setter!(
         /// Minimum % of known peers that must answer for a node without
         /// Redis to keep working (default 60, range 0..=100).
@@ -468,7 +477,13 @@ impl ConfigBuilder {
     /// assert!(err.to_string().contains("node_ttl"));
     /// ```
     pub fn build(self) -> Result<Config> {
-        let c = self.c;
+        let mut c = self.c;
+        c.command_timeout = self
+            .command_timeout
+            .unwrap_or_else(|| c.heartbeat_interval.min(Duration::from_secs(1)));
+        c.peer_timeout = self
+            .peer_timeout
+            .unwrap_or_else(|| (c.heartbeat_interval / 3).min(Duration::from_millis(300)));
         if let Err(e) = redis::Client::open(c.url.as_str()) {
             return Err(Error::config("url", format!("{}: {e}", mask_url(&c.url))));
         }
