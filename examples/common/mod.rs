@@ -1,6 +1,8 @@
 //! Shared by the examples: a throwaway redis-server for running them
 //! without setup, and the `REDIS_URL`-or-throwaway choice.
 #![allow(dead_code)]
+
+pub mod args;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
