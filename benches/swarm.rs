@@ -14,18 +14,28 @@ fn benches(c: &mut Criterion) {
     let redis = support::BenchRedis::start();
     let swarm = redis.connect("bench-swarm");
     let mut g = c.benchmark_group("swarm");
-    g.sample_size(10).measurement_time(Duration::from_secs(5)).warm_up_time(Duration::from_secs(1));
+    g.sample_size(10)
+        .measurement_time(Duration::from_secs(5))
+        .warm_up_time(Duration::from_secs(1));
 
-    let mut raw = redis::Client::open(redis.url()).unwrap().get_connection().unwrap();
+    let mut raw = redis::Client::open(redis.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
     g.bench_function("baseline: raw LPUSH + RPOP", |b| {
         b.iter(|| {
-            let _: i64 = redis::cmd("LPUSH").arg("raw-q").arg("task").query(&mut raw).unwrap();
+            let _: i64 = redis::cmd("LPUSH")
+                .arg("raw-q")
+                .arg("task")
+                .query(&mut raw)
+                .unwrap();
             let _: Option<String> = redis::cmd("RPOP").arg("raw-q").query(&mut raw).unwrap();
         })
     });
 
     let queue = swarm.queue("latency").unwrap();
-    let worker = SwarmWorker::start(&queue, WorkerOptions::new().threads(1), |_| Ok(Value::Null)).unwrap();
+    let worker =
+        SwarmWorker::start(&queue, WorkerOptions::new().threads(1), |_| Ok(Value::Null)).unwrap();
     let finished = worker.finished();
     g.bench_function("one task: push -> claimed -> completed -> reported", |b| {
         b.iter(|| {
@@ -36,7 +46,8 @@ fn benches(c: &mut Criterion) {
     drop(worker);
 
     let queue = swarm.queue("throughput").unwrap();
-    let worker = SwarmWorker::start(&queue, WorkerOptions::new().threads(4), |_| Ok(Value::Null)).unwrap();
+    let worker =
+        SwarmWorker::start(&queue, WorkerOptions::new().threads(4), |_| Ok(Value::Null)).unwrap();
     let finished = worker.finished();
     let items: Vec<u32> = (0..1000).collect();
     g.throughput(Throughput::Elements(1000));

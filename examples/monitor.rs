@@ -28,7 +28,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("monitoring queue `{queue_name}` every {interval:?}; Ctrl-C to stop");
     while stop_rx.recv_timeout(Duration::from_secs(5)).is_err() {
         let counts = queue.counts();
-        let dead: Vec<String> = swarm.dead_nodes().unwrap_or_default().into_iter().map(|n| n.id).collect();
+        let dead: Vec<String> = swarm
+            .dead_nodes()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|n| n.id)
+            .collect();
         println!(
             "{:?} | {:?} | {} live nodes, dead: {dead:?} | partition: {:?}",
             monitor.stats(),

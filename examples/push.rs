@@ -31,7 +31,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for chunk in items.chunks(500) {
         ids.extend(queue.push_many_with(chunk, &TaskOptions::new().priority(priority))?);
     }
-    println!("pushed {count} tasks to `{queue_name}` in {:?}", started.elapsed());
+    println!(
+        "pushed {count} tasks to `{queue_name}` in {:?}",
+        started.elapsed()
+    );
     if !args.flag("wait") {
         return Ok(());
     }
@@ -54,7 +57,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         if last_report.elapsed() > Duration::from_secs(1) {
             last_report = Instant::now();
-            println!("{completed} completed, {failed} failed, {:?}", queue.counts()?);
+            println!(
+                "{completed} completed, {failed} failed, {:?}",
+                queue.counts()?
+            );
         }
     }
     let secs = started.elapsed().as_secs_f64();

@@ -53,10 +53,14 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         builder = builder.namespace(ns);
     }
     if let Some(addr) = args.get("listen") {
-        builder = builder.peer_listen(addr.parse().map_err(|e| format!("--listen {addr:?}: {e}"))?);
+        builder = builder.peer_listen(
+            addr.parse()
+                .map_err(|e| format!("--listen {addr:?}: {e}"))?,
+        );
     }
     if let Some(p) = args.get("partition") {
-        builder = builder.partition_percentage(p.parse().map_err(|e| format!("--partition {p:?}: {e}"))?);
+        builder =
+            builder.partition_percentage(p.parse().map_err(|e| format!("--partition {p:?}: {e}"))?);
     }
     let swarm = Redswarm::connect(builder.build()?)?;
     let queue = swarm.queue(&queue_name)?;
@@ -67,7 +71,9 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     })?;
 
     if demo > 0 {
-        let tasks: Vec<_> = (0..demo).map(|i| json!({ "n": i, "ms": 1 + (i * 7) % 10 })).collect();
+        let tasks: Vec<_> = (0..demo)
+            .map(|i| json!({ "n": i, "ms": 1 + (i * 7) % 10 }))
+            .collect();
         for chunk in tasks.chunks(500) {
             queue.push_many(chunk)?;
         }
@@ -76,7 +82,10 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
 
     let worker = SwarmWorker::start(
         &queue,
-        WorkerOptions::new().threads(threads).lease(lease).grace(grace),
+        WorkerOptions::new()
+            .threads(threads)
+            .lease(lease)
+            .grace(grace),
         |ctx| {
             let ms = ctx.data()["ms"].as_u64().unwrap_or(10);
             if ctx.sleep(Duration::from_millis(ms)) {
@@ -89,7 +98,10 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     eprintln!(
         "node {} working on queue `{queue_name}` with {threads} threads{}; Ctrl-C to stop",
         swarm.node_id(),
-        swarm.peer_addr().map(|a| format!(", peer pings on {a}")).unwrap_or_default()
+        swarm
+            .peer_addr()
+            .map(|a| format!(", peer pings on {a}"))
+            .unwrap_or_default()
     );
 
     let live_progress = demo > 0 && std::io::stdout().is_terminal();
@@ -120,7 +132,9 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             default(Duration::from_millis(200)) => {}
         }
         if demo > 0 {
-            if live_progress && (last_draw.elapsed() > Duration::from_millis(100) || done + failed >= demo) {
+            if live_progress
+                && (last_draw.elapsed() > Duration::from_millis(100) || done + failed >= demo)
+            {
                 last_draw = Instant::now();
                 let rate = done as f64 / started.elapsed().as_secs_f64().max(1e-9);
                 eprint!("\r{done}/{demo} done, {failed} failed, {rate:.0} tasks/s   ");
