@@ -364,17 +364,16 @@ impl Heartbeat {
         })
     }
 
-    /// Starts renewing `target` every beat with `ttl`.
-    pub(crate) fn register(
+    fn lease_state(
         &self,
+        id: u64,
         what: String,
         target: LeaseTarget,
         ttl: Duration,
         acquired: Instant,
         tolerate_outage: bool,
-    ) -> Lease {
-        let id = self.shared.next_lease.fetch_add(1, Ordering::Relaxed);
-        let state = Arc::new(LeaseState {
+    ) -> Arc<LeaseState> {
+        Arc::new(LeaseState {
             id,
             what,
             target,
@@ -385,7 +384,20 @@ impl Heartbeat {
             watchers: Mutex::new(Vec::new()),
             tolerate_outage,
             partition: self.shared.partition.clone(),
-        });
+        })
+    }
+
+    /// Starts renewing `target` every beat with `ttl`.
+    pub(crate) fn register(
+        &self,
+        what: String,
+        target: LeaseTarget,
+        ttl: Duration,
+        acquired: Instant,
+        tolerate_outage: bool,
+    ) -> Lease {
+        let id = self.shared.next_lease.fetch_add(1, Ordering::Relaxed);
+        let state = self.lease_state(id, what, target, ttl, acquired, tolerate_outage);
         self.shared.leases.lock().insert(id, state.clone());
         Lease {
             state,
@@ -402,20 +414,8 @@ impl Heartbeat {
         ttl: Duration,
         acquired: Instant,
     ) -> Lease {
-        let state = Arc::new(LeaseState {
-            id: 0,
-            what,
-            target,
-            ttl: Mutex::new(ttl),
-            safety: safety_margin(self.shared.store.config.heartbeat_interval, ttl),
-            last_ok: Mutex::new(acquired),
-            lost: Mutex::new(None),
-            watchers: Mutex::new(Vec::new()),
-            tolerate_outage: false,
-            partition: self.shared.partition.clone(),
-        });
         Lease {
-            state,
+            state: self.lease_state(0, what, target, ttl, acquired, false),
             registry: Weak::new(),
         }
     }

@@ -156,41 +156,36 @@ impl LockOptions {
     pub fn lock(&self, wait: Duration) -> Result<LockGuard> {
         let keys = self.validate()?;
         let token = random_id();
-        let deadline = Instant::now() + wait;
-        // Subscribe first (confirmed by Redis), then try: a release between
-        // our attempt and our sleep cannot be missed.
-        let sub = self.swarm.subscribe(&keys.released)?;
-        loop {
-            let owner_ttl = match attempt(
-                &self.swarm,
-                &keys,
-                &token,
-                self.ttl,
-                self.fair,
-                self.ticket_ttl(),
-            ) {
-                Ok(Attempt::Granted { fence, sent }) => {
-                    return Ok(self.guard(keys, token, fence, sent))
-                }
-                Ok(Attempt::Busy { owner_ttl }) => owner_ttl,
-                Err(e) if e.is_unavailable() => None, // Redis blip: retry until the deadline
-                Err(e) => return Err(e),
-            };
-            let now = Instant::now();
-            if now >= deadline {
+        let granted = wait_for_grant(
+            &self.swarm,
+            &keys.released,
+            wait,
+            self.fair.then_some(token.as_str()),
+            || format!("lock `{}`", self.name),
+            || {
+                Ok(
+                    match attempt(
+                        &self.swarm,
+                        &keys,
+                        &token,
+                        self.ttl,
+                        self.fair,
+                        self.ticket_ttl(),
+                    )? {
+                        Attempt::Granted { fence, sent } => Ok((fence, sent)),
+                        Attempt::Busy { owner_ttl } => Err(owner_ttl),
+                    },
+                )
+            },
+        );
+        match granted {
+            Ok((fence, sent)) => Ok(self.guard(keys, token, fence, sent)),
+            Err(e) => {
                 if self.fair {
                     leave_queue(&self.swarm, &keys, &token);
                 }
-                return Err(Error::Timeout {
-                    what: format!("lock `{}`", self.name),
-                    waited: wait,
-                });
+                Err(e)
             }
-            let mut nap = (deadline - now).min(self.swarm.config().wait_recheck());
-            if let Some(t) = owner_ttl {
-                nap = nap.min(t.max(Duration::from_millis(1)));
-            }
-            wait_for_release(&sub, nap, self.fair.then_some(token.as_str()));
         }
     }
 
@@ -267,6 +262,44 @@ pub(crate) fn attempt(
             &keys.owner,
             format!("unexpected acquire reply {other:?}"),
         )),
+    }
+}
+
+/// The waiting loop shared by locks and semaphores: subscribe to the
+/// release `channel` first (confirmed by Redis, so a release between an
+/// attempt and the sleep cannot be missed), then alternate `attempt` and
+/// sleeping until a release message, a reconnect, the holder's remaining
+/// TTL (what `attempt` returns when busy) or `wait_recheck`. Redis blips
+/// count as "busy" until `wait` runs out ([`Error::Timeout`]).
+pub(crate) fn wait_for_grant<T>(
+    swarm: &Redswarm,
+    channel: &str,
+    wait: Duration,
+    me: Option<&str>,
+    what: impl Fn() -> String,
+    mut attempt: impl FnMut() -> Result<std::result::Result<T, Option<Duration>>>,
+) -> Result<T> {
+    let deadline = Instant::now() + wait;
+    let sub = swarm.subscribe(channel)?;
+    loop {
+        let holder_ttl = match attempt() {
+            Ok(Ok(granted)) => return Ok(granted),
+            Ok(Err(ttl)) => ttl,
+            Err(e) if e.is_unavailable() => None,
+            Err(e) => return Err(e),
+        };
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(Error::Timeout {
+                what: what(),
+                waited: wait,
+            });
+        }
+        let mut nap = (deadline - now).min(swarm.config().wait_recheck());
+        if let Some(t) = holder_ttl {
+            nap = nap.min(t.max(Duration::from_millis(1)));
+        }
+        wait_for_release(&sub, nap, me);
     }
 }
 

@@ -19,7 +19,7 @@ use crate::error::{Error, Result};
 use crate::handle::Redswarm;
 use crate::heartbeat::{Lease, LeaseLost, LeaseTarget};
 use crate::keys::SemaphoreKeys;
-use crate::lock::{validate_ttl, wait_for_release};
+use crate::lock::{validate_ttl, wait_for_grant};
 use crate::scripts::{invoke, lua_script};
 use crate::util::{millis, random_id};
 
@@ -133,31 +133,18 @@ impl Semaphore {
     pub fn acquire(&self, wait: Duration) -> Result<Permit> {
         validate_ttl(&self.swarm, self.ttl, self.auto_extend)?;
         let id = random_id();
-        let deadline = Instant::now() + wait;
-        let sub = self.swarm.subscribe(&self.keys.released)?;
-        loop {
-            let next_expiry = match self.attempt(&id) {
-                Ok(Ok(p)) => return Ok(p),
-                Ok(Err(next)) => next,
-                Err(e) if e.is_unavailable() => None,
-                Err(e) => return Err(e),
-            };
-            let now = Instant::now();
-            if now >= deadline {
-                if self.fair {
-                    self.leave_queue(&id);
-                }
-                return Err(Error::Timeout {
-                    what: format!("a permit of semaphore `{}`", self.name),
-                    waited: wait,
-                });
-            }
-            let mut nap = (deadline - now).min(self.swarm.config().wait_recheck());
-            if let Some(t) = next_expiry {
-                nap = nap.min(t.max(Duration::from_millis(1)));
-            }
-            wait_for_release(&sub, nap, None);
+        let granted = wait_for_grant(
+            &self.swarm,
+            &self.keys.released,
+            wait,
+            None,
+            || format!("a permit of semaphore `{}`", self.name),
+            || self.attempt(&id),
+        );
+        if granted.is_err() && self.fair {
+            self.leave_queue(&id);
         }
+        granted
     }
 
     /// Live permits right now (by Redis's clock).

@@ -12,26 +12,13 @@
 local token, ttl = ARGV[1], tonumber(ARGV[2])
 if ARGV[3] == '1' then
   local now = now_ms()
-  -- Drop waiters at the head whose tickets lapsed (they gave up or died).
-  while true do
-    local head = redis.call('ZRANGE', KEYS[3], 0, 0)[1]
-    if not head then break end
-    local dl = redis.call('HGET', KEYS[4], head)
-    if dl and tonumber(dl) > now then break end
-    redis.call('ZREM', KEYS[3], head)
-    redis.call('HDEL', KEYS[4], head)
-  end
-  if not redis.call('ZSCORE', KEYS[3], token) then
-    redis.call('ZADD', KEYS[3], redis.call('HINCRBY', KEYS[4], '#seq', 1), token)
-  end
-  redis.call('HSET', KEYS[4], token, now + tonumber(ARGV[4]))
+  fair_prune(KEYS[3], KEYS[4], now)
+  fair_enqueue(KEYS[3], KEYS[4], token, now, tonumber(ARGV[4]))
   local head = redis.call('ZRANGE', KEYS[3], 0, 0)[1]
   if head ~= token or redis.call('EXISTS', KEYS[1]) == 1 then
     return {0, redis.call('PTTL', KEYS[1])}
   end
-  redis.call('ZREM', KEYS[3], token)
-  redis.call('HDEL', KEYS[4], token)
-  if redis.call('ZCARD', KEYS[3]) == 0 then redis.call('DEL', KEYS[4]) end
+  fair_leave(KEYS[3], KEYS[4], token)
   redis.call('SET', KEYS[1], token, 'PX', ttl)
   return {1, redis.call('INCR', KEYS[2]), ttl}
 end

@@ -20,23 +20,11 @@ local function busy()
   return {0, -1}
 end
 if ARGV[4] == '1' then
-  while true do
-    local head = redis.call('ZRANGE', KEYS[3], 0, 0)[1]
-    if not head then break end
-    local dl = redis.call('HGET', KEYS[4], head)
-    if dl and tonumber(dl) > now then break end
-    redis.call('ZREM', KEYS[3], head)
-    redis.call('HDEL', KEYS[4], head)
-  end
-  if not redis.call('ZSCORE', KEYS[3], id) then
-    redis.call('ZADD', KEYS[3], redis.call('HINCRBY', KEYS[4], '#seq', 1), id)
-  end
-  redis.call('HSET', KEYS[4], id, now + tonumber(ARGV[5]))
+  fair_prune(KEYS[3], KEYS[4], now)
+  fair_enqueue(KEYS[3], KEYS[4], id, now, tonumber(ARGV[5]))
   local rank = redis.call('ZRANK', KEYS[3], id)
   if rank >= permits - held then return busy() end
-  redis.call('ZREM', KEYS[3], id)
-  redis.call('HDEL', KEYS[4], id)
-  if redis.call('ZCARD', KEYS[3]) == 0 then redis.call('DEL', KEYS[4]) end
+  fair_leave(KEYS[3], KEYS[4], id)
 elseif held >= permits then
   return busy()
 end
