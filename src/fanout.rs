@@ -373,6 +373,40 @@ where
         }
     }
 
+    /// Waits on a thread of its own and delivers the outcome on a crossbeam
+    /// channel (dlock's completion callback, for `select!`-style code).
+    ///
+    /// ```no_run
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+    /// if let redswarm::Push::Wait(w) = swarm.fanout_options().push::<u32, String>("job").unwrap() {
+    ///     let outcome = w.into_receiver(std::time::Duration::from_secs(5));
+    ///     crossbeam_channel::select! {
+    ///         recv(outcome) -> r => println!("{r:?}"),
+    ///         default(std::time::Duration::from_secs(6)) => {}
+    ///     }
+    /// }
+    /// ```
+    pub fn into_receiver(
+        self,
+        timeout: Duration,
+    ) -> crossbeam_channel::Receiver<std::result::Result<Waited<T, E>, FanoutError<E>>>
+    where
+        T: Send + 'static,
+        E: Send + 'static,
+    {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let job_id = self.job_id.clone();
+        let spawned = std::thread::Builder::new()
+            .name("redswarm-fanout-wait".into())
+            .spawn(move || {
+                let _ = tx.send(self.wait(timeout));
+            });
+        if let Err(e) = spawned {
+            log::error!("fan-out `{job_id}`: cannot spawn a waiting thread: {e}");
+        }
+        rx
+    }
+
     fn claim(&mut self) -> Result<Claim<T, E>> {
         let mut conn = self.fanout.swarm.conn()?;
         let sent = Instant::now();

@@ -158,6 +158,26 @@ fn a_leader_that_gives_up_promotes_a_waiter_at_once() {
     );
 }
 
+#[test]
+fn a_waiter_can_receive_the_outcome_on_a_channel() {
+    let server = RedisServer::start();
+    let a = connect(&server, "channel");
+    let b = connect(&server, "channel");
+    let Push::Lead(completer) = a.fanout_options().push::<u32, String>("job").unwrap() else {
+        panic!("leads")
+    };
+    let Push::Wait(w) = b.fanout_options().push::<u32, String>("job").unwrap() else {
+        panic!("waits")
+    };
+    let outcome = w.into_receiver(10 * SEC);
+    assert!(outcome.try_recv().is_err(), "nothing before completion");
+    completer.complete(Ok(11)).unwrap();
+    match outcome.recv_timeout(10 * SEC).unwrap().unwrap() {
+        Waited::Done(r) => assert_eq!(r.unwrap(), 11),
+        Waited::Promoted(_) => panic!("the leader completed"),
+    }
+}
+
 /// Child role: leads job `CHILD_JOB` and never finishes (the parent SIGKILLs it).
 #[test]
 fn child_fanout_leader() {

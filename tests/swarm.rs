@@ -201,6 +201,30 @@ fn cancel_stops_a_running_task_and_removes_a_queued_one() {
 }
 
 #[test]
+fn other_control_messages_reach_the_running_handler() {
+    let server = RedisServer::start();
+    let s = connect(&server, "control");
+    let q = s.queue("jobs").unwrap();
+    let id = q.push(&"x").unwrap();
+    let _w = SwarmWorker::start(&q, opts(1), |ctx| {
+        match ctx.control_receiver().recv_timeout(10 * SEC) {
+            Ok(msg) => Ok(json!(msg)),
+            Err(_) => Err("no control message".into()),
+        }
+    })
+    .unwrap();
+    assert!(support::wait_until(5 * SEC, || q
+        .get(&id)
+        .unwrap()
+        .unwrap()
+        .state
+        == TaskState::Running));
+    assert_eq!(q.control(&id, "pause").unwrap(), 1);
+    let t = wait_ended(&q, &id, 5 * SEC);
+    assert_eq!(t.result, Some(json!("pause")));
+}
+
+#[test]
 fn another_handle_receives_progress_and_lifecycle_events() {
     let server = RedisServer::start();
     let worker_side = connect(&server, "events");

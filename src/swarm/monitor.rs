@@ -1,5 +1,6 @@
 //! Monitors: re-queue tasks whose workers died, report dead nodes.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -25,6 +26,8 @@ pub struct MonitorStats {
     pub failed: u64,
     /// Sweeps done.
     pub sweeps: u64,
+    /// Nodes seen dying (their membership lapsed without a clean leave).
+    pub dead_nodes: u64,
 }
 
 /// Sweeps a queue for expired task leases every `interval`; stops sweeping
@@ -49,6 +52,7 @@ struct Stats {
     requeued: AtomicU64,
     failed: AtomicU64,
     sweeps: AtomicU64,
+    dead_nodes: AtomicU64,
 }
 
 /// Most tasks handled per script call; a sweep repeats while batches are full.
@@ -73,27 +77,45 @@ impl Monitor {
         let (q, st) = (queue.clone(), stats.clone());
         let thread = std::thread::Builder::new()
             .name(format!("swarm-monitor-{}", queue.name()))
-            .spawn(move || loop {
-                if stop_rx.recv_timeout(interval).is_ok() {
-                    return;
-                }
-                if !q.swarm().partition_state().may_work() {
-                    log::debug!("monitor: partitioned, not sweeping");
-                    continue;
-                }
-                st.sweeps.fetch_add(1, Ordering::Relaxed);
+            .spawn(move || {
+                let mut known_dead: HashSet<String> = HashSet::new();
                 loop {
-                    match q.reap_expired(BATCH) {
-                        Ok((r, f)) => {
-                            st.requeued.fetch_add(r, Ordering::Relaxed);
-                            st.failed.fetch_add(f, Ordering::Relaxed);
-                            if ((r + f) as usize) < BATCH {
-                                break;
+                    if stop_rx.recv_timeout(interval).is_ok() {
+                        return;
+                    }
+                    if !q.swarm().partition_state().may_work() {
+                        log::debug!("monitor: partitioned, not sweeping");
+                        continue;
+                    }
+                    st.sweeps.fetch_add(1, Ordering::Relaxed);
+                    // Dead nodes: their tasks' leases lapse too; this sweep or a
+                    // later one re-queues them. Report each death once.
+                    if let Ok(dead) = q.swarm().dead_nodes() {
+                        for node in dead {
+                            if known_dead.insert(node.id.clone()) {
+                                st.dead_nodes.fetch_add(1, Ordering::Relaxed);
+                                log::warn!(
+                                    "node {} (pid {} on {}) died: its membership lapsed",
+                                    node.id,
+                                    node.pid,
+                                    node.host
+                                );
                             }
                         }
-                        Err(e) => {
-                            log::warn!("monitor sweep of `{}` failed: {e}", q.name());
-                            break;
+                    }
+                    loop {
+                        match q.reap_expired(BATCH) {
+                            Ok((r, f)) => {
+                                st.requeued.fetch_add(r, Ordering::Relaxed);
+                                st.failed.fetch_add(f, Ordering::Relaxed);
+                                if ((r + f) as usize) < BATCH {
+                                    break;
+                                }
+                            }
+                            Err(e) => {
+                                log::warn!("monitor sweep of `{}` failed: {e}", q.name());
+                                break;
+                            }
                         }
                     }
                 }
@@ -116,6 +138,7 @@ impl Monitor {
             requeued: self.stats.requeued.load(Ordering::Relaxed),
             failed: self.stats.failed.load(Ordering::Relaxed),
             sweeps: self.stats.sweeps.load(Ordering::Relaxed),
+            dead_nodes: self.stats.dead_nodes.load(Ordering::Relaxed),
         }
     }
 

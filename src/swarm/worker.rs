@@ -135,6 +135,7 @@ pub struct TaskContext {
     fence: u64,
     queue: Queue,
     stop: Arc<StopSignal>,
+    control: Receiver<String>,
 }
 
 impl TaskContext {
@@ -240,6 +241,18 @@ impl TaskContext {
     /// ```
     pub fn stop_receiver(&self) -> Receiver<StopReason> {
         self.stop.rx.clone()
+    }
+
+    /// Control messages other than `cancel` sent to this task with
+    /// [`Queue::control`] (for example your own `pause` / `resume`).
+    ///
+    /// ```no_run
+    /// # fn h(ctx: &redswarm::TaskContext) {
+    /// if let Ok(msg) = ctx.control_receiver().try_recv() { println!("got {msg}"); }
+    /// # }
+    /// ```
+    pub fn control_receiver(&self) -> &Receiver<String> {
+        &self.control
     }
 
     /// Sleeps `d` unless told to stop first; returns false if stopped.
@@ -349,6 +362,7 @@ struct Running {
     started: Instant,
     timeout: Option<Duration>,
     stop: Arc<StopSignal>,
+    control: Sender<String>,
     lease: Lease,
 }
 
@@ -683,6 +697,7 @@ fn start_task(shared: &Arc<Shared>, pool: &ThreadPool, task: ClaimedTask) {
         task.sent,
     );
     let stop = StopSignal::new();
+    let (control_tx, control_rx) = bounded(64);
     shared.running.lock().insert(
         task.id.clone(),
         Running {
@@ -691,6 +706,7 @@ fn start_task(shared: &Arc<Shared>, pool: &ThreadPool, task: ClaimedTask) {
             started: Instant::now(),
             timeout: task.timeout,
             stop: stop.clone(),
+            control: control_tx,
             lease,
         },
     );
@@ -701,6 +717,7 @@ fn start_task(shared: &Arc<Shared>, pool: &ThreadPool, task: ClaimedTask) {
         fence: task.fence,
         queue: q.clone(),
         stop,
+        control: control_rx,
     };
     let job_shared = shared.clone();
     if let Err(e) = pool.execute(move || run_task(job_shared, ctx)) {
@@ -792,10 +809,14 @@ fn supervise(shared: Arc<Shared>, control: crate::Subscription, stop: Receiver<(
             recv(control.receiver()) -> msg => {
                 if let Ok(SubEvent::Message(m)) = msg {
                     let id = m.channel.strip_prefix(&prefix).and_then(|r| r.strip_suffix(":control"));
-                    if let (Some(id), Some("cancel")) = (id, m.payload_str()) {
+                    if let (Some(id), Some(message)) = (id, m.payload_str()) {
                         if let Some(r) = shared.running.lock().get(id) {
-                            log::info!("task {id}: cancel requested");
-                            r.stop.stop(StopReason::Cancelled);
+                            if message == "cancel" {
+                                log::info!("task {id}: cancel requested");
+                                r.stop.stop(StopReason::Cancelled);
+                            } else if r.control.try_send(message.to_string()).is_err() {
+                                log::warn!("task {id}: control message {message:?} dropped (handler not reading)");
+                            }
                         }
                     }
                 }
