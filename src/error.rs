@@ -122,6 +122,19 @@ pub enum Error {
         limit: usize,
     },
 
+    /// Fewer replicas than asked for acknowledged a grant in time (see
+    /// [`LockOptions::replicas`](crate::LockOptions::replicas)); the grant
+    /// was given back.
+    #[error("{what} reached {acked} of {wanted} replicas in time; released it")]
+    NotReplicated {
+        /// The resource.
+        what: String,
+        /// Replicas asked for.
+        wanted: u32,
+        /// Replicas that acknowledged.
+        acked: u32,
+    },
+
     /// An operation on several resources (a multi-lock) failed for some of
     /// them; `failed` names each with its reason.
     #[error("{what} failed for {}: {}", .failed.iter().map(|f| f.0.as_str()).collect::<Vec<_>>().join(", "), .failed.iter().map(|f| f.1.as_str()).collect::<Vec<_>>().join("; "))]

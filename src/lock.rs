@@ -57,6 +57,7 @@ pub struct LockOptions {
     ttl: Duration,
     auto_extend: bool,
     fair: bool,
+    replicas: Option<(u32, Duration)>,
 }
 
 /// Outcome of one acquire attempt.
@@ -73,7 +74,23 @@ impl LockOptions {
             ttl: Duration::from_secs(30),
             auto_extend: false,
             fair: false,
+            replicas: None,
         }
+    }
+
+    /// Only grant the lock once at least `replicas` replicas have it
+    /// (`WAIT replicas timeout` after the grant); otherwise release it and
+    /// fail with [`Error::NotReplicated`]. Narrows, but does not close, the
+    /// window in which a failover loses a granted lock: replication stays
+    /// asynchronous and a replica may still be behind when promoted.
+    ///
+    /// ```no_run
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+    /// let opts = swarm.lock_options("a").replicas(1, std::time::Duration::from_millis(100));
+    /// ```
+    pub fn replicas(mut self, replicas: u32, timeout: Duration) -> Self {
+        self.replicas = (replicas > 0).then_some((replicas, timeout));
+        self
     }
 
     /// Lock TTL (default 30 s). With auto-extension it must be at least
@@ -135,6 +152,7 @@ impl LockOptions {
             self.ttl,
             self.fair,
             self.ticket_ttl(),
+            self.replicas,
         )? {
             Attempt::Granted { fence, sent } => Ok(Some(self.guard(keys, token, fence, sent))),
             Attempt::Busy { .. } => {
@@ -171,6 +189,7 @@ impl LockOptions {
                         self.ttl,
                         self.fair,
                         self.ticket_ttl(),
+                        self.replicas,
                     )? {
                         Attempt::Granted { fence, sent } => Ok((fence, sent)),
                         Attempt::Busy { owner_ttl } => Err(owner_ttl),
@@ -233,6 +252,7 @@ pub(crate) fn attempt(
     ttl: Duration,
     fair: bool,
     ticket_ttl: Duration,
+    replicas: Option<(u32, Duration)>,
 ) -> Result<Attempt> {
     let mut conn = swarm.conn()?;
     let sent = Instant::now();
@@ -250,11 +270,41 @@ pub(crate) fn attempt(
         &mut *conn,
     )?;
     match reply.as_slice() {
-        [1, fence, ..] => Ok(Attempt::Granted {
-            fence: u64::try_from(*fence)
-                .map_err(|_| Error::corrupt(&keys.fence, "negative fencing counter"))?,
-            sent,
-        }),
+        [1, fence, ..] => {
+            let fence = u64::try_from(*fence)
+                .map_err(|_| Error::corrupt(&keys.fence, "negative fencing counter"))?;
+            if let Some((wanted, timeout)) = replicas {
+                // WAIT on the connection that wrote: how many replicas have
+                // the grant? It blocks up to `timeout`, so widen the read
+                // timeout for it.
+                let command_timeout = swarm.config().command_timeout();
+                conn.set_read_timeout(Some(timeout + command_timeout))?;
+                let acked: redis::RedisResult<i64> = redis::cmd("WAIT")
+                    .arg(wanted)
+                    .arg(millis(timeout))
+                    .query(&mut *conn);
+                let _ = conn.set_read_timeout(Some(command_timeout));
+                let acked = match acked {
+                    Ok(n) => n,
+                    Err(e) => {
+                        // Unknown replication: give the grant back, then report.
+                        drop(conn);
+                        let _ = release_token(swarm, keys, token);
+                        return Err(e.into());
+                    }
+                };
+                if acked < i64::from(wanted) {
+                    drop(conn);
+                    release_token(swarm, keys, token)?;
+                    return Err(Error::NotReplicated {
+                        what: format!("lock `{}`", keys.owner),
+                        wanted,
+                        acked: u32::try_from(acked).unwrap_or(0),
+                    });
+                }
+            }
+            Ok(Attempt::Granted { fence, sent })
+        }
         [0, pttl, ..] => Ok(Attempt::Busy {
             owner_ttl: u64::try_from(*pttl).ok().map(Duration::from_millis),
         }),

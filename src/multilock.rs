@@ -155,7 +155,7 @@ impl MultiLockOptions {
     )> {
         let mut taken = Vec::new();
         for (i, k) in keys.iter().enumerate() {
-            match attempt(&self.swarm, k, token, self.ttl, false, Duration::ZERO) {
+            match attempt(&self.swarm, k, token, self.ttl, false, Duration::ZERO, None) {
                 Ok(Attempt::Granted { fence, sent }) => taken.push((i, fence, sent)),
                 Ok(Attempt::Busy { owner_ttl }) => {
                     release_by_token(&self.swarm, &keys[..i], token);

@@ -402,3 +402,47 @@ fn locks_survive_script_flush_and_pubsub_reconnect() {
     g.release().unwrap();
     assert!(waiter.join().unwrap().unwrap() > t);
 }
+
+#[test]
+fn a_lock_can_require_replica_acknowledgement() {
+    let server = RedisServer::start();
+    let a = connect(&server, "wait");
+    // No replica: the grant is given back and the error says why.
+    let err = a
+        .lock_options("res")
+        .replicas(1, Duration::from_millis(100))
+        .try_lock()
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::NotReplicated {
+                wanted: 1,
+                acked: 0,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(
+        a.try_lock("res", SEC).unwrap().is_some(),
+        "nothing left held"
+    );
+
+    // With a replica attached it is granted.
+    let _replica = RedisServer::builder().replica_of(server.port()).start();
+    assert!(support::wait_until(Duration::from_secs(10), || {
+        let info: String = redis::cmd("INFO")
+            .arg("replication")
+            .query(&mut server.conn())
+            .unwrap();
+        info.contains("connected_slaves:1") && info.contains("state=online")
+    }));
+    let g = a
+        .lock_options("res2")
+        .replicas(1, Duration::from_secs(2))
+        .try_lock()
+        .unwrap()
+        .expect("granted and replicated");
+    assert!(g.is_held());
+}

@@ -12,12 +12,19 @@ static COUNTER: AtomicU64 = AtomicU64::new(0);
 #[derive(Clone, Debug, Default)]
 pub struct Builder {
     aof: bool,
+    replica_of: Option<u16>,
 }
 
 impl Builder {
     /// Persist with AOF, `appendfsync always` (survives `kill()`).
     pub fn aof(mut self, on: bool) -> Self {
         self.aof = on;
+        self
+    }
+
+    /// Start as a replica of the server on `port` (127.0.0.1).
+    pub fn replica_of(mut self, port: u16) -> Self {
+        self.replica_of = Some(port);
         self
     }
 
@@ -41,6 +48,7 @@ impl Builder {
                 port,
                 dir: dir.clone(),
                 aof: self.aof,
+                replica_of: self.replica_of,
             };
             match server.spawn() {
                 Ok(()) => return server,
@@ -60,6 +68,7 @@ pub struct RedisServer {
     port: u16,
     dir: PathBuf,
     aof: bool,
+    replica_of: Option<u16>,
 }
 
 fn free_port() -> u16 {
@@ -95,6 +104,9 @@ impl RedisServer {
             .arg("--dir")
             .arg(&self.dir)
             .args(["--logfile", "redis.log", "--save", ""]);
+        if let Some(port) = self.replica_of {
+            cmd.args(["--replicaof", "127.0.0.1"]).arg(port.to_string());
+        }
         if self.aof {
             cmd.args(["--appendonly", "yes", "--appendfsync", "always"]);
         } else {
