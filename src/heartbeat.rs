@@ -613,8 +613,8 @@ fn beat(shared: &Shared, sent: Instant, conn: &mut Option<redis::Connection>) {
             }
             // Renewals are recorded before the state turns Connected, so an
             // outage-tolerant lease is judged by its fresh renewal time.
-            set_health(shared, Health::Healthy);
             set_partition(shared, PartitionState::Connected);
+            set_health(shared, Health::Healthy);
         }
         Err(e) => {
             log::warn!("heartbeat failed: {e}");
@@ -622,8 +622,10 @@ fn beat(shared: &Shared, sent: Instant, conn: &mut Option<redis::Connection>) {
                 Health::LostRedis { since } => since,
                 Health::Healthy => SystemTime::now(),
             };
-            set_health(shared, Health::LostRedis { since });
+            // The verdict first, so whoever sees the health change also
+            // sees a partition state that accounts for it.
             set_partition(shared, judge_partition(shared));
+            set_health(shared, Health::LostRedis { since });
             // Fence early: if the next beat could come after the local
             // deadline, the holder must stop now.
             let next = Instant::now() + shared.store.config.heartbeat_interval;
