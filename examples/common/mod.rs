@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod args;
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -35,6 +36,9 @@ impl RedisServer {
             .arg(&dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
+            // Its own process group: Ctrl-C in the terminal reaches only the
+            // example, which then shuts down cleanly and stops the server.
+            .process_group(0)
             .spawn()
             .map_err(|e| {
                 format!("cannot start redis-server (is it installed and on PATH?): {e}")
