@@ -24,7 +24,7 @@ use crossbeam_channel::Receiver;
 
 use crate::error::{Error, Result};
 use crate::handle::Redswarm;
-use crate::heartbeat::{Lease, LeaseLost, LeaseTarget};
+use crate::heartbeat::{Lease, LeaseLost, LeaseTarget, PartitionState};
 use crate::keys::LockKeys;
 use crate::scripts::{invoke, lua_script};
 use crate::subscriber::SubEvent;
@@ -320,7 +320,8 @@ pub(crate) fn attempt(
 /// attempt and the sleep cannot be missed), then alternate `attempt` and
 /// sleeping until a release message, a reconnect, the holder's remaining
 /// TTL (what `attempt` returns when busy) or `wait_recheck`. Redis blips
-/// count as "busy" until `wait` runs out ([`Error::Timeout`]).
+/// count as "busy" until `wait` runs out ([`Error::Timeout`]), unless this
+/// node is partitioned ([`Error::Partitioned`]).
 pub(crate) fn wait_for_grant<T>(
     swarm: &Redswarm,
     channel: &str,
@@ -335,7 +336,14 @@ pub(crate) fn wait_for_grant<T>(
         let holder_ttl = match attempt() {
             Ok(Ok(granted)) => return Ok(granted),
             Ok(Err(ttl)) => ttl,
-            Err(e) if e.is_unavailable() => None,
+            Err(e) if e.is_unavailable() => {
+                // Cut off from Redis and from enough peers: waiting longer
+                // cannot help; say so instead of timing out later.
+                if let state @ PartitionState::Partitioned { .. } = swarm.partition_state() {
+                    return Err(Error::Partitioned(format!("{} ({state:?}): {e}", what())));
+                }
+                None
+            }
             Err(e) => return Err(e),
         };
         let now = Instant::now();

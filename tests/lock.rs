@@ -441,3 +441,20 @@ fn a_lock_can_require_replica_acknowledgement() {
         .expect("granted and replicated");
     assert!(g.is_held());
 }
+
+#[test]
+fn a_partitioned_node_stops_waiting_for_a_lock() {
+    let server = RedisServer::start();
+    let a = connect(&server, "partitioned");
+    let _held = a.try_lock("res", 60 * SEC).unwrap().unwrap();
+    server.pause();
+    let started = Instant::now();
+    let r = a.lock("res", SEC, 30 * SEC);
+    server.resume();
+    assert!(matches!(r, Err(Error::Partitioned(_))), "{r:?}");
+    assert!(
+        started.elapsed() < 10 * SEC,
+        "gave up after {:?}",
+        started.elapsed()
+    );
+}
