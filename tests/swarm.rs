@@ -201,6 +201,29 @@ fn cancel_stops_a_running_task_and_removes_a_queued_one() {
 }
 
 #[test]
+fn a_task_cancelled_while_its_worker_dies_is_not_run_again() {
+    let server = RedisServer::start();
+    let s = connect(&server, "cancel-dead");
+    let q = s.queue("jobs").unwrap();
+    let id = q.push(&"x").unwrap();
+    let mut child = spawn_worker(&server, "cancel-dead", "forever");
+    assert!(support::wait_until(10 * SEC, || q
+        .get(&id)
+        .unwrap()
+        .unwrap()
+        .state
+        == TaskState::Running));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert_eq!(q.cancel(&id).unwrap(), "signalled"); // nobody hears it
+    let m = Monitor::start(&q, Duration::from_millis(100)).unwrap();
+    let t = wait_ended(&q, &id, 10 * SEC);
+    assert_eq!(t.state, TaskState::End(TaskOutcome::Cancelled));
+    assert_eq!(t.attempts, 1);
+    m.stop();
+}
+
+#[test]
 fn other_control_messages_reach_the_running_handler() {
     let server = RedisServer::start();
     let s = connect(&server, "control");

@@ -8,6 +8,8 @@
 local cur = redis.call('GET', KEYS[1])
 if cur == ARGV[1] then
   redis.call('DEL', KEYS[1])
+  -- Wake a live waiter: drop heads whose tickets lapsed first.
+  fair_prune(KEYS[2], KEYS[3], now_ms())
   local head = redis.call('ZRANGE', KEYS[2], 0, 0)[1] or ''
   redis.call('PUBLISH', ARGV[2], head)
   return 1

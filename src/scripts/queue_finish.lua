@@ -28,6 +28,9 @@ if how == 'ok' then
 elseif how == 'cancelled' then
   to_end('cancelled', KEYS[3])
   event = 'cancelled'
+elseif how == 'handback' and redis.call('HEXISTS', KEYS[1], 'cancel_requested') == 1 then
+  to_end('cancelled', KEYS[3])
+  event = 'cancelled'
 elseif how == 'handback' then
   -- Not the task's fault: the attempt does not count.
   redis.call('HINCRBY', KEYS[1], 'attempts', -1)

@@ -397,6 +397,7 @@ impl Queue {
                 .key(&self.keys.delayed)
                 .key(&self.keys.failed)
                 .key(&self.keys.marker)
+                .key(&self.keys.ended)
                 .arg(self.keys.task_prefix())
                 .arg(batch.max(1))
                 .arg(&self.keys.events),
