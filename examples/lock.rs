@@ -3,16 +3,19 @@
 //! fencing token, as a real storage backend should.
 //!
 //! ```sh
-//! REDIS_URL=redis://127.0.0.1:6379/ cargo run --example lock
+//! cargo run --example lock      # throwaway redis-server unless REDIS_URL is set
 //! ```
 
 use std::time::Duration;
 
 use redswarm::{Config, Redswarm};
 
+mod common;
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let swarm = Redswarm::connect(Config::from_env()?)?;
+    let (url, _server) = common::redis_url()?;
+    let swarm = Redswarm::connect(Config::builder_from_env()?.url(url).build()?)?;
 
     // The "storage": remembers the highest fencing token it accepted and
     // rejects writes from anyone holding an older one.
