@@ -15,6 +15,7 @@ use crate::error::{Error, Result};
 /// Validated settings of a [`Redswarm`](crate::Redswarm) handle.
 ///
 /// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// use std::time::Duration;
 /// let config = redswarm::Config::builder()
 ///     .url("redis://127.0.0.1:6379/")
@@ -22,8 +23,9 @@ use crate::error::{Error, Result};
 ///     .pool_size(8)
 ///     .heartbeat_interval(Duration::from_millis(500))
 ///     .build()
-///     .unwrap();
+///     ?;
 /// assert_eq!(config.namespace(), "myapp");
+/// # Ok(()) }
 /// ```
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -51,8 +53,10 @@ impl Config {
     /// namespace `redswarm`, pool of 16, heartbeat 1 s, node TTL 10 s).
     ///
     /// ```
-    /// let config = redswarm::Config::builder().build().unwrap();
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let config = redswarm::Config::builder().build()?;
     /// assert_eq!(config.pool_size(), 16);
+    /// # Ok(()) }
     /// ```
     pub fn builder() -> ConfigBuilder {
         ConfigBuilder::default()
@@ -62,8 +66,10 @@ impl Config {
     /// `redis+unix://`; user, password and db in the URL).
     ///
     /// ```
-    /// let config = redswarm::Config::from_url("redis://:secret@127.0.0.1:6380/2").unwrap();
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let config = redswarm::Config::from_url("redis://:secret@127.0.0.1:6380/2")?;
     /// assert!(redswarm::Config::from_url("http://nope").is_err());
+    /// # Ok(()) }
     /// ```
     pub fn from_url(url: &str) -> Result<Config> {
         Config::builder().url(url).build()
@@ -75,7 +81,9 @@ impl Config {
     /// `REDSWARM_PARTITION_PERCENTAGE`; the rest are defaults.
     ///
     /// ```
-    /// let config = redswarm::Config::from_env().unwrap();
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let config = redswarm::Config::from_env()?;
+    /// # Ok(()) }
     /// ```
     pub fn from_env() -> Result<Config> {
         Config::builder_from_env()?.build()
@@ -85,8 +93,10 @@ impl Config {
     /// override more settings before building.
     ///
     /// ```
-    /// let config = redswarm::Config::builder_from_env().unwrap().pool_size(4).build().unwrap();
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let config = redswarm::Config::builder_from_env()?.pool_size(4).build()?;
     /// assert_eq!(config.pool_size(), 4);
+    /// # Ok(()) }
     /// ```
     pub fn builder_from_env() -> Result<ConfigBuilder> {
         let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
@@ -130,8 +140,10 @@ impl Config {
     /// The Redis URL.
     ///
     /// ```
-    /// # let c = redswarm::Config::builder().build().unwrap();
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let c = redswarm::Config::builder().build()?;
     /// assert!(c.url().starts_with("redis://"));
+    /// # Ok(()) }
     /// ```
     pub fn url(&self) -> &str {
         &self.url
@@ -140,8 +152,10 @@ impl Config {
     /// The URL with any password replaced by `***`, for logs and errors.
     ///
     /// ```
-    /// let c = redswarm::Config::from_url("redis://:hunter2@localhost/").unwrap();
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let c = redswarm::Config::from_url("redis://:hunter2@localhost/")?;
     /// assert!(!c.masked_url().contains("hunter2"));
+    /// # Ok(()) }
     /// ```
     pub fn masked_url(&self) -> String {
         mask_url(&self.url)
@@ -150,8 +164,10 @@ impl Config {
     /// The key namespace (prefix of every key and channel).
     ///
     /// ```
-    /// # let c = redswarm::Config::builder().build().unwrap();
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let c = redswarm::Config::builder().build()?;
     /// assert_eq!(c.namespace(), "redswarm");
+    /// # Ok(()) }
     /// ```
     pub fn namespace(&self) -> &str {
         &self.namespace
@@ -160,8 +176,10 @@ impl Config {
     /// Maximum pooled connections.
     ///
     /// ```
-    /// # let c = redswarm::Config::builder().build().unwrap();
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let c = redswarm::Config::builder().build()?;
     /// assert_eq!(c.pool_size(), 16);
+    /// # Ok(()) }
     /// ```
     pub fn pool_size(&self) -> u32 {
         self.pool_size
@@ -170,8 +188,10 @@ impl Config {
     /// Interval of the heartbeat thread (membership and lease renewal).
     ///
     /// ```
-    /// # let c = redswarm::Config::builder().build().unwrap();
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let c = redswarm::Config::builder().build()?;
     /// assert_eq!(c.heartbeat_interval(), std::time::Duration::from_secs(1));
+    /// # Ok(()) }
     /// ```
     pub fn heartbeat_interval(&self) -> Duration {
         self.heartbeat_interval
@@ -180,8 +200,10 @@ impl Config {
     /// How long this node's membership lives without a heartbeat.
     ///
     /// ```
-    /// # let c = redswarm::Config::builder().build().unwrap();
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let c = redswarm::Config::builder().build()?;
     /// assert_eq!(c.node_ttl(), std::time::Duration::from_secs(10));
+    /// # Ok(()) }
     /// ```
     pub fn node_ttl(&self) -> Duration {
         self.node_ttl
@@ -190,8 +212,10 @@ impl Config {
     /// Read/write timeout of every Redis command.
     ///
     /// ```
-    /// # let c = redswarm::Config::builder().build().unwrap();
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let c = redswarm::Config::builder().build()?;
     /// assert!(c.command_timeout() <= c.heartbeat_interval());
+    /// # Ok(()) }
     /// ```
     pub fn command_timeout(&self) -> Duration {
         self.command_timeout
@@ -201,8 +225,10 @@ impl Config {
     /// (pub/sub is lossy; this bounds the cost of a lost wake-up).
     ///
     /// ```
-    /// # let c = redswarm::Config::builder().build().unwrap();
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let c = redswarm::Config::builder().build()?;
     /// assert_eq!(c.wait_recheck(), std::time::Duration::from_secs(1));
+    /// # Ok(()) }
     /// ```
     pub fn wait_recheck(&self) -> Duration {
         self.wait_recheck
@@ -212,8 +238,10 @@ impl Config {
     /// three heartbeat intervals.
     ///
     /// ```
-    /// # let c = redswarm::Config::builder().build().unwrap();
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let c = redswarm::Config::builder().build()?;
     /// assert_eq!(c.min_renewable_ttl(), std::time::Duration::from_secs(3));
+    /// # Ok(()) }
     /// ```
     pub fn min_renewable_ttl(&self) -> Duration {
         self.heartbeat_interval * 3
@@ -223,8 +251,10 @@ impl Config {
     /// generated per handle).
     ///
     /// ```
-    /// # let c = redswarm::Config::builder().node_id("n1").build().unwrap();
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let c = redswarm::Config::builder().node_id("n1").build()?;
     /// assert_eq!(c.node_id(), Some("n1"));
+    /// # Ok(()) }
     /// ```
     pub fn node_id(&self) -> Option<&str> {
         self.node_id.as_deref()
@@ -233,8 +263,10 @@ impl Config {
     /// Address the peer-ping listener binds, if any.
     ///
     /// ```
-    /// # let c = redswarm::Config::builder().build().unwrap();
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let c = redswarm::Config::builder().build()?;
     /// assert!(c.peer_listen().is_none());
+    /// # Ok(()) }
     /// ```
     pub fn peer_listen(&self) -> Option<SocketAddr> {
         self.peer_listen
@@ -244,8 +276,10 @@ impl Config {
     /// that lost Redis to keep working (default 60).
     ///
     /// ```
-    /// # let c = redswarm::Config::builder().build().unwrap();
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let c = redswarm::Config::builder().build()?;
     /// assert_eq!(c.partition_percentage(), 60);
+    /// # Ok(()) }
     /// ```
     pub fn partition_percentage(&self) -> u8 {
         self.partition_percentage
@@ -310,7 +344,9 @@ impl ConfigBuilder {
     /// TLS, `redis+unix:///path`).
     ///
     /// ```
-    /// let c = redswarm::Config::builder().url("rediss://example.com:6380/").build().unwrap();
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let c = redswarm::Config::builder().url("rediss://example.com:6380/").build()?;
+    /// # Ok(()) }
     /// ```
     pub fn url(mut self, url: impl Into<String>) -> Self {
         self.c.url = url.into();
@@ -320,7 +356,9 @@ impl ConfigBuilder {
     /// Namespace prefixed to every key and channel (default `redswarm`).
     ///
     /// ```
-    /// let c = redswarm::Config::builder().namespace("billing").build().unwrap();
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let c = redswarm::Config::builder().namespace("billing").build()?;
+    /// # Ok(()) }
     /// ```
     pub fn namespace(mut self, ns: impl Into<String>) -> Self {
         self.c.namespace = ns.into();
@@ -331,7 +369,9 @@ impl ConfigBuilder {
     /// handle). Two live handles must never share one.
     ///
     /// ```
-    /// let c = redswarm::Config::builder().node_id("worker-7").build().unwrap();
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let c = redswarm::Config::builder().node_id("worker-7").build()?;
+    /// # Ok(()) }
     /// ```
     pub fn node_id(mut self, id: impl Into<String>) -> Self {
         self.c.node_id = Some(id.into());
@@ -342,7 +382,9 @@ impl ConfigBuilder {
     /// `peer_listen` (for example behind NAT). `host:port`.
     ///
     /// ```
-    /// let c = redswarm::Config::builder().peer_advertise("10.0.0.5:7400").build().unwrap();
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let c = redswarm::Config::builder().peer_advertise("10.0.0.5:7400").build()?;
+    /// # Ok(()) }
     /// ```
     pub fn peer_advertise(mut self, addr: impl Into<String>) -> Self {
         self.c.peer_advertise = Some(addr.into());
@@ -352,7 +394,9 @@ impl ConfigBuilder {
     /// Shared secret every peer ping must carry.
     ///
     /// ```
-    /// let c = redswarm::Config::builder().peer_secret("s3cret").build().unwrap();
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let c = redswarm::Config::builder().peer_secret("s3cret").build()?;
+    /// # Ok(()) }
     /// ```
     pub fn peer_secret(mut self, secret: impl Into<String>) -> Self {
         self.c.peer_secret = Some(secret.into());
@@ -362,7 +406,9 @@ impl ConfigBuilder {
     /// Address to listen on for peer pings (enables partition awareness).
     ///
     /// ```
-    /// let c = redswarm::Config::builder().peer_listen("127.0.0.1:0".parse().unwrap()).build().unwrap();
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let c = redswarm::Config::builder().peer_listen("127.0.0.1:0".parse()?).build()?;
+    /// # Ok(()) }
     /// ```
     pub fn peer_listen(mut self, addr: SocketAddr) -> Self {
         self.c.peer_listen = Some(addr);
@@ -373,7 +419,9 @@ impl ConfigBuilder {
         /// Maximum pooled connections (default 16).
         ///
         /// ```
-        /// let c = redswarm::Config::builder().pool_size(4).build().unwrap();
+        /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+        /// let c = redswarm::Config::builder().pool_size(4).build()?;
+        /// # Ok(()) }
         /// ```
         pool_size: u32
     );
@@ -381,7 +429,9 @@ impl ConfigBuilder {
         /// How long taking a connection from the pool may wait (default 5 s).
         ///
         /// ```
-        /// let c = redswarm::Config::builder().pool_timeout(std::time::Duration::from_secs(1)).build().unwrap();
+        /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+        /// let c = redswarm::Config::builder().pool_timeout(std::time::Duration::from_secs(1)).build()?;
+        /// # Ok(()) }
         /// ```
         pool_timeout: Duration
     );
@@ -389,7 +439,9 @@ impl ConfigBuilder {
         /// Bound on TCP connect plus handshake (default 2 s).
         ///
         /// ```
-        /// let c = redswarm::Config::builder().connect_timeout(std::time::Duration::from_secs(1)).build().unwrap();
+        /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+        /// let c = redswarm::Config::builder().connect_timeout(std::time::Duration::from_secs(1)).build()?;
+        /// # Ok(()) }
         /// ```
         connect_timeout: Duration
     );
@@ -397,7 +449,9 @@ impl ConfigBuilder {
     /// interval if that is shorter; at most the heartbeat interval).
     ///
     /// ```
-    /// let c = redswarm::Config::builder().command_timeout(std::time::Duration::from_millis(500)).build().unwrap();
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let c = redswarm::Config::builder().command_timeout(std::time::Duration::from_millis(500)).build()?;
+    /// # Ok(()) }
     /// ```
     pub fn command_timeout(mut self, d: Duration) -> Self {
         self.command_timeout = Some(d);
@@ -408,7 +462,9 @@ impl ConfigBuilder {
         /// lease are renewed once per beat.
         ///
         /// ```
-        /// let c = redswarm::Config::builder().heartbeat_interval(std::time::Duration::from_millis(500)).build().unwrap();
+        /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+        /// let c = redswarm::Config::builder().heartbeat_interval(std::time::Duration::from_millis(500)).build()?;
+        /// # Ok(()) }
         /// ```
         heartbeat_interval: Duration
     );
@@ -417,7 +473,9 @@ impl ConfigBuilder {
         /// heartbeats).
         ///
         /// ```
-        /// let c = redswarm::Config::builder().node_ttl(std::time::Duration::from_secs(30)).build().unwrap();
+        /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+        /// let c = redswarm::Config::builder().node_ttl(std::time::Duration::from_secs(30)).build()?;
+        /// # Ok(()) }
         /// ```
         node_ttl: Duration
     );
@@ -425,7 +483,9 @@ impl ConfigBuilder {
         /// Fallback re-check period of blocked waiters (default 1 s).
         ///
         /// ```
-        /// let c = redswarm::Config::builder().wait_recheck(std::time::Duration::from_millis(250)).build().unwrap();
+        /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+        /// let c = redswarm::Config::builder().wait_recheck(std::time::Duration::from_millis(250)).build()?;
+        /// # Ok(()) }
         /// ```
         wait_recheck: Duration
     );
@@ -433,7 +493,9 @@ impl ConfigBuilder {
         /// First reconnect delay of the pub/sub thread (default 50 ms).
         ///
         /// ```
-        /// let c = redswarm::Config::builder().reconnect_min(std::time::Duration::from_millis(10)).build().unwrap();
+        /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+        /// let c = redswarm::Config::builder().reconnect_min(std::time::Duration::from_millis(10)).build()?;
+        /// # Ok(()) }
         /// ```
         reconnect_min: Duration
     );
@@ -441,7 +503,9 @@ impl ConfigBuilder {
         /// Cap of the reconnect backoff (default 2 s).
         ///
         /// ```
-        /// let c = redswarm::Config::builder().reconnect_max(std::time::Duration::from_secs(5)).build().unwrap();
+        /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+        /// let c = redswarm::Config::builder().reconnect_max(std::time::Duration::from_secs(5)).build()?;
+        /// # Ok(()) }
         /// ```
         reconnect_max: Duration
     );
@@ -449,7 +513,9 @@ impl ConfigBuilder {
     /// heartbeat interval if that is shorter; below the heartbeat).
     ///
     /// ```
-    /// let c = redswarm::Config::builder().peer_timeout(std::time::Duration::from_millis(200)).build().unwrap();
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let c = redswarm::Config::builder().peer_timeout(std::time::Duration::from_millis(200)).build()?;
+    /// # Ok(()) }
     /// ```
     pub fn peer_timeout(mut self, d: Duration) -> Self {
         self.peer_timeout = Some(d);
@@ -460,7 +526,9 @@ impl ConfigBuilder {
         /// Redis to keep working (default 60, range 0..=100).
         ///
         /// ```
-        /// let c = redswarm::Config::builder().partition_percentage(50).build().unwrap();
+        /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+        /// let c = redswarm::Config::builder().partition_percentage(50).build()?;
+        /// # Ok(()) }
         /// ```
         partition_percentage: u8
     );

@@ -101,7 +101,8 @@ impl<T, E> Outcome<T, E> {
 /// Fan-out settings; start with [`Redswarm::fanout_options`].
 ///
 /// ```no_run
-/// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
 /// use std::time::Duration;
 /// let fanout = swarm.fanout_options()
 ///     .result_ttl(Duration::from_millis(500))
@@ -109,6 +110,7 @@ impl<T, E> Outcome<T, E> {
 ///     .max_result_bytes(64 * 1024);
 /// let price: Result<u64, redswarm::FanoutError<String>> =
 ///     fanout.run("price:sku-1", Duration::from_secs(5), || Ok(42));
+/// # Ok(()) }
 /// ```
 #[derive(Clone, Debug)]
 pub struct Fanout {
@@ -132,8 +134,10 @@ impl Fanout {
     /// late waiters and callers arriving in that window get it.
     ///
     /// ```no_run
-    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
     /// let f = swarm.fanout_options().result_ttl(std::time::Duration::from_secs(1));
+    /// # Ok(()) }
     /// ```
     pub fn result_ttl(mut self, ttl: Duration) -> Self {
         self.result_ttl = ttl;
@@ -145,8 +149,10 @@ impl Fanout {
     /// waiter takes over within this time.
     ///
     /// ```no_run
-    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
     /// let f = swarm.fanout_options().leader_lease(std::time::Duration::from_secs(5));
+    /// # Ok(()) }
     /// ```
     pub fn leader_lease(mut self, lease: Duration) -> Self {
         self.leader_lease = lease;
@@ -156,8 +162,10 @@ impl Fanout {
     /// Largest serialized outcome shared (default 1 MiB).
     ///
     /// ```no_run
-    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
     /// let f = swarm.fanout_options().max_result_bytes(4096);
+    /// # Ok(()) }
     /// ```
     pub fn max_result_bytes(mut self, bytes: usize) -> Self {
         self.max_result_bytes = bytes;
@@ -183,10 +191,12 @@ impl Fanout {
     /// meanwhile, this caller may be promoted and run `job` itself.
     ///
     /// ```no_run
-    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
     /// let v: Result<String, redswarm::FanoutError<String>> = swarm
     ///     .fanout_options()
     ///     .run("user:7", std::time::Duration::from_secs(3), || Ok("profile".to_string()));
+    /// # Ok(()) }
     /// ```
     pub fn run<T, E, F>(
         &self,
@@ -225,15 +235,17 @@ impl Fanout {
     /// someone else's outcome ([`Push::Wait`]).
     ///
     /// ```no_run
-    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
     /// use redswarm::{Push, Waited};
-    /// match swarm.fanout_options().push::<u32, String>("job").unwrap() {
-    ///     Push::Lead(completer) => { completer.complete(Ok(7)).unwrap(); }
-    ///     Push::Wait(waiter) => match waiter.wait(std::time::Duration::from_secs(5)).unwrap() {
-    ///         Waited::Done(result) => println!("{result:?}"),
-    ///         Waited::Promoted(completer) => { completer.complete(Ok(7)).unwrap(); }
+    /// match swarm.fanout_options().push::<u32, String>("job")? {
+    ///     Push::Lead(completer) => { completer.complete(Ok(7))?; }
+    ///     Push::Wait(waiter) => match waiter.wait(std::time::Duration::from_secs(5))? {
+    ///         Waited::Done(result) => log::info!("{result:?}"),
+    ///         Waited::Promoted(completer) => { completer.complete(Ok(7))?; }
     ///     },
     /// }
+    /// # Ok(()) }
     /// ```
     pub fn push<T, E>(&self, job_id: &str) -> Result<Push<T, E>>
     where
@@ -292,10 +304,12 @@ enum Claim<T, E> {
 /// A caller waiting for a fan-out job's outcome.
 ///
 /// ```no_run
-/// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
-/// if let redswarm::Push::Wait(w) = swarm.fanout_options().push::<u32, String>("job").unwrap() {
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
+/// if let redswarm::Push::Wait(w) = swarm.fanout_options().push::<u32, String>("job")? {
 ///     let _ = w.wait(std::time::Duration::from_secs(1));
 /// }
+/// # Ok(()) }
 /// ```
 pub struct Waiter<T, E> {
     fanout: Fanout,
@@ -323,14 +337,16 @@ where
     /// or `timeout` passes ([`FanoutError::Timeout`]).
     ///
     /// ```no_run
-    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
-    /// if let redswarm::Push::Wait(w) = swarm.fanout_options().push::<u32, String>("job").unwrap() {
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
+    /// if let redswarm::Push::Wait(w) = swarm.fanout_options().push::<u32, String>("job")? {
     ///     match w.wait(std::time::Duration::from_secs(5)) {
-    ///         Ok(redswarm::Waited::Done(v)) => println!("{v:?}"),
-    ///         Ok(redswarm::Waited::Promoted(c)) => { c.complete(Ok(1)).unwrap(); }
-    ///         Err(e) => eprintln!("{e}"),
+    ///         Ok(redswarm::Waited::Done(v)) => log::info!("{v:?}"),
+    ///         Ok(redswarm::Waited::Promoted(c)) => { c.complete(Ok(1))?; }
+    ///         Err(e) => log::warn!("{e}"),
     ///     }
     /// }
+    /// # Ok(()) }
     /// ```
     pub fn wait(mut self, timeout: Duration) -> std::result::Result<Waited<T, E>, FanoutError<E>> {
         if let Some(r) = self.ready.take() {
@@ -377,14 +393,16 @@ where
     /// channel (dlock's completion callback, for `select!`-style code).
     ///
     /// ```no_run
-    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
-    /// if let redswarm::Push::Wait(w) = swarm.fanout_options().push::<u32, String>("job").unwrap() {
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
+    /// if let redswarm::Push::Wait(w) = swarm.fanout_options().push::<u32, String>("job")? {
     ///     let outcome = w.into_receiver(std::time::Duration::from_secs(5));
     ///     crossbeam_channel::select! {
-    ///         recv(outcome) -> r => println!("{r:?}"),
+    ///         recv(outcome) -> r => log::info!("{r:?}"),
     ///         default(std::time::Duration::from_secs(6)) => {}
     ///     }
     /// }
+    /// # Ok(()) }
     /// ```
     pub fn into_receiver(
         self,
@@ -493,11 +511,13 @@ fn decode<T: DeserializeOwned, E: DeserializeOwned>(
 /// waiter is promoted at once.
 ///
 /// ```no_run
-/// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
-/// if let redswarm::Push::Lead(c) = swarm.fanout_options().push::<u32, String>("job").unwrap() {
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
+/// if let redswarm::Push::Lead(c) = swarm.fanout_options().push::<u32, String>("job")? {
 ///     assert!(c.is_leader());
-///     c.complete(Ok(5)).unwrap();
+///     c.complete(Ok(5))?;
 /// }
+/// # Ok(()) }
 /// ```
 pub struct Completer<T, E> {
     fanout: Fanout,
@@ -524,10 +544,12 @@ where
     /// True while this caller still holds the leader lease.
     ///
     /// ```no_run
-    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
-    /// # if let redswarm::Push::Lead(c) = swarm.fanout_options().push::<u32, String>("job").unwrap() {
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
+    /// # if let redswarm::Push::Lead(c) = swarm.fanout_options().push::<u32, String>("job")? {
     /// assert!(c.is_leader());
     /// # }
+    /// # Ok(()) }
     /// ```
     pub fn is_leader(&self) -> bool {
         self.lease.as_ref().is_some_and(|l| !l.is_lost())
@@ -538,10 +560,12 @@ where
     /// get [`FanoutError::LeaderFailed`] and the caller the reason.
     ///
     /// ```no_run
-    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
-    /// # if let redswarm::Push::Lead(c) = swarm.fanout_options().push::<u32, String>("job").unwrap() {
-    /// let v = c.complete(Ok(5)).unwrap();
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
+    /// # if let redswarm::Push::Lead(c) = swarm.fanout_options().push::<u32, String>("job")? {
+    /// let v = c.complete(Ok(5))?;
     /// # }
+    /// # Ok(()) }
     /// ```
     pub fn complete(
         mut self,

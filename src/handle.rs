@@ -27,7 +27,7 @@ use crate::swarm::Queue;
 /// # fn main() -> redswarm::Result<()> {
 /// let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
 /// let other = swarm.clone(); // same pool, same node
-/// println!("node {} sees {} live nodes", swarm.node_id(), other.live_nodes()?.len());
+/// log::info!("node {} sees {} live nodes", swarm.node_id(), other.live_nodes()?.len());
 /// swarm.shutdown();
 /// # Ok(()) }
 /// ```
@@ -80,7 +80,9 @@ impl Redswarm {
     /// registers this node and starts the pub/sub and heartbeat threads.
     ///
     /// ```no_run
-    /// let swarm = redswarm::Redswarm::connect(redswarm::Config::from_url("redis://127.0.0.1/").unwrap());
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let swarm = redswarm::Redswarm::connect(redswarm::Config::from_url("redis://127.0.0.1/")?);
+    /// # Ok(()) }
     /// ```
     pub fn connect(config: Config) -> Result<Redswarm> {
         let node_id = config
@@ -136,8 +138,10 @@ impl Redswarm {
     /// The configuration in use.
     ///
     /// ```no_run
-    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
     /// assert_eq!(swarm.config().namespace(), "redswarm");
+    /// # Ok(()) }
     /// ```
     pub fn config(&self) -> &Config {
         &self.inner.store.config
@@ -146,8 +150,10 @@ impl Redswarm {
     /// This node's id (random unless configured).
     ///
     /// ```no_run
-    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
     /// assert!(!swarm.node_id().is_empty());
+    /// # Ok(()) }
     /// ```
     pub fn node_id(&self) -> &str {
         &self.inner.store.node_id
@@ -156,8 +162,10 @@ impl Redswarm {
     /// Key and channel names for this namespace.
     ///
     /// ```no_run
-    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
-    /// let owner_key = swarm.keys().lock("orders").unwrap().owner;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
+    /// let owner_key = swarm.keys().lock("orders")?.owner;
+    /// # Ok(()) }
     /// ```
     pub fn keys(&self) -> &Keys {
         &self.inner.store.keys
@@ -168,9 +176,11 @@ impl Redswarm {
     /// [`Error::PoolExhausted`].
     ///
     /// ```no_run
-    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
-    /// let mut conn = swarm.connection().unwrap();
-    /// let pong: String = redis::cmd("PING").query(&mut *conn).unwrap();
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
+    /// let mut conn = swarm.connection()?;
+    /// let pong: String = redis::cmd("PING").query(&mut *conn)?;
+    /// # Ok(()) }
     /// ```
     pub fn connection(&self) -> Result<PooledConnection> {
         self.check_up()?;
@@ -182,8 +192,10 @@ impl Redswarm {
     /// you will get [`SubEvent::Reconnected`](crate::SubEvent) later).
     ///
     /// ```no_run
-    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
-    /// let sub = swarm.subscribe("events").unwrap();
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
+    /// let sub = swarm.subscribe("events")?;
+    /// # Ok(()) }
     /// ```
     pub fn subscribe(&self, channel: &str) -> Result<Subscription> {
         self.check_up()?;
@@ -193,8 +205,10 @@ impl Redswarm {
     /// Subscribes to a glob pattern of channels (`PSUBSCRIBE`).
     ///
     /// ```no_run
-    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
-    /// let sub = swarm.psubscribe("events:*").unwrap();
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
+    /// let sub = swarm.psubscribe("events:*")?;
+    /// # Ok(()) }
     /// ```
     pub fn psubscribe(&self, pattern: &str) -> Result<Subscription> {
         self.check_up()?;
@@ -204,8 +218,10 @@ impl Redswarm {
     /// Publishes `payload` on `channel`; returns how many clients got it.
     ///
     /// ```no_run
-    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
-    /// swarm.publish("events", "hello").unwrap();
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
+    /// swarm.publish("events", "hello")?;
+    /// # Ok(()) }
     /// ```
     pub fn publish(&self, channel: &str, payload: impl AsRef<[u8]>) -> Result<u64> {
         let mut conn = self.connection()?;
@@ -218,8 +234,10 @@ impl Redswarm {
     /// Redis's clock in milliseconds since the epoch.
     ///
     /// ```no_run
-    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
-    /// assert!(swarm.redis_time_ms().unwrap() > 0);
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
+    /// assert!(swarm.redis_time_ms()? > 0);
+    /// # Ok(()) }
     /// ```
     pub fn redis_time_ms(&self) -> Result<u64> {
         let mut conn = self.connection()?;
@@ -230,8 +248,10 @@ impl Redswarm {
     /// Whether the heartbeat reaches Redis.
     ///
     /// ```no_run
-    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
     /// assert_eq!(swarm.health(), redswarm::Health::Healthy);
+    /// # Ok(()) }
     /// ```
     pub fn health(&self) -> Health {
         self.inner.heartbeat.health()
@@ -242,8 +262,10 @@ impl Redswarm {
     /// [`PartitionState::Partitioned`]: there is nobody to ask.
     ///
     /// ```no_run
-    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
     /// assert_eq!(swarm.partition_state(), redswarm::PartitionState::Connected);
+    /// # Ok(()) }
     /// ```
     pub fn partition_state(&self) -> PartitionState {
         self.inner.heartbeat.partition_state()
@@ -253,8 +275,10 @@ impl Redswarm {
     /// [`Redswarm::partition_state`].
     ///
     /// ```no_run
-    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
     /// let changes = swarm.watch_partition();
+    /// # Ok(()) }
     /// ```
     pub fn watch_partition(&self) -> Receiver<PartitionState> {
         self.inner.heartbeat.watch_partition()
@@ -263,8 +287,10 @@ impl Redswarm {
     /// Where this node answers peer pings, if `peer_listen` is set.
     ///
     /// ```no_run
-    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
-    /// if let Some(addr) = swarm.peer_addr() { println!("pings answered on {addr}"); }
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
+    /// if let Some(addr) = swarm.peer_addr() { log::info!("pings answered on {addr}"); }
+    /// # Ok(()) }
     /// ```
     pub fn peer_addr(&self) -> Option<std::net::SocketAddr> {
         self.inner.peers.as_ref().map(|p| p.addr())
@@ -274,8 +300,10 @@ impl Redswarm {
     /// (what this node pings when it loses Redis).
     ///
     /// ```no_run
-    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
-    /// println!("{:?}", swarm.known_peers());
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
+    /// log::info!("{:?}", swarm.known_peers());
+    /// # Ok(()) }
     /// ```
     pub fn known_peers(&self) -> Vec<String> {
         self.inner.heartbeat.known_peers()
@@ -284,8 +312,10 @@ impl Redswarm {
     /// A channel that receives every change of [`Redswarm::health`].
     ///
     /// ```no_run
-    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
     /// let changes = swarm.watch_health();
+    /// # Ok(()) }
     /// ```
     pub fn watch_health(&self) -> Receiver<Health> {
         self.inner.heartbeat.watch_health()
@@ -294,8 +324,10 @@ impl Redswarm {
     /// Nodes whose membership lease is live (Redis clock).
     ///
     /// ```no_run
-    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
-    /// assert!(swarm.live_nodes().unwrap().iter().any(|n| n.id == swarm.node_id()));
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
+    /// assert!(swarm.live_nodes()?.iter().any(|n| n.id == swarm.node_id()));
+    /// # Ok(()) }
     /// ```
     pub fn live_nodes(&self) -> Result<Vec<NodeInfo>> {
         self.check_up()?;
@@ -306,8 +338,10 @@ impl Redswarm {
     /// deregistering: crashed, hung or cut off). Kept for ten node TTLs.
     ///
     /// ```no_run
-    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
-    /// for dead in swarm.dead_nodes().unwrap() { println!("{} is gone", dead.id); }
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
+    /// for dead in swarm.dead_nodes()? { log::info!("{} is gone", dead.id); }
+    /// # Ok(()) }
     /// ```
     pub fn dead_nodes(&self) -> Result<Vec<NodeInfo>> {
         self.check_up()?;
@@ -319,9 +353,11 @@ impl Redswarm {
     /// [`Error::ShutDown`]. Dropping the last clone does the same.
     ///
     /// ```no_run
-    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
     /// swarm.shutdown();
     /// assert!(swarm.is_shut_down());
+    /// # Ok(()) }
     /// ```
     pub fn shutdown(&self) {
         self.inner.shutdown();
@@ -330,8 +366,10 @@ impl Redswarm {
     /// True after [`Redswarm::shutdown`].
     ///
     /// ```no_run
-    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
     /// assert!(!swarm.is_shut_down());
+    /// # Ok(()) }
     /// ```
     pub fn is_shut_down(&self) -> bool {
         self.inner.down.load(Ordering::SeqCst)
@@ -350,11 +388,13 @@ impl Redswarm {
     /// Takes lock `name` for `ttl` if it is free right now.
     ///
     /// ```no_run
-    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
-    /// match swarm.try_lock("cron:cleanup", std::time::Duration::from_secs(60)).unwrap() {
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
+    /// match swarm.try_lock("cron:cleanup", std::time::Duration::from_secs(60))? {
     ///     Some(guard) => { /* we run it */ }
     ///     None => { /* someone else does */ }
     /// }
+    /// # Ok(()) }
     /// ```
     pub fn try_lock(&self, name: &str, ttl: Duration) -> Result<Option<LockGuard>> {
         self.lock_options(name).ttl(ttl).try_lock()
@@ -364,9 +404,11 @@ impl Redswarm {
     /// ([`Error::Timeout`]).
     ///
     /// ```no_run
-    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
     /// use std::time::Duration;
-    /// let guard = swarm.lock("orders:42", Duration::from_secs(10), Duration::from_secs(2)).unwrap();
+    /// let guard = swarm.lock("orders:42", Duration::from_secs(10), Duration::from_secs(2))?;
+    /// # Ok(()) }
     /// ```
     pub fn lock(&self, name: &str, ttl: Duration, wait: Duration) -> Result<LockGuard> {
         self.lock_options(name).ttl(ttl).lock(wait)
@@ -375,8 +417,10 @@ impl Redswarm {
     /// Options (TTL, auto-extension, fairness) for lock `name`.
     ///
     /// ```no_run
-    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
-    /// let guard = swarm.lock_options("a").auto_extend(true).lock(std::time::Duration::from_secs(1)).unwrap();
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
+    /// let guard = swarm.lock_options("a").auto_extend(true).lock(std::time::Duration::from_secs(1))?;
+    /// # Ok(()) }
     /// ```
     pub fn lock_options(&self, name: &str) -> LockOptions {
         LockOptions::new(self, name)
@@ -386,9 +430,11 @@ impl Redswarm {
     /// most `wait`.
     ///
     /// ```no_run
-    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
     /// use std::time::Duration;
-    /// let all = swarm.lock_all(&["a", "b", "c"], Duration::from_secs(10), Duration::from_secs(2)).unwrap();
+    /// let all = swarm.lock_all(&["a", "b", "c"], Duration::from_secs(10), Duration::from_secs(2))?;
+    /// # Ok(()) }
     /// ```
     pub fn lock_all(
         &self,
@@ -402,8 +448,10 @@ impl Redswarm {
     /// Options for an all-or-nothing lock on `names`.
     ///
     /// ```no_run
-    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
-    /// let all = swarm.multi_lock(&["a", "b"]).auto_extend(true).lock(std::time::Duration::from_secs(1)).unwrap();
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
+    /// let all = swarm.multi_lock(&["a", "b"]).auto_extend(true).lock(std::time::Duration::from_secs(1))?;
+    /// # Ok(()) }
     /// ```
     pub fn multi_lock(&self, names: &[&str]) -> MultiLockOptions {
         MultiLockOptions::new(self, names)
@@ -412,9 +460,11 @@ impl Redswarm {
     /// A counting semaphore `name` with `permits` permits.
     ///
     /// ```no_run
-    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
-    /// let sem = swarm.semaphore("db-connections", 10).unwrap();
-    /// let permit = sem.acquire(std::time::Duration::from_secs(5)).unwrap();
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
+    /// let sem = swarm.semaphore("db-connections", 10)?;
+    /// let permit = sem.acquire(std::time::Duration::from_secs(5))?;
+    /// # Ok(()) }
     /// ```
     pub fn semaphore(&self, name: &str, permits: u32) -> Result<Semaphore> {
         Semaphore::new(self, name, permits)
@@ -427,9 +477,11 @@ impl Redswarm {
     /// See [`Fanout`] for the options.
     ///
     /// ```no_run
-    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
     /// let rate: Result<f64, redswarm::FanoutError<String>> =
     ///     swarm.fanout("fx:EURUSD", std::time::Duration::from_secs(5), || Ok(1.08));
+    /// # Ok(()) }
     /// ```
     pub fn fanout<T, E, F>(
         &self,
@@ -449,8 +501,10 @@ impl Redswarm {
     /// low-level [`Fanout::push`].
     ///
     /// ```no_run
-    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
     /// let f = swarm.fanout_options().result_ttl(std::time::Duration::from_secs(1));
+    /// # Ok(()) }
     /// ```
     pub fn fanout_options(&self) -> Fanout {
         Fanout::new(self)
@@ -462,9 +516,11 @@ impl Redswarm {
     /// [`Monitor`](crate::Monitor)).
     ///
     /// ```no_run
-    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
-    /// let q = swarm.queue("emails").unwrap();
-    /// q.push(&serde_json::json!({"to": "a@example.com"})).unwrap();
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
+    /// let q = swarm.queue("emails")?;
+    /// q.push(&serde_json::json!({"to": "a@example.com"}))?;
+    /// # Ok(()) }
     /// ```
     pub fn queue(&self, name: &str) -> Result<Queue> {
         Queue::new(self, name)

@@ -40,11 +40,13 @@ const LEASES_PER_CALL: usize = 256;
 /// This node's view of its connection to Redis.
 ///
 /// ```no_run
-/// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
 /// match swarm.health() {
 ///     redswarm::Health::Healthy => {}
-///     redswarm::Health::LostRedis { since } => eprintln!("no Redis since {since:?}"),
+///     redswarm::Health::LostRedis { since } => log::warn!("no Redis since {since:?}"),
 /// }
+/// # Ok(()) }
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Health {
@@ -60,8 +62,10 @@ pub enum Health {
 /// Whether this node may keep doing leased work (the swarm's partition rule).
 ///
 /// ```no_run
-/// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
 /// if swarm.partition_state().may_work() { /* keep going */ }
+/// # Ok(()) }
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PartitionState {
@@ -99,10 +103,12 @@ impl PartitionState {
 /// A node as recorded in the membership set.
 ///
 /// ```no_run
-/// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
-/// for node in swarm.live_nodes().unwrap() {
-///     println!("{} on {} pid {}", node.id, node.host, node.pid);
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
+/// for node in swarm.live_nodes()? {
+///     log::info!("{} on {} pid {}", node.id, node.host, node.pid);
 /// }
+/// # Ok(()) }
 /// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeInfo {

@@ -73,8 +73,10 @@ pub fn validate_name(what: &'static str, name: &str) -> Result<()> {
 /// Builds key and channel names for one namespace.
 ///
 /// ```
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let keys = redswarm::keys::Keys::new("app");
-/// assert_eq!(keys.lock("orders").unwrap().owner, "{app:lock:orders}");
+/// assert_eq!(keys.lock("orders")?.owner, "{app:lock:orders}");
+/// # Ok(()) }
 /// ```
 #[derive(Clone, Debug)]
 pub struct Keys {
@@ -200,8 +202,10 @@ impl Keys {
     /// Keys of lock `name`.
     ///
     /// ```
-    /// let k = redswarm::keys::Keys::new("ns").lock("a").unwrap();
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let k = redswarm::keys::Keys::new("ns").lock("a")?;
     /// assert_eq!(k.fence, "{ns:lock:a}:fence");
+    /// # Ok(()) }
     /// ```
     pub fn lock(&self, name: &str) -> Result<LockKeys> {
         let base = self.tag("lock", "lock name", name)?;
@@ -217,8 +221,10 @@ impl Keys {
     /// Keys of semaphore `name`.
     ///
     /// ```
-    /// let k = redswarm::keys::Keys::new("ns").semaphore("s").unwrap();
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let k = redswarm::keys::Keys::new("ns").semaphore("s")?;
     /// assert_eq!(k.holders, "{ns:sem:s}:holders");
+    /// # Ok(()) }
     /// ```
     pub fn semaphore(&self, name: &str) -> Result<SemaphoreKeys> {
         let base = self.tag("sem", "semaphore name", name)?;
@@ -234,8 +240,10 @@ impl Keys {
     /// Keys of fan-out job `id`.
     ///
     /// ```
-    /// let k = redswarm::keys::Keys::new("ns").fanout("j").unwrap();
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let k = redswarm::keys::Keys::new("ns").fanout("j")?;
     /// assert_eq!(k.result, "{ns:fanout:j}:result");
+    /// # Ok(()) }
     /// ```
     pub fn fanout(&self, id: &str) -> Result<FanoutKeys> {
         let base = self.tag("fanout", "job id", id)?;
@@ -249,8 +257,10 @@ impl Keys {
     /// Keys of task queue `queue`.
     ///
     /// ```
-    /// let k = redswarm::keys::Keys::new("ns").queue("q").unwrap();
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let k = redswarm::keys::Keys::new("ns").queue("q")?;
     /// assert_eq!(k.running, "{ns:queue:q}:running");
+    /// # Ok(()) }
     /// ```
     pub fn queue(&self, queue: &str) -> Result<QueueKeys> {
         let base = self.tag("queue", "queue name", queue)?;
@@ -272,8 +282,10 @@ impl QueueKeys {
     /// Hash of one task.
     ///
     /// ```
-    /// let k = redswarm::keys::Keys::new("ns").queue("q").unwrap();
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let k = redswarm::keys::Keys::new("ns").queue("q")?;
     /// assert_eq!(k.task("7"), "{ns:queue:q}:task:7");
+    /// # Ok(()) }
     /// ```
     pub fn task(&self, id: &str) -> String {
         format!("{}:task:{id}", self.base)
@@ -282,8 +294,10 @@ impl QueueKeys {
     /// Event channel of one task.
     ///
     /// ```
-    /// let k = redswarm::keys::Keys::new("ns").queue("q").unwrap();
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let k = redswarm::keys::Keys::new("ns").queue("q")?;
     /// assert_eq!(k.task_events("7"), "{ns:queue:q}:task:7:events");
+    /// # Ok(()) }
     /// ```
     pub fn task_events(&self, id: &str) -> String {
         format!("{}:task:{id}:events", self.base)
@@ -293,8 +307,10 @@ impl QueueKeys {
     /// task's key from its id (same hash tag, same slot).
     ///
     /// ```
-    /// let k = redswarm::keys::Keys::new("ns").queue("q").unwrap();
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let k = redswarm::keys::Keys::new("ns").queue("q")?;
     /// assert_eq!(k.task_prefix(), "{ns:queue:q}:task:");
+    /// # Ok(()) }
     /// ```
     pub fn task_prefix(&self) -> String {
         format!("{}:task:", self.base)
@@ -303,8 +319,10 @@ impl QueueKeys {
     /// Control channel of one task.
     ///
     /// ```
-    /// let k = redswarm::keys::Keys::new("ns").queue("q").unwrap();
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let k = redswarm::keys::Keys::new("ns").queue("q")?;
     /// assert_eq!(k.task_control("7"), "{ns:queue:q}:task:7:control");
+    /// # Ok(()) }
     /// ```
     pub fn task_control(&self, id: &str) -> String {
         format!("{}:task:{id}:control", self.base)

@@ -11,7 +11,7 @@
 //! ```no_run
 //! # fn main() -> redswarm::Result<()> {
 //! let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
-//! println!("node {} is up", swarm.node_id());
+//! log::info!("node {} is up", swarm.node_id());
 //! # Ok(()) }
 //! ```
 //!

@@ -47,7 +47,7 @@ lua_script!(LOCK_LEAVE_QUEUE, "lock_leave_queue.lua");
 ///     .auto_extend(true) // renewed by the heartbeat while held
 ///     .fair(true)        // FIFO among waiters
 ///     .lock(Duration::from_secs(10))?;
-/// println!("fencing token {}", guard.fencing_token());
+/// log::info!("fencing token {}", guard.fencing_token());
 /// # Ok(()) }
 /// ```
 #[derive(Clone, Debug)]
@@ -85,8 +85,10 @@ impl LockOptions {
     /// asynchronous and a replica may still be behind when promoted.
     ///
     /// ```no_run
-    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
     /// let opts = swarm.lock_options("a").replicas(1, std::time::Duration::from_millis(100));
+    /// # Ok(()) }
     /// ```
     pub fn replicas(mut self, replicas: u32, timeout: Duration) -> Self {
         self.replicas = (replicas > 0).then_some((replicas, timeout));
@@ -97,8 +99,10 @@ impl LockOptions {
     /// three heartbeat intervals.
     ///
     /// ```no_run
-    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
     /// let opts = swarm.lock_options("a").ttl(std::time::Duration::from_secs(5));
+    /// # Ok(()) }
     /// ```
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.ttl = ttl;
@@ -110,8 +114,10 @@ impl LockOptions {
     /// run out in Redis.
     ///
     /// ```no_run
-    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
     /// let opts = swarm.lock_options("a").auto_extend(true);
+    /// # Ok(()) }
     /// ```
     pub fn auto_extend(mut self, on: bool) -> Self {
         self.auto_extend = on;
@@ -121,8 +127,10 @@ impl LockOptions {
     /// FIFO fairness among waiters (default off). Use one mode per lock name.
     ///
     /// ```no_run
-    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
     /// let opts = swarm.lock_options("a").fair(true);
+    /// # Ok(()) }
     /// ```
     pub fn fair(mut self, on: bool) -> Self {
         self.fair = on;
@@ -139,8 +147,10 @@ impl LockOptions {
     /// queued ahead); `None` otherwise.
     ///
     /// ```no_run
-    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
-    /// if let Some(guard) = swarm.lock_options("a").try_lock().unwrap() { /* ... */ }
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
+    /// if let Some(guard) = swarm.lock_options("a").try_lock()? { /* ... */ }
+    /// # Ok(()) }
     /// ```
     pub fn try_lock(&self) -> Result<Option<LockGuard>> {
         let keys = self.validate()?;
@@ -168,8 +178,10 @@ impl LockOptions {
     /// ([`Error::Timeout`]). Woken by the release message, not by polling.
     ///
     /// ```no_run
-    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
-    /// let guard = swarm.lock_options("a").lock(std::time::Duration::from_secs(3)).unwrap();
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
+    /// let guard = swarm.lock_options("a").lock(std::time::Duration::from_secs(3))?;
+    /// # Ok(()) }
     /// ```
     pub fn lock(&self, wait: Duration) -> Result<LockGuard> {
         let keys = self.validate()?;
@@ -488,9 +500,11 @@ impl LockGuard {
     /// The lock's name.
     ///
     /// ```no_run
-    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
-    /// # let guard = swarm.try_lock("a", std::time::Duration::from_secs(1)).unwrap().unwrap();
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
+    /// # let guard = swarm.try_lock("a", std::time::Duration::from_secs(1))?.ok_or("missing")?;
     /// assert_eq!(guard.name(), "a");
+    /// # Ok(()) }
     /// ```
     pub fn name(&self) -> &str {
         &self.name
@@ -501,9 +515,11 @@ impl LockGuard {
     /// survives the lock key's expiry).
     ///
     /// ```no_run
-    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
-    /// # let guard = swarm.try_lock("a", std::time::Duration::from_secs(1)).unwrap().unwrap();
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
+    /// # let guard = swarm.try_lock("a", std::time::Duration::from_secs(1))?.ok_or("missing")?;
     /// assert!(guard.fencing_token() > 0);
+    /// # Ok(()) }
     /// ```
     pub fn fencing_token(&self) -> u64 {
         self.fence
@@ -514,9 +530,11 @@ impl LockGuard {
     /// out since the last successful acquire, extend or renewal.
     ///
     /// ```no_run
-    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
-    /// # let guard = swarm.try_lock("a", std::time::Duration::from_secs(1)).unwrap().unwrap();
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
+    /// # let guard = swarm.try_lock("a", std::time::Duration::from_secs(1))?.ok_or("missing")?;
     /// if !guard.is_held() { /* stop writing */ }
+    /// # Ok(()) }
     /// ```
     pub fn is_held(&self) -> bool {
         self.lease.as_ref().is_some_and(|l| !l.is_lost())
@@ -526,13 +544,15 @@ impl LockGuard {
     /// (renewal refused or not possible in time).
     ///
     /// ```no_run
-    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
-    /// # let guard = swarm.lock_options("a").auto_extend(true).try_lock().unwrap().unwrap();
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
+    /// # let guard = swarm.lock_options("a").auto_extend(true).try_lock()?.ok_or("missing")?;
     /// let lost = guard.lost();
     /// crossbeam_channel::select! {
-    ///     recv(lost) -> why => eprintln!("stop: {why:?}"),
+    ///     recv(lost) -> why => log::warn!("stop: {why:?}"),
     ///     default(std::time::Duration::from_secs(1)) => {}
     /// }
+    /// # Ok(()) }
     /// ```
     pub fn lost(&self) -> Receiver<LeaseLost> {
         match &self.lease {
@@ -553,9 +573,11 @@ impl LockGuard {
     /// never re-creates it.
     ///
     /// ```no_run
-    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
-    /// # let guard = swarm.try_lock("a", std::time::Duration::from_secs(1)).unwrap().unwrap();
-    /// guard.extend(std::time::Duration::from_secs(5)).unwrap();
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
+    /// # let guard = swarm.try_lock("a", std::time::Duration::from_secs(1))?.ok_or("missing")?;
+    /// guard.extend(std::time::Duration::from_secs(5))?;
+    /// # Ok(()) }
     /// ```
     pub fn extend(&self, ttl: Duration) -> Result<()> {
         let lease = self
@@ -595,9 +617,11 @@ impl LockGuard {
     /// (it is left untouched) or expired while we believed we held it.
     ///
     /// ```no_run
-    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
-    /// let guard = swarm.try_lock("a", std::time::Duration::from_secs(1)).unwrap().unwrap();
-    /// guard.release().unwrap();
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
+    /// let guard = swarm.try_lock("a", std::time::Duration::from_secs(1))?.ok_or("missing")?;
+    /// guard.release()?;
+    /// # Ok(()) }
     /// ```
     pub fn release(mut self) -> Result<()> {
         self.release_inner()

@@ -60,8 +60,10 @@ impl MultiLockOptions {
     /// TTL of every lock in the set (default 30 s).
     ///
     /// ```no_run
-    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
     /// let o = swarm.multi_lock(&["a", "b"]).ttl(std::time::Duration::from_secs(3));
+    /// # Ok(()) }
     /// ```
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.ttl = ttl;
@@ -71,8 +73,10 @@ impl MultiLockOptions {
     /// Renew every lock of the set each heartbeat (default off).
     ///
     /// ```no_run
-    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
     /// let o = swarm.multi_lock(&["a", "b"]).auto_extend(true);
+    /// # Ok(()) }
     /// ```
     pub fn auto_extend(mut self, on: bool) -> Self {
         self.auto_extend = on;
@@ -82,8 +86,10 @@ impl MultiLockOptions {
     /// Takes every lock of the set, or none, within `wait`.
     ///
     /// ```no_run
-    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
-    /// let all = swarm.multi_lock(&["a", "b"]).lock(std::time::Duration::from_secs(1)).unwrap();
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
+    /// let all = swarm.multi_lock(&["a", "b"]).lock(std::time::Duration::from_secs(1))?;
+    /// # Ok(()) }
     /// ```
     pub fn lock(&self, wait: Duration) -> Result<MultiLockGuard> {
         if self.names.is_empty() {
@@ -189,9 +195,11 @@ fn release_by_token(swarm: &Redswarm, keys: &[LockKeys], token: &str) {
 /// Every lock of a set, held together; released on drop.
 ///
 /// ```no_run
-/// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
-/// let all = swarm.lock_all(&["a", "b"], std::time::Duration::from_secs(5), std::time::Duration::from_secs(1)).unwrap();
-/// for (name, token) in all.fencing_tokens() { println!("{name}: {token}"); }
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
+/// let all = swarm.lock_all(&["a", "b"], std::time::Duration::from_secs(5), std::time::Duration::from_secs(1))?;
+/// for (name, token) in all.fencing_tokens() { log::info!("{name}: {token}"); }
+/// # Ok(()) }
 /// ```
 #[derive(Debug)]
 pub struct MultiLockGuard {
@@ -202,9 +210,11 @@ impl MultiLockGuard {
     /// (name, fencing token) of each lock, in sorted name order.
     ///
     /// ```no_run
-    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
-    /// # let all = swarm.lock_all(&["a"], std::time::Duration::from_secs(5), std::time::Duration::from_secs(1)).unwrap();
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
+    /// # let all = swarm.lock_all(&["a"], std::time::Duration::from_secs(5), std::time::Duration::from_secs(1))?;
     /// assert_eq!(all.fencing_tokens().len(), 1);
+    /// # Ok(()) }
     /// ```
     pub fn fencing_tokens(&self) -> Vec<(String, u64)> {
         self.guards
@@ -216,9 +226,11 @@ impl MultiLockGuard {
     /// True while every lock of the set is held.
     ///
     /// ```no_run
-    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
-    /// # let all = swarm.lock_all(&["a"], std::time::Duration::from_secs(5), std::time::Duration::from_secs(1)).unwrap();
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
+    /// # let all = swarm.lock_all(&["a"], std::time::Duration::from_secs(5), std::time::Duration::from_secs(1))?;
     /// assert!(all.is_held());
+    /// # Ok(()) }
     /// ```
     pub fn is_held(&self) -> bool {
         self.guards.iter().all(LockGuard::is_held)
@@ -228,9 +240,11 @@ impl MultiLockGuard {
     /// that is lost.
     ///
     /// ```no_run
-    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
-    /// # let all = swarm.lock_all(&["a"], std::time::Duration::from_secs(5), std::time::Duration::from_secs(1)).unwrap();
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
+    /// # let all = swarm.lock_all(&["a"], std::time::Duration::from_secs(5), std::time::Duration::from_secs(1))?;
     /// let lost = all.lost();
+    /// # Ok(()) }
     /// ```
     pub fn lost(&self) -> Receiver<LeaseLost> {
         let (tx, rx) = crossbeam_channel::bounded(self.guards.len().max(1));
@@ -243,9 +257,11 @@ impl MultiLockGuard {
     /// Extends every lock; [`Error::Partial`] names the ones that failed.
     ///
     /// ```no_run
-    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
-    /// # let all = swarm.lock_all(&["a"], std::time::Duration::from_secs(5), std::time::Duration::from_secs(1)).unwrap();
-    /// all.extend(std::time::Duration::from_secs(5)).unwrap();
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
+    /// # let all = swarm.lock_all(&["a"], std::time::Duration::from_secs(5), std::time::Duration::from_secs(1))?;
+    /// all.extend(std::time::Duration::from_secs(5))?;
+    /// # Ok(()) }
     /// ```
     pub fn extend(&self, ttl: Duration) -> Result<()> {
         let failed: Vec<(String, String)> = self
@@ -264,9 +280,11 @@ impl MultiLockGuard {
     /// (the others are released all the same).
     ///
     /// ```no_run
-    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
-    /// # let all = swarm.lock_all(&["a"], std::time::Duration::from_secs(5), std::time::Duration::from_secs(1)).unwrap();
-    /// all.release().unwrap();
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
+    /// # let all = swarm.lock_all(&["a"], std::time::Duration::from_secs(5), std::time::Duration::from_secs(1))?;
+    /// all.release()?;
+    /// # Ok(()) }
     /// ```
     pub fn release(mut self) -> Result<()> {
         let failed: Vec<(String, String)> = std::mem::take(&mut self.guards)

@@ -73,8 +73,10 @@ impl Semaphore {
     /// after this long.
     ///
     /// ```no_run
-    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
-    /// let sem = swarm.semaphore("s", 2).unwrap().ttl(std::time::Duration::from_secs(5));
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
+    /// let sem = swarm.semaphore("s", 2)?.ttl(std::time::Duration::from_secs(5));
+    /// # Ok(()) }
     /// ```
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.ttl = ttl;
@@ -84,8 +86,10 @@ impl Semaphore {
     /// Renew permits every heartbeat while held (default off).
     ///
     /// ```no_run
-    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
-    /// let sem = swarm.semaphore("s", 2).unwrap().auto_extend(true);
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
+    /// let sem = swarm.semaphore("s", 2)?.auto_extend(true);
+    /// # Ok(()) }
     /// ```
     pub fn auto_extend(mut self, on: bool) -> Self {
         self.auto_extend = on;
@@ -95,8 +99,10 @@ impl Semaphore {
     /// Admit waiters in arrival order (default off).
     ///
     /// ```no_run
-    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
-    /// let sem = swarm.semaphore("s", 2).unwrap().fair(true);
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
+    /// let sem = swarm.semaphore("s", 2)?.fair(true);
+    /// # Ok(()) }
     /// ```
     pub fn fair(mut self, on: bool) -> Self {
         self.fair = on;
@@ -106,9 +112,11 @@ impl Semaphore {
     /// Takes a permit if one is free now.
     ///
     /// ```no_run
-    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
-    /// let sem = swarm.semaphore("s", 2).unwrap();
-    /// if let Some(permit) = sem.try_acquire().unwrap() { /* ... */ }
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
+    /// let sem = swarm.semaphore("s", 2)?;
+    /// if let Some(permit) = sem.try_acquire()? { /* ... */ }
+    /// # Ok(()) }
     /// ```
     pub fn try_acquire(&self) -> Result<Option<Permit>> {
         validate_ttl(&self.swarm, self.ttl, self.auto_extend)?;
@@ -127,8 +135,10 @@ impl Semaphore {
     /// Blocks until a permit is free or `wait` passes ([`Error::Timeout`]).
     ///
     /// ```no_run
-    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
-    /// let permit = swarm.semaphore("s", 2).unwrap().acquire(std::time::Duration::from_secs(1)).unwrap();
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
+    /// let permit = swarm.semaphore("s", 2)?.acquire(std::time::Duration::from_secs(1))?;
+    /// # Ok(()) }
     /// ```
     pub fn acquire(&self, wait: Duration) -> Result<Permit> {
         validate_ttl(&self.swarm, self.ttl, self.auto_extend)?;
@@ -150,9 +160,11 @@ impl Semaphore {
     /// Live permits right now (by Redis's clock).
     ///
     /// ```no_run
-    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
-    /// let n = swarm.semaphore("s", 2).unwrap().holders().unwrap();
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
+    /// let n = swarm.semaphore("s", 2)?.holders()?;
     /// assert!(n <= 2);
+    /// # Ok(()) }
     /// ```
     pub fn holders(&self) -> Result<u64> {
         let mut conn = self.swarm.conn()?;
@@ -162,8 +174,10 @@ impl Semaphore {
     /// The permit count.
     ///
     /// ```no_run
-    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
-    /// assert_eq!(swarm.semaphore("s", 2).unwrap().permits(), 2);
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
+    /// assert_eq!(swarm.semaphore("s", 2)?.permits(), 2);
+    /// # Ok(()) }
     /// ```
     pub fn permits(&self) -> u32 {
         self.permits
@@ -243,10 +257,12 @@ impl Semaphore {
 /// One permit of a [`Semaphore`]; released on drop.
 ///
 /// ```no_run
-/// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
-/// let permit = swarm.semaphore("s", 1).unwrap().acquire(std::time::Duration::from_secs(1)).unwrap();
-/// println!("fencing token {}", permit.fencing_token());
-/// permit.release().unwrap();
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
+/// let permit = swarm.semaphore("s", 1)?.acquire(std::time::Duration::from_secs(1))?;
+/// log::info!("fencing token {}", permit.fencing_token());
+/// permit.release()?;
+/// # Ok(()) }
 /// ```
 pub struct Permit {
     swarm: Redswarm,
@@ -270,9 +286,11 @@ impl Permit {
     /// Fencing token of this grant (increasing per semaphore).
     ///
     /// ```no_run
-    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
-    /// # let permit = swarm.semaphore("s", 1).unwrap().try_acquire().unwrap().unwrap();
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
+    /// # let permit = swarm.semaphore("s", 1)?.try_acquire()?.ok_or("missing")?;
     /// assert!(permit.fencing_token() > 0);
+    /// # Ok(()) }
     /// ```
     pub fn fencing_token(&self) -> u64 {
         self.fence
@@ -282,9 +300,11 @@ impl Permit {
     /// a safety margin not passed locally).
     ///
     /// ```no_run
-    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
-    /// # let permit = swarm.semaphore("s", 1).unwrap().try_acquire().unwrap().unwrap();
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
+    /// # let permit = swarm.semaphore("s", 1)?.try_acquire()?.ok_or("missing")?;
     /// assert!(permit.is_held());
+    /// # Ok(()) }
     /// ```
     pub fn is_held(&self) -> bool {
         self.lease.as_ref().is_some_and(|l| !l.is_lost())
@@ -293,9 +313,11 @@ impl Permit {
     /// A channel that receives one [`LeaseLost`] when the permit is lost.
     ///
     /// ```no_run
-    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
-    /// # let permit = swarm.semaphore("s", 1).unwrap().try_acquire().unwrap().unwrap();
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
+    /// # let permit = swarm.semaphore("s", 1)?.try_acquire()?.ok_or("missing")?;
     /// let lost = permit.lost();
+    /// # Ok(()) }
     /// ```
     pub fn lost(&self) -> Receiver<LeaseLost> {
         let (tx, rx) = crossbeam_channel::bounded(1);
@@ -314,9 +336,11 @@ impl Permit {
     /// Extends the permit to now + `ttl`; [`Error::LeaseLost`] if it expired.
     ///
     /// ```no_run
-    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
-    /// # let permit = swarm.semaphore("s", 1).unwrap().try_acquire().unwrap().unwrap();
-    /// permit.extend(std::time::Duration::from_secs(30)).unwrap();
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
+    /// # let permit = swarm.semaphore("s", 1)?.try_acquire()?.ok_or("missing")?;
+    /// permit.extend(std::time::Duration::from_secs(30))?;
+    /// # Ok(()) }
     /// ```
     pub fn extend(&self, ttl: Duration) -> Result<()> {
         let lease = self
@@ -347,9 +371,11 @@ impl Permit {
     /// expired while we believed we held it.
     ///
     /// ```no_run
-    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
-    /// # let permit = swarm.semaphore("s", 1).unwrap().try_acquire().unwrap().unwrap();
-    /// permit.release().unwrap();
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
+    /// # let permit = swarm.semaphore("s", 1)?.try_acquire()?.ok_or("missing")?;
+    /// permit.release()?;
+    /// # Ok(()) }
     /// ```
     pub fn release(mut self) -> Result<()> {
         self.release_inner()

@@ -107,9 +107,11 @@ impl Subscription {
     /// The crossbeam receiver (use it in `select!`).
     ///
     /// ```no_run
-    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
-    /// let sub = swarm.subscribe("c").unwrap();
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
+    /// let sub = swarm.subscribe("c")?;
     /// let rx = sub.receiver();
+    /// # Ok(()) }
     /// ```
     pub fn receiver(&self) -> &Receiver<SubEvent> {
         &self.rx
@@ -118,9 +120,11 @@ impl Subscription {
     /// Waits up to `timeout` for the next event.
     ///
     /// ```no_run
-    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
-    /// let sub = swarm.subscribe("c").unwrap();
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
+    /// let sub = swarm.subscribe("c")?;
     /// let _ = sub.recv_timeout(std::time::Duration::from_millis(10));
+    /// # Ok(()) }
     /// ```
     pub fn recv_timeout(
         &self,
@@ -132,9 +136,11 @@ impl Subscription {
     /// Drops every event queued so far (before a re-check).
     ///
     /// ```no_run
-    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
-    /// let sub = swarm.subscribe("c").unwrap();
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
+    /// let sub = swarm.subscribe("c")?;
     /// sub.drain();
+    /// # Ok(()) }
     /// ```
     pub fn drain(&self) {
         while self.rx.try_recv().is_ok() {}

@@ -20,13 +20,15 @@ type Job = Box<dyn FnOnce() + Send + 'static>;
 /// A fixed-size thread pool with a bounded job queue.
 ///
 /// ```
-/// let pool = redswarm::ThreadPool::new("demo", 2, 16).unwrap();
-/// let job = pool.execute(|| 6 * 7).unwrap();
-/// assert_eq!(job.join().unwrap(), 42);
-/// let bad = pool.execute(|| -> u8 { panic!("boom") }).unwrap();
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let pool = redswarm::ThreadPool::new("demo", 2, 16)?;
+/// let job = pool.execute(|| 6 * 7)?;
+/// assert_eq!(job.join()?, 42);
+/// let bad = pool.execute(|| -> u8 { panic!("boom") })?;
 /// assert!(bad.join().is_err());
-/// assert_eq!(pool.execute(|| 1).unwrap().join().unwrap(), 1); // still alive
+/// assert_eq!(pool.execute(|| 1)?.join()?, 1); // still alive
 /// pool.join();
+/// # Ok(()) }
 /// ```
 pub struct ThreadPool {
     name: String,
@@ -39,9 +41,11 @@ pub struct ThreadPool {
 /// The outcome of one job submitted to a [`ThreadPool`].
 ///
 /// ```
-/// let pool = redswarm::ThreadPool::new("demo", 1, 1).unwrap();
-/// let h = pool.execute(|| "done").unwrap();
-/// assert_eq!(h.join().unwrap(), "done");
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let pool = redswarm::ThreadPool::new("demo", 1, 1)?;
+/// let h = pool.execute(|| "done")?;
+/// assert_eq!(h.join()?, "done");
+/// # Ok(()) }
 /// ```
 pub struct JobHandle<T> {
     rx: Receiver<Result<T>>,
@@ -51,8 +55,10 @@ impl<T> JobHandle<T> {
     /// Waits for the job; a panic in it comes back as [`Error::Panicked`].
     ///
     /// ```
-    /// # let pool = redswarm::ThreadPool::new("demo", 1, 1).unwrap();
-    /// assert_eq!(pool.execute(|| 1).unwrap().join().unwrap(), 1);
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let pool = redswarm::ThreadPool::new("demo", 1, 1)?;
+    /// assert_eq!(pool.execute(|| 1)?.join()?, 1);
+    /// # Ok(()) }
     /// ```
     pub fn join(self) -> Result<T> {
         self.rx.recv().unwrap_or(Err(Error::ShutDown))
@@ -61,9 +67,11 @@ impl<T> JobHandle<T> {
     /// Waits at most `timeout`; `None` if the job is still running.
     ///
     /// ```
-    /// # let pool = redswarm::ThreadPool::new("demo", 1, 1).unwrap();
-    /// let h = pool.execute(|| 1).unwrap();
-    /// assert_eq!(h.join_timeout(std::time::Duration::from_secs(5)).unwrap().unwrap(), 1);
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let pool = redswarm::ThreadPool::new("demo", 1, 1)?;
+    /// let h = pool.execute(|| 1)?;
+    /// assert_eq!(h.join_timeout(std::time::Duration::from_secs(5)).ok_or("still running")??, 1);
+    /// # Ok(()) }
     /// ```
     pub fn join_timeout(&self, timeout: Duration) -> Option<Result<T>> {
         match self.rx.recv_timeout(timeout) {
@@ -117,7 +125,9 @@ impl ThreadPool {
     /// Number of threads.
     ///
     /// ```
-    /// assert_eq!(redswarm::ThreadPool::new("x", 3, 1).unwrap().size(), 3);
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// assert_eq!(redswarm::ThreadPool::new("x", 3, 1)?.size(), 3);
+    /// # Ok(()) }
     /// ```
     pub fn size(&self) -> usize {
         self.size
@@ -127,7 +137,9 @@ impl ThreadPool {
     /// are not counted).
     ///
     /// ```
-    /// assert_eq!(redswarm::ThreadPool::new("x", 2, 1).unwrap().idle(), 2);
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// assert_eq!(redswarm::ThreadPool::new("x", 2, 1)?.idle(), 2);
+    /// # Ok(()) }
     /// ```
     pub fn idle(&self) -> usize {
         self.size.saturating_sub(*self.busy.0.lock())
@@ -137,8 +149,10 @@ impl ThreadPool {
     /// returns whether one is idle.
     ///
     /// ```
-    /// let pool = redswarm::ThreadPool::new("x", 1, 1).unwrap();
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let pool = redswarm::ThreadPool::new("x", 1, 1)?;
     /// assert!(pool.wait_idle(std::time::Duration::from_millis(10)));
+    /// # Ok(()) }
     /// ```
     pub fn wait_idle(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
@@ -155,9 +169,11 @@ impl ThreadPool {
     /// [`Error::ShutDown`] after [`ThreadPool::join`].
     ///
     /// ```
-    /// let pool = redswarm::ThreadPool::new("x", 1, 4).unwrap();
-    /// let h = pool.execute(|| 2 + 2).unwrap();
-    /// assert_eq!(h.join().unwrap(), 4);
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let pool = redswarm::ThreadPool::new("x", 1, 4)?;
+    /// let h = pool.execute(|| 2 + 2)?;
+    /// assert_eq!(h.join()?, 4);
+    /// # Ok(()) }
     /// ```
     pub fn execute<F, T>(&self, job: F) -> Result<JobHandle<T>>
     where
@@ -184,9 +200,11 @@ impl ThreadPool {
     /// thread. Idempotent.
     ///
     /// ```
-    /// let pool = redswarm::ThreadPool::new("x", 2, 4).unwrap();
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let pool = redswarm::ThreadPool::new("x", 2, 4)?;
     /// pool.join();
     /// assert!(pool.execute(|| ()).is_err());
+    /// # Ok(()) }
     /// ```
     pub fn join(&self) {
         self.sender.lock().take();

@@ -35,11 +35,13 @@ pub struct MonitorStats {
 /// atomic script, so two monitors never re-queue one task twice.
 ///
 /// ```no_run
-/// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
-/// let queue = swarm.queue("q").unwrap();
-/// let monitor = redswarm::Monitor::start(&queue, std::time::Duration::from_secs(1)).unwrap();
-/// println!("{:?}", monitor.stats());
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
+/// let queue = swarm.queue("q")?;
+/// let monitor = redswarm::Monitor::start(&queue, std::time::Duration::from_secs(1))?;
+/// log::info!("{:?}", monitor.stats());
 /// monitor.stop();
+/// # Ok(()) }
 /// ```
 pub struct Monitor {
     stats: Arc<Stats>,
@@ -62,8 +64,10 @@ impl Monitor {
     /// Starts the sweeping thread.
     ///
     /// ```no_run
-    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
-    /// let m = redswarm::Monitor::start(&swarm.queue("q").unwrap(), std::time::Duration::from_millis(500)).unwrap();
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
+    /// let m = redswarm::Monitor::start(&swarm.queue("q")?, std::time::Duration::from_millis(500))?;
+    /// # Ok(()) }
     /// ```
     pub fn start(queue: &Queue, interval: Duration) -> Result<Monitor> {
         if interval.is_zero() {
@@ -131,7 +135,7 @@ impl Monitor {
     /// Totals so far.
     ///
     /// ```no_run
-    /// # fn demo(m: &redswarm::Monitor) { println!("{:?}", m.stats()); }
+    /// # fn demo(m: &redswarm::Monitor) { log::info!("{:?}", m.stats()); }
     /// ```
     pub fn stats(&self) -> MonitorStats {
         MonitorStats {

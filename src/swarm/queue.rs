@@ -34,7 +34,7 @@ const MAX_DATA_BYTES: usize = 4 << 20;
 /// let id = q.push(&serde_json::json!({"image": "cat.png"}))?;
 /// let urgent = q.push_with(&"resize", &redswarm::TaskOptions::new().priority(9).max_attempts(5))?;
 /// let later = q.push_with(&"report", &redswarm::TaskOptions::new().delay(Duration::from_secs(60)))?;
-/// println!("{:?}", q.counts()?);
+/// log::info!("{:?}", q.counts()?);
 /// # Ok(()) }
 /// ```
 #[derive(Clone, Debug)]
@@ -49,9 +49,11 @@ pub struct Queue {
 /// Task counts per set.
 ///
 /// ```no_run
-/// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
-/// let c = swarm.queue("q").unwrap().counts().unwrap();
-/// println!("{} ready, {} running", c.ready, c.running);
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
+/// let c = swarm.queue("q")?.counts()?;
+/// log::info!("{} ready, {} running", c.ready, c.running);
+/// # Ok(()) }
 /// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct QueueCounts {
@@ -114,8 +116,10 @@ impl Queue {
     /// stay until re-queued or deleted.
     ///
     /// ```no_run
-    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
-    /// let q = swarm.queue("q").unwrap().retention(1000, std::time::Duration::from_secs(3600));
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
+    /// let q = swarm.queue("q")?.retention(1000, std::time::Duration::from_secs(3600));
+    /// # Ok(()) }
     /// ```
     pub fn retention(mut self, count: u64, age: Duration) -> Self {
         self.keep_ended = count;
@@ -126,8 +130,10 @@ impl Queue {
     /// The queue's name.
     ///
     /// ```no_run
-    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
-    /// assert_eq!(swarm.queue("q").unwrap().name(), "q");
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
+    /// assert_eq!(swarm.queue("q")?.name(), "q");
+    /// # Ok(()) }
     /// ```
     pub fn name(&self) -> &str {
         &self.name
@@ -136,9 +142,11 @@ impl Queue {
     /// The handle this queue uses.
     ///
     /// ```no_run
-    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
-    /// let q = swarm.queue("q").unwrap();
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
+    /// let q = swarm.queue("q")?;
     /// assert_eq!(q.swarm().node_id(), swarm.node_id());
+    /// # Ok(()) }
     /// ```
     pub fn swarm(&self) -> &Redswarm {
         &self.swarm
@@ -147,8 +155,10 @@ impl Queue {
     /// Pushes a task with default options; returns its id.
     ///
     /// ```no_run
-    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
-    /// let id = swarm.queue("q").unwrap().push(&42).unwrap();
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
+    /// let id = swarm.queue("q")?.push(&42)?;
+    /// # Ok(()) }
     /// ```
     pub fn push<T: Serialize + ?Sized>(&self, data: &T) -> Result<String> {
         self.push_with(data, &TaskOptions::default())
@@ -157,8 +167,10 @@ impl Queue {
     /// Pushes a task with options.
     ///
     /// ```no_run
-    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
-    /// let id = swarm.queue("q").unwrap().push_with(&"x", &redswarm::TaskOptions::new().priority(5)).unwrap();
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
+    /// let id = swarm.queue("q")?.push_with(&"x", &redswarm::TaskOptions::new().priority(5))?;
+    /// # Ok(()) }
     /// ```
     pub fn push_with<T: Serialize + ?Sized>(&self, data: &T, opts: &TaskOptions) -> Result<String> {
         let mut ids = self.push_many_with(std::slice::from_ref(&data), opts)?;
@@ -169,9 +181,11 @@ impl Queue {
     /// Pushes many tasks in one round trip (one script call each).
     ///
     /// ```no_run
-    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
-    /// let ids = swarm.queue("q").unwrap().push_many(&[1, 2, 3]).unwrap();
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
+    /// let ids = swarm.queue("q")?.push_many(&[1, 2, 3])?;
     /// assert_eq!(ids.len(), 3);
+    /// # Ok(()) }
     /// ```
     pub fn push_many<T: Serialize>(&self, items: &[T]) -> Result<Vec<String>> {
         self.push_many_with(items, &TaskOptions::default())
@@ -180,8 +194,10 @@ impl Queue {
     /// [`Queue::push_many`] with options for every task.
     ///
     /// ```no_run
-    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
-    /// let ids = swarm.queue("q").unwrap().push_many_with(&[1, 2], &redswarm::TaskOptions::new().max_attempts(1)).unwrap();
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
+    /// let ids = swarm.queue("q")?.push_many_with(&[1, 2], &redswarm::TaskOptions::new().max_attempts(1))?;
+    /// # Ok(()) }
     /// ```
     pub fn push_many_with<T: Serialize>(
         &self,
@@ -233,8 +249,10 @@ impl Queue {
     /// Task counts per set.
     ///
     /// ```no_run
-    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
-    /// let c = swarm.queue("q").unwrap().counts().unwrap();
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
+    /// let c = swarm.queue("q")?.counts()?;
+    /// # Ok(()) }
     /// ```
     pub fn counts(&self) -> Result<QueueCounts> {
         let mut conn = self.swarm.conn()?;
@@ -257,8 +275,10 @@ impl Queue {
     /// Up to `limit` task ids of one set, in its order.
     ///
     /// ```no_run
-    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
-    /// let failed = swarm.queue("q").unwrap().list(redswarm::TaskSet::Failed, 100).unwrap();
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
+    /// let failed = swarm.queue("q")?.list(redswarm::TaskSet::Failed, 100)?;
+    /// # Ok(()) }
     /// ```
     pub fn list(&self, set: TaskSet, limit: usize) -> Result<Vec<String>> {
         if limit == 0 {
@@ -282,8 +302,10 @@ impl Queue {
     /// One task's record, if it exists.
     ///
     /// ```no_run
-    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
-    /// let t = swarm.queue("q").unwrap().get("some-id").unwrap();
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
+    /// let t = swarm.queue("q")?.get("some-id")?;
+    /// # Ok(()) }
     /// ```
     pub fn get(&self, id: &str) -> Result<Option<TaskInfo>> {
         crate::keys::validate_name("task id", id)?;
@@ -302,8 +324,10 @@ impl Queue {
     /// `"missing"`.
     ///
     /// ```no_run
-    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
-    /// let what = swarm.queue("q").unwrap().cancel("some-id").unwrap();
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
+    /// let what = swarm.queue("q")?.cancel("some-id")?;
+    /// # Ok(()) }
     /// ```
     pub fn cancel(&self, id: &str) -> Result<String> {
         crate::keys::validate_name("task id", id)?;
@@ -324,8 +348,10 @@ impl Queue {
     /// Sends a control message (`cancel`, or your own) to a running task.
     ///
     /// ```no_run
-    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
-    /// swarm.queue("q").unwrap().control("some-id", "pause").unwrap();
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
+    /// swarm.queue("q")?.control("some-id", "pause")?;
+    /// # Ok(()) }
     /// ```
     pub fn control(&self, id: &str, message: &str) -> Result<u64> {
         crate::keys::validate_name("task id", id)?;
@@ -335,8 +361,10 @@ impl Queue {
     /// Gives up to `max` failed tasks a fresh set of attempts.
     ///
     /// ```no_run
-    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
-    /// let n = swarm.queue("q").unwrap().requeue_failed(100).unwrap();
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
+    /// let n = swarm.queue("q")?.requeue_failed(100)?;
+    /// # Ok(()) }
     /// ```
     pub fn requeue_failed(&self, max: usize) -> Result<u64> {
         if max == 0 {
@@ -360,8 +388,10 @@ impl Queue {
     /// completion rejected. Returns whether it existed.
     ///
     /// ```no_run
-    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
-    /// swarm.queue("q").unwrap().delete("some-id").unwrap();
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
+    /// swarm.queue("q")?.delete("some-id")?;
+    /// # Ok(()) }
     /// ```
     pub fn delete(&self, id: &str) -> Result<bool> {
         crate::keys::validate_name("task id", id)?;
@@ -385,8 +415,10 @@ impl Queue {
     /// whose lease ran out. Returns (re-queued, failed).
     ///
     /// ```no_run
-    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
-    /// let (requeued, failed) = swarm.queue("q").unwrap().reap_expired(100).unwrap();
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
+    /// let (requeued, failed) = swarm.queue("q")?.reap_expired(100)?;
+    /// # Ok(()) }
     /// ```
     pub fn reap_expired(&self, batch: usize) -> Result<(u64, u64)> {
         let mut conn = self.swarm.conn()?;
@@ -415,9 +447,11 @@ impl Queue {
     /// Every event of the queue, from any process.
     ///
     /// ```no_run
-    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
-    /// let events = swarm.queue("q").unwrap().events().unwrap();
-    /// while let Some(e) = events.next_event(std::time::Duration::from_secs(1)) { println!("{e:?}"); }
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
+    /// let events = swarm.queue("q")?.events()?;
+    /// while let Some(e) = events.next_event(std::time::Duration::from_secs(1)) { log::info!("{e:?}"); }
+    /// # Ok(()) }
     /// ```
     pub fn events(&self) -> Result<EventStream> {
         Ok(EventStream {
@@ -428,8 +462,10 @@ impl Queue {
     /// The events of one task.
     ///
     /// ```no_run
-    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
-    /// let events = swarm.queue("q").unwrap().task_events("some-id").unwrap();
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
+    /// let events = swarm.queue("q")?.task_events("some-id")?;
+    /// # Ok(()) }
     /// ```
     pub fn task_events(&self, id: &str) -> Result<EventStream> {
         crate::keys::validate_name("task id", id)?;
@@ -442,9 +478,11 @@ impl Queue {
 /// A subscription to task events; see [`Queue::events`].
 ///
 /// ```no_run
-/// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
-/// let events = swarm.queue("q").unwrap().events().unwrap();
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
+/// let events = swarm.queue("q")?.events()?;
 /// let first = events.next_event(std::time::Duration::from_secs(5));
+/// # Ok(()) }
 /// ```
 pub struct EventStream {
     sub: Subscription,
@@ -455,9 +493,11 @@ impl EventStream {
     /// logged; a pub/sub reconnect is not an event).
     ///
     /// ```no_run
-    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
-    /// # let events = swarm.queue("q").unwrap().events().unwrap();
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
+    /// # let events = swarm.queue("q")?.events()?;
     /// let e = events.next_event(std::time::Duration::from_millis(100));
+    /// # Ok(()) }
     /// ```
     pub fn next_event(&self, timeout: Duration) -> Option<TaskEvent> {
         let deadline = std::time::Instant::now() + timeout;
@@ -478,9 +518,11 @@ impl EventStream {
     /// [`TaskEvent`]s.
     ///
     /// ```no_run
-    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
-    /// # let events = swarm.queue("q").unwrap().events().unwrap();
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
+    /// # let events = swarm.queue("q")?.events()?;
     /// let rx = events.subscription().receiver();
+    /// # Ok(()) }
     /// ```
     pub fn subscription(&self) -> &Subscription {
         &self.sub

@@ -165,11 +165,13 @@ impl TaskState {
 /// A task record as stored in Redis.
 ///
 /// ```no_run
-/// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
-/// let q = swarm.queue("jobs").unwrap();
-/// let id = q.push(&serde_json::json!({"ms": 10})).unwrap();
-/// let task = q.get(&id).unwrap().unwrap();
-/// println!("{:?} after {} attempts", task.state, task.attempts);
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
+/// let q = swarm.queue("jobs")?;
+/// let id = q.push(&serde_json::json!({"ms": 10}))?;
+/// let task = q.get(&id)?.ok_or("missing")?;
+/// log::info!("{:?} after {} attempts", task.state, task.attempts);
+/// # Ok(()) }
 /// ```
 #[derive(Clone, Debug, PartialEq)]
 pub struct TaskInfo {
@@ -259,8 +261,10 @@ impl TaskInfo {
 /// Kinds of task events.
 ///
 /// ```
-/// let e: redswarm::EventKind = serde_json::from_str("\"completed\"").unwrap();
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let e: redswarm::EventKind = serde_json::from_str("\"completed\"")?;
 /// assert_eq!(e, redswarm::EventKind::Completed);
+/// # Ok(()) }
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -289,8 +293,10 @@ pub enum EventKind {
 /// One task event (JSON on the task's and the queue's event channels).
 ///
 /// ```
-/// let e: redswarm::TaskEvent = serde_json::from_str(r#"{"task":"t1","event":"progress","data":{"pct":50}}"#).unwrap();
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let e: redswarm::TaskEvent = serde_json::from_str(r#"{"task":"t1","event":"progress","data":{"pct":50}}"#)?;
 /// assert_eq!(e.kind, redswarm::EventKind::Progress);
+/// # Ok(()) }
 /// ```
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TaskEvent {

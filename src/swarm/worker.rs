@@ -73,7 +73,7 @@ pub enum FinishedHow {
 /// ```no_run
 /// # fn demo(worker: &redswarm::SwarmWorker) {
 /// for f in worker.finished().try_iter() {
-///     println!("done {} {} {}", f.id, f.attempt, f.fencing_token);
+///     log::info!("done {} {} {}", f.id, f.attempt, f.fencing_token);
 /// }
 /// # }
 /// ```
@@ -228,7 +228,7 @@ impl TaskContext {
     /// Why the task should stop, if it should.
     ///
     /// ```no_run
-    /// # fn h(ctx: &redswarm::TaskContext) { println!("{:?}", ctx.stop_reason()); }
+    /// # fn h(ctx: &redswarm::TaskContext) { log::info!("{:?}", ctx.stop_reason()); }
     /// ```
     pub fn stop_reason(&self) -> Option<StopReason> {
         *self.stop.reason.lock()
@@ -248,7 +248,7 @@ impl TaskContext {
     ///
     /// ```no_run
     /// # fn h(ctx: &redswarm::TaskContext) {
-    /// if let Ok(msg) = ctx.control_receiver().try_recv() { println!("got {msg}"); }
+    /// if let Ok(msg) = ctx.control_receiver().try_recv() { log::info!("got {msg}"); }
     /// # }
     /// ```
     pub fn control_receiver(&self) -> &Receiver<String> {
@@ -401,9 +401,11 @@ impl SwarmWorker {
     /// Starts the worker: its thread pool, fetch loop and supervisor.
     ///
     /// ```no_run
-    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env().unwrap()).unwrap();
-    /// # let queue = swarm.queue("q").unwrap();
-    /// let w = redswarm::SwarmWorker::start(&queue, redswarm::WorkerOptions::new(), |_ctx| Ok(serde_json::Value::Null)).unwrap();
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
+    /// # let queue = swarm.queue("q")?;
+    /// let w = redswarm::SwarmWorker::start(&queue, redswarm::WorkerOptions::new(), |_ctx| Ok(serde_json::Value::Null))?;
+    /// # Ok(()) }
     /// ```
     pub fn start<H>(queue: &Queue, opts: WorkerOptions, handler: H) -> Result<SwarmWorker>
     where
@@ -469,7 +471,7 @@ impl SwarmWorker {
     ///
     /// ```no_run
     /// # fn demo(w: &redswarm::SwarmWorker) {
-    /// while let Ok(f) = w.finished().recv() { println!("{f:?}"); }
+    /// while let Ok(f) = w.finished().recv() { log::info!("{f:?}"); }
     /// # }
     /// ```
     pub fn finished(&self) -> Receiver<Finished> {
@@ -479,7 +481,7 @@ impl SwarmWorker {
     /// Tasks running right now.
     ///
     /// ```no_run
-    /// # fn demo(w: &redswarm::SwarmWorker) { println!("{}", w.running()); }
+    /// # fn demo(w: &redswarm::SwarmWorker) { log::info!("{}", w.running()); }
     /// ```
     pub fn running(&self) -> usize {
         self.shared.running.lock().len()
