@@ -16,12 +16,19 @@
 //!
 //! The stored outcome is also served to callers that arrive within
 //! `result_ttl` after completion: they get the result without running the
-//! job. Set it low if results go stale fast. Threads of one handle waiting
-//! on one id share one Redis subscription.
+//! job. Set it low if results go stale fast.
+//!
+//! In-process coalescing: threads of one handle that call [`Fanout::run`]
+//! for the same id at once share one driver — only it claims, waits or
+//! leads in Redis; the others wait in memory for its outcome (and carry on
+//! alone if it gives up, e.g. on a shorter timeout).
 
+use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use parking_lot::{Condvar, Mutex};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -199,6 +206,45 @@ impl Fanout {
     /// # Ok(()) }
     /// ```
     pub fn run<T, E, F>(
+        &self,
+        job_id: &str,
+        timeout: Duration,
+        job: F,
+    ) -> std::result::Result<T, FanoutError<E>>
+    where
+        T: Serialize + DeserializeOwned,
+        E: Serialize + DeserializeOwned,
+        F: FnOnce() -> std::result::Result<T, E>,
+    {
+        // Threads of this handle asking for the same job share one driver:
+        // it alone claims, waits or leads in Redis; the others wait here.
+        let flights = self.swarm.fanout_flights();
+        let (flight, driver) = flights.join(job_id);
+        if !driver {
+            return match flight.wait_until(Instant::now() + timeout) {
+                Some(FlightEnd::Done(bytes)) => decode::<T, E>(job_id, &bytes),
+                // The driver gave up (its own timeout, an error): go on alone.
+                Some(FlightEnd::Abandoned) => self.run_alone(job_id, timeout, job),
+                None => Err(FanoutError::Timeout { waited: timeout }),
+            };
+        }
+        let result = catch_unwind(AssertUnwindSafe(|| self.run_alone(job_id, timeout, job)));
+        match result {
+            Ok(result) => {
+                flights.finish(job_id, &flight, share(&result));
+                result
+            }
+            Err(panic) => {
+                // Not the job (its panics are caught inside): still, never
+                // leave the waiting threads hanging.
+                flights.finish(job_id, &flight, FlightEnd::Abandoned);
+                std::panic::resume_unwind(panic)
+            }
+        }
+    }
+
+    /// [`Fanout::run`] without the in-process sharing.
+    fn run_alone<T, E, F>(
         &self,
         job_id: &str,
         timeout: Duration,
@@ -490,6 +536,87 @@ where
             lease: Some(lease),
             _types: std::marker::PhantomData,
         }
+    }
+}
+
+/// An outcome borrowed for re-encoding (same JSON as [`Outcome`]).
+#[derive(Serialize)]
+enum OutcomeRef<'a, T, E> {
+    Ok(&'a T),
+    Err(&'a E),
+    Failed(&'a str),
+}
+
+/// What a driver's result means for the threads that waited on it: an
+/// outcome to share, or nothing (timeout, Redis error: they go on alone).
+fn share<T: Serialize, E: Serialize>(result: &std::result::Result<T, FanoutError<E>>) -> FlightEnd {
+    let encoded = match result {
+        Ok(v) => serde_json::to_vec(&OutcomeRef::<T, E>::Ok(v)),
+        Err(FanoutError::Job(e)) => serde_json::to_vec(&OutcomeRef::<T, E>::Err(e)),
+        Err(FanoutError::LeaderFailed(why)) => serde_json::to_vec(&OutcomeRef::<T, E>::Failed(why)),
+        Err(FanoutError::Timeout { .. } | FanoutError::Redswarm(_)) => return FlightEnd::Abandoned,
+    };
+    match encoded {
+        Ok(bytes) => FlightEnd::Done(Arc::new(bytes)),
+        Err(_) => FlightEnd::Abandoned,
+    }
+}
+
+/// How a local flight ended.
+#[derive(Clone)]
+pub(crate) enum FlightEnd {
+    Done(Arc<Vec<u8>>),
+    Abandoned,
+}
+
+/// One job id being driven by a thread of this handle.
+pub(crate) struct Flight {
+    end: Mutex<Option<FlightEnd>>,
+    cv: Condvar,
+}
+
+impl Flight {
+    fn wait_until(&self, deadline: Instant) -> Option<FlightEnd> {
+        let mut end = self.end.lock();
+        while end.is_none() {
+            if self.cv.wait_until(&mut end, deadline).timed_out() {
+                break;
+            }
+        }
+        end.clone()
+    }
+}
+
+/// The per-handle table of in-flight fan-out jobs.
+#[derive(Default)]
+pub(crate) struct LocalFlights {
+    table: Mutex<HashMap<String, Arc<Flight>>>,
+}
+
+impl LocalFlights {
+    /// The flight for `job_id`, and whether the caller drives it.
+    fn join(&self, job_id: &str) -> (Arc<Flight>, bool) {
+        let mut table = self.table.lock();
+        if let Some(f) = table.get(job_id) {
+            return (f.clone(), false);
+        }
+        let f = Arc::new(Flight {
+            end: Mutex::new(None),
+            cv: Condvar::new(),
+        });
+        table.insert(job_id.to_string(), f.clone());
+        (f, true)
+    }
+
+    fn finish(&self, job_id: &str, flight: &Arc<Flight>, end: FlightEnd) {
+        {
+            let mut table = self.table.lock();
+            if table.get(job_id).is_some_and(|f| Arc::ptr_eq(f, flight)) {
+                table.remove(job_id);
+            }
+        }
+        *flight.end.lock() = Some(end);
+        flight.cv.notify_all();
     }
 }
 

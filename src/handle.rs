@@ -8,7 +8,7 @@ use crossbeam_channel::Receiver;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::fanout::{Fanout, FanoutError};
+use crate::fanout::{Fanout, FanoutError, LocalFlights};
 use crate::heartbeat::{Health, Heartbeat, Lease, LeaseTarget, NodeInfo, PartitionState};
 use crate::keys::Keys;
 use crate::lock::{LockGuard, LockOptions};
@@ -38,6 +38,7 @@ pub struct Redswarm {
 
 struct Inner {
     store: Arc<Store>,
+    fanout_flights: LocalFlights,
     peers: Option<PeerListener>,
     subscriber: Subscriber,
     heartbeat: Heartbeat,
@@ -127,6 +128,7 @@ impl Redswarm {
         Ok(Redswarm {
             inner: Arc::new(Inner {
                 store,
+                fanout_flights: LocalFlights::default(),
                 peers,
                 subscriber,
                 heartbeat,
@@ -530,6 +532,11 @@ impl Redswarm {
 
     pub(crate) fn store(&self) -> &Arc<Store> {
         &self.inner.store
+    }
+
+    /// Fan-out jobs in flight in this handle (in-process coalescing).
+    pub(crate) fn fanout_flights(&self) -> &LocalFlights {
+        &self.inner.fanout_flights
     }
 
     /// A pooled connection for feature code.

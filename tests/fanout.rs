@@ -57,6 +57,56 @@ fn one_leader_and_fifty_waiters_on_two_handles_run_the_job_once() {
     assert_eq!(runs.load(Ordering::SeqCst), 1, "the job must run once");
 }
 
+fn evalsha_calls(server: &RedisServer) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut server.conn())
+        .unwrap();
+    info.lines()
+        .find(|l| l.starts_with("cmdstat_evalsha:"))
+        .and_then(|l| l.split("calls=").nth(1))
+        .and_then(|r| r.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn threads_of_one_handle_share_one_driver() {
+    let server = RedisServer::start();
+    // Default heartbeat (1 s): few background script calls during the burst.
+    let swarm = Redswarm::connect(
+        Config::builder()
+            .url(server.url())
+            .namespace("local")
+            .build()
+            .unwrap(),
+    )
+    .unwrap();
+    let runs = Arc::new(AtomicU64::new(0));
+    let barrier = Arc::new(Barrier::new(40));
+    let before = evalsha_calls(&server);
+    let threads: Vec<_> = (0..40)
+        .map(|_| {
+            let (swarm, runs, barrier) = (swarm.clone(), runs.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                swarm.fanout("shared", 30 * SEC, || -> Result<u32, String> {
+                    runs.fetch_add(1, Ordering::SeqCst);
+                    std::thread::sleep(Duration::from_millis(300));
+                    Ok(99)
+                })
+            })
+        })
+        .collect();
+    for t in threads {
+        assert_eq!(t.join().unwrap().unwrap(), 99);
+    }
+    let scripts = evalsha_calls(&server) - before;
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    // One claim and one completion (plus a few heartbeats), not 40 claims.
+    assert!(scripts < 12, "{scripts} script calls for 40 callers");
+}
+
 #[test]
 fn the_jobs_error_reaches_every_waiter() {
     let server = RedisServer::start();
