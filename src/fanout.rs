@@ -34,8 +34,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::handle::Redswarm;
-use crate::heartbeat::{Lease, LeaseTarget};
 use crate::keys::FanoutKeys;
+use crate::lease::{Lease, LeaseTarget};
 use crate::lock::validate_ttl;
 use crate::scripts::{invoke, lua_script};
 use crate::subscriber::{SubEvent, Subscription};

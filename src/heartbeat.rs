@@ -7,7 +7,7 @@
 //! it lost once `ttl - safety` has passed since then, whatever Redis says
 //! later; a beat whose renewal fails marks the lease lost early if the next
 //! beat would come too late. Holders learn it through
-//! [`Lease::is_lost`] and a channel.
+//! [`Lease::is_lost`](crate::lease::Lease) and a channel.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,7 +20,7 @@ use parking_lot::Mutex;
 use redis::Value;
 
 use crate::error::{Error, Result};
-use crate::keys::hash_tag;
+use crate::lease::{Lease, LeaseRegistry, LeaseState, LeaseTarget};
 use crate::peer::{ping_all, PeerIdentity};
 use crate::scripts::{lua_script, query_pipeline};
 use crate::store::Store;
@@ -126,165 +126,6 @@ pub struct NodeInfo {
     pub deadline_ms: u64,
 }
 
-/// Why a lease was lost, as delivered to its holder.
-///
-/// ```
-/// let l = redswarm::LeaseLost { what: "lock `a`".into(), reason: "expired".into() };
-/// assert!(l.to_string().contains("expired"));
-/// ```
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LeaseLost {
-    /// The resource.
-    pub what: String,
-    /// Why it is lost.
-    pub reason: String,
-}
-
-impl std::fmt::Display for LeaseLost {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "lease on {} lost: {}", self.what, self.reason)
-    }
-}
-
-/// What a lease renewal checks and extends in Redis.
-#[derive(Clone, Debug)]
-pub(crate) enum LeaseTarget {
-    /// A string key whose value is our token; renewal PEXPIREs it.
-    Key { key: String, token: String },
-    /// A zset member scored by its deadline.
-    Member { zset: String, member: String },
-    /// A zset member scored by deadline, valid while `hash[field] == token`.
-    Guarded {
-        zset: String,
-        member: String,
-        hash: String,
-        field: String,
-        token: String,
-    },
-}
-
-impl LeaseTarget {
-    fn slot(&self) -> &str {
-        match self {
-            LeaseTarget::Key { key, .. } => hash_tag(key),
-            LeaseTarget::Member { zset, .. } | LeaseTarget::Guarded { zset, .. } => hash_tag(zset),
-        }
-    }
-}
-
-pub(crate) struct LeaseState {
-    id: u64,
-    what: String,
-    target: LeaseTarget,
-    ttl: Mutex<Duration>,
-    safety: Duration,
-    last_ok: Mutex<Instant>,
-    lost: Mutex<Option<String>>,
-    watchers: Mutex<Vec<Sender<LeaseLost>>>,
-    /// Keeps the lease through a Redis outage while enough peers answer
-    /// (task leases: the swarm's partition rule); see [`PartitionState`].
-    tolerate_outage: bool,
-    partition: Arc<Mutex<PartitionState>>,
-}
-
-impl LeaseState {
-    /// Whether the local deadline applies now: not for an outage-tolerant
-    /// lease while Redis is away but the peers answer.
-    fn deadline_applies(&self) -> bool {
-        !(self.tolerate_outage
-            && matches!(
-                *self.partition.lock(),
-                PartitionState::RedisLostPeersOk { .. }
-            ))
-    }
-
-    fn mark_lost(&self, reason: &str) {
-        let mut lost = self.lost.lock();
-        if lost.is_some() {
-            return;
-        }
-        log::warn!("lease on {} lost: {reason}", self.what);
-        *lost = Some(reason.to_string());
-        let note = LeaseLost {
-            what: self.what.clone(),
-            reason: reason.to_string(),
-        };
-        for w in self.watchers.lock().drain(..) {
-            let _ = w.try_send(note.clone());
-        }
-    }
-
-    fn local_deadline(&self) -> Instant {
-        *self.last_ok.lock() + self.ttl.lock().saturating_sub(self.safety)
-    }
-}
-
-/// A lease kept alive by the heartbeat; unregistered on drop.
-pub(crate) struct Lease {
-    state: Arc<LeaseState>,
-    registry: Weak<Shared>,
-}
-
-impl Lease {
-    /// True once the lease must be considered gone: a renewal found it
-    /// taken over or expired, or its local deadline passed.
-    pub(crate) fn is_lost(&self) -> bool {
-        if self.state.lost.lock().is_some() {
-            return true;
-        }
-        if self.state.deadline_applies() && Instant::now() >= self.state.local_deadline() {
-            self.state
-                .mark_lost("not renewed in time (Redis unreachable?)");
-            return true;
-        }
-        false
-    }
-
-    /// A channel that receives one [`LeaseLost`] when the lease is lost.
-    pub(crate) fn lost_receiver(&self) -> Receiver<LeaseLost> {
-        let (tx, rx) = bounded(1);
-        self.notify_on_loss(tx);
-        rx
-    }
-
-    /// Adds `tx` to the receivers of the loss notice.
-    pub(crate) fn notify_on_loss(&self, tx: Sender<LeaseLost>) {
-        let lost = self.state.lost.lock();
-        match &*lost {
-            Some(reason) => {
-                let _ = tx.try_send(LeaseLost {
-                    what: self.state.what.clone(),
-                    reason: reason.clone(),
-                });
-            }
-            None => self.state.watchers.lock().push(tx),
-        }
-    }
-
-    /// Records a successful renewal made outside the heartbeat (a manual
-    /// extend) that was sent at `sent`, possibly with a new TTL.
-    pub(crate) fn renewed(&self, sent: Instant, ttl: Duration) {
-        *self.state.ttl.lock() = ttl;
-        let mut last = self.state.last_ok.lock();
-        if sent > *last {
-            *last = sent;
-        }
-    }
-
-    /// Marks the lease lost (for example when a manual extend found it gone).
-    pub(crate) fn mark_lost(&self, reason: &str) {
-        self.state.mark_lost(reason);
-    }
-}
-
-impl Drop for Lease {
-    fn drop(&mut self) {
-        if let Some(shared) = self.registry.upgrade() {
-            shared.leases.lock().remove(&self.state.id);
-        }
-    }
-}
-
 struct Shared {
     store: Arc<Store>,
     instance: String,
@@ -296,7 +137,7 @@ struct Shared {
     beats: AtomicU64,
     partition: Arc<Mutex<PartitionState>>,
     partition_watchers: Mutex<Vec<Sender<PartitionState>>>,
-    leases: Mutex<HashMap<u64, Arc<LeaseState>>>,
+    leases: Arc<LeaseRegistry>,
     next_lease: AtomicU64,
     health: Mutex<Health>,
     health_watchers: Mutex<Vec<Sender<Health>>>,
@@ -330,7 +171,7 @@ impl Heartbeat {
                 .unwrap_or(0),
             store,
             peer_addr,
-            leases: Mutex::new(HashMap::new()),
+            leases: Arc::new(Mutex::new(HashMap::new())),
             next_lease: AtomicU64::new(1),
             health: Mutex::new(Health::Healthy),
             health_watchers: Mutex::new(Vec::new()),
@@ -379,18 +220,15 @@ impl Heartbeat {
         acquired: Instant,
         tolerate_outage: bool,
     ) -> Arc<LeaseState> {
-        Arc::new(LeaseState {
+        Arc::new(LeaseState::new(
             id,
             what,
             target,
-            ttl: Mutex::new(ttl),
-            safety: safety_margin(self.shared.store.config.heartbeat_interval, ttl),
-            last_ok: Mutex::new(acquired),
-            lost: Mutex::new(None),
-            watchers: Mutex::new(Vec::new()),
-            tolerate_outage,
-            partition: self.shared.partition.clone(),
-        })
+            ttl,
+            self.shared.store.config.heartbeat_interval,
+            acquired,
+            tolerate_outage.then(|| self.shared.partition.clone()),
+        ))
     }
 
     /// Starts renewing `target` every beat with `ttl`.
@@ -405,10 +243,7 @@ impl Heartbeat {
         let id = self.shared.next_lease.fetch_add(1, Ordering::Relaxed);
         let state = self.lease_state(id, what, target, ttl, acquired, tolerate_outage);
         self.shared.leases.lock().insert(id, state.clone());
-        Lease {
-            state,
-            registry: Arc::downgrade(&self.shared),
-        }
+        Lease::new(state, Arc::downgrade(&self.shared.leases))
     }
 
     /// A lease that is tracked for its local deadline but never renewed
@@ -420,10 +255,10 @@ impl Heartbeat {
         ttl: Duration,
         acquired: Instant,
     ) -> Lease {
-        Lease {
-            state: self.lease_state(0, what, target, ttl, acquired, false),
-            registry: Weak::new(),
-        }
+        Lease::new(
+            self.lease_state(0, what, target, ttl, acquired, false),
+            Weak::new(),
+        )
     }
 
     pub(crate) fn health(&self) -> Health {
@@ -496,13 +331,6 @@ impl Heartbeat {
             }
         }
     }
-}
-
-/// How long before its TTL runs out a lease counts as lost locally: half a
-/// heartbeat (time for the holder to notice and stop), but never more than a
-/// quarter of a short TTL.
-fn safety_margin(heartbeat: Duration, ttl: Duration) -> Duration {
-    (heartbeat / 2).min(ttl / 4)
 }
 
 fn node_beat(shared: &Shared, first: bool) -> redis::ScriptInvocation<'static> {

@@ -24,8 +24,9 @@ use crossbeam_channel::Receiver;
 
 use crate::error::{Error, Result};
 use crate::handle::Redswarm;
-use crate::heartbeat::{Lease, LeaseLost, LeaseTarget, PartitionState};
+use crate::heartbeat::PartitionState;
 use crate::keys::LockKeys;
+use crate::lease::{Lease, LeaseLost, LeaseTarget};
 use crate::scripts::{invoke, lua_script};
 use crate::subscriber::SubEvent;
 use crate::util::{millis, random_id};

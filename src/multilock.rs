@@ -15,8 +15,8 @@ use crossbeam_channel::Receiver;
 
 use crate::error::{Error, Result};
 use crate::handle::Redswarm;
-use crate::heartbeat::LeaseLost;
 use crate::keys::LockKeys;
+use crate::lease::LeaseLost;
 use crate::lock::{attempt, validate_ttl, wait_for_release, Attempt, LockGuard};
 use crate::subscriber::Subscription;
 use crate::util::random_id;

@@ -17,8 +17,8 @@ use crossbeam_channel::Receiver;
 
 use crate::error::{Error, Result};
 use crate::handle::Redswarm;
-use crate::heartbeat::{Lease, LeaseLost, LeaseTarget};
 use crate::keys::SemaphoreKeys;
+use crate::lease::{Lease, LeaseLost, LeaseTarget};
 use crate::lock::{validate_ttl, wait_for_grant};
 use crate::scripts::{invoke, lua_script};
 use crate::util::{millis, random_id};

@@ -14,7 +14,7 @@ use parking_lot::Mutex;
 use redis::Value;
 
 use crate::error::{Error, Result};
-use crate::heartbeat::{Lease, LeaseTarget};
+use crate::lease::{Lease, LeaseTarget};
 use crate::lock::validate_ttl;
 use crate::scripts::invoke;
 use crate::subscriber::SubEvent;
