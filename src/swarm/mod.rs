@@ -19,12 +19,14 @@
 //! or slower than its lease without renewals); the stale run's completion
 //! is then rejected by its fencing token.
 
+mod context;
 mod monitor;
 mod queue;
 mod task;
 mod worker;
 
+pub use context::{StopReason, TaskContext};
 pub use monitor::{Monitor, MonitorStats};
 pub use queue::{EventStream, Queue, QueueCounts, TaskSet};
 pub use task::{EventKind, TaskEvent, TaskInfo, TaskOptions, TaskOutcome, TaskState};
-pub use worker::{Finished, FinishedHow, StopReason, SwarmWorker, TaskContext, WorkerOptions};
+pub use worker::{Finished, FinishedHow, SwarmWorker, WorkerOptions};
