@@ -15,7 +15,19 @@ use parking_lot::{Condvar, Mutex};
 use crate::error::{Error, Result};
 use crate::util::panic_message;
 
-type Job = Box<dyn FnOnce() + Send + 'static>;
+/// Busy-thread count and the condvar `wait_idle` sleeps on.
+type BusyCount = (Mutex<usize>, Condvar);
+
+/// A queued job. It is handed the busy count so it can mark its thread idle
+/// *before* it hands its result over: whoever holds the result then sees the
+/// thread idle, with no window where `idle()` lags behind `join()`.
+type Job = Box<dyn FnOnce(&BusyCount) + Send + 'static>;
+
+fn mark_idle(busy: &BusyCount) {
+    let mut n = busy.0.lock();
+    *n = n.saturating_sub(1);
+    busy.1.notify_all();
+}
 
 /// A fixed-size thread pool with a bounded job queue.
 ///
@@ -35,7 +47,7 @@ pub struct ThreadPool {
     size: usize,
     sender: Mutex<Option<Sender<Job>>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
-    busy: Arc<(Mutex<usize>, Condvar)>,
+    busy: Arc<BusyCount>,
 }
 
 /// The outcome of one job submitted to a [`ThreadPool`].
@@ -94,7 +106,7 @@ impl ThreadPool {
             return Err(Error::invalid("thread count", "must be at least 1"));
         }
         let (tx, rx) = bounded::<Job>(queue_capacity);
-        let busy = Arc::new((Mutex::new(0usize), Condvar::new()));
+        let busy: Arc<BusyCount> = Arc::new((Mutex::new(0usize), Condvar::new()));
         let mut handles = Vec::with_capacity(threads);
         for i in 0..threads {
             let rx = rx.clone();
@@ -104,10 +116,7 @@ impl ThreadPool {
                 .spawn(move || {
                     for job in rx.iter() {
                         *busy.0.lock() += 1;
-                        job();
-                        let mut n = busy.0.lock();
-                        *n -= 1;
-                        busy.1.notify_all();
+                        job(&busy);
                     }
                 })
                 .map_err(|e| Error::invalid("thread pool", format!("cannot spawn thread: {e}")))?;
@@ -183,12 +192,13 @@ impl ThreadPool {
         let sender = self.sender.lock().clone().ok_or(Error::ShutDown)?;
         let (tx, rx) = bounded(1);
         let pool_name = self.name.clone();
-        let wrapped: Job = Box::new(move || {
+        let wrapped: Job = Box::new(move |busy| {
             let outcome = catch_unwind(AssertUnwindSafe(job)).map_err(|payload| {
                 let msg = panic_message(payload.as_ref());
                 log::error!("job on thread pool `{pool_name}` panicked: {msg}");
                 Error::Panicked(msg)
             });
+            mark_idle(busy);
             // The waiter may have given up; that is fine.
             let _ = tx.send(outcome);
         });

@@ -1,181 +1,376 @@
-//! A tiny TCP fault proxy: forward, delay, blackhole or cut connections to
-//! an upstream (Redis) for partition tests.
+//! A tiny in-process TCP fault proxy in front of an upstream (Redis) for
+//! partition tests: forward, delay, blackhole or cut connections on demand.
+//!
+//! One accept thread plus two copy threads per proxied connection. The copy
+//! threads read with a short timeout so they notice mode changes and
+//! shutdown promptly.
 
+use std::collections::HashMap;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
+/// How often idle copy threads look at the mode.
+const POLL: Duration = Duration::from_millis(50);
+/// A blackholed direction buffers at most this much, then stops reading
+/// (TCP back-pressure does the rest).
+const HOLD_MAX: usize = 8 << 20;
+const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
 enum Mode {
-    Pass,
-    Blackhole,
-    Cut,
+    Pass = 0,
+    Blackhole = 1,
+    Cut = 2,
+    Refuse = 3,
 }
 
-struct State {
-    mode: Mutex<Mode>,
-    latency: Mutex<Duration>,
-    conns: Mutex<Vec<TcpStream>>,
+impl Mode {
+    fn from_u8(v: u8) -> Mode {
+        match v {
+            1 => Mode::Blackhole,
+            2 => Mode::Cut,
+            3 => Mode::Refuse,
+            _ => Mode::Pass,
+        }
+    }
+}
+
+/// Both sockets of one proxied connection (clones, for shutting it down).
+struct Pair {
+    client: TcpStream,
+    upstream: TcpStream,
+}
+
+impl Pair {
+    fn close(&self) {
+        let _ = self.client.shutdown(Shutdown::Both);
+        let _ = self.upstream.shutdown(Shutdown::Both);
+    }
+}
+
+struct Shared {
+    upstream: SocketAddr,
+    mode: AtomicU8,
+    latency_us: AtomicU64,
     stop: AtomicBool,
+    next_id: AtomicU64,
+    /// Live connections. Mode changes to `Cut` and registrations happen
+    /// under this lock, so no connection slips past a `cut()`.
+    conns: Mutex<HashMap<u64, Pair>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
-/// A proxy on 127.0.0.1:<random> in front of `upstream`.
+impl Shared {
+    fn mode(&self) -> Mode {
+        Mode::from_u8(self.mode.load(Ordering::SeqCst))
+    }
+
+    fn latency(&self) -> Duration {
+        Duration::from_micros(self.latency_us.load(Ordering::SeqCst))
+    }
+
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+}
+
+/// A TCP proxy on `127.0.0.1:<free port>` in front of `upstream`.
 ///
-/// Modes: `pass()` forwards; `set_latency(d)` delays every chunk;
-/// `blackhole()` swallows bytes both ways on new and existing connections
-/// (they stay open, nothing arrives); `cut()` closes every connection and
-/// closes new ones at once. `pass()` again serves new connections normally
-/// (a connection that was blackholed resumes forwarding too, minus what was
-/// swallowed, so clients should treat it as broken).
+/// Modes, switched at any time from the test thread:
+/// - [`pass`](FaultProxy::pass) (the initial mode): forward both ways.
+/// - [`set_latency`](FaultProxy::set_latency): forward, delaying every
+///   chunk by `d` in each direction (a request/reply round trip gains
+///   about `2·d`). `pass()` sets the latency back to zero.
+/// - [`blackhole`](FaultProxy::blackhole): like a network partition. New
+///   connections are accepted, and nothing is forwarded in either direction
+///   on new or existing connections; the bytes are held (buffered), the
+///   connections stay open. On `pass()` the held bytes are delivered in
+///   order, like TCP retransmission after a partition heals. A connection
+///   whose either end closes while blackholed is closed entirely and its
+///   held bytes dropped.
+/// - [`cut`](FaultProxy::cut): closes every existing connection at once
+///   (both sides) and closes new connections as soon as they are accepted,
+///   until the mode changes.
+/// - [`refuse`](FaultProxy::refuse): existing connections keep forwarding,
+///   new ones are closed as soon as they are accepted.
+///
+/// Drop stops the accept thread, closes every connection and joins all
+/// threads.
 pub struct FaultProxy {
     addr: SocketAddr,
-    state: Arc<State>,
+    shared: Arc<Shared>,
     accept: Option<JoinHandle<()>>,
 }
 
 impl FaultProxy {
-    /// Starts forwarding to `upstream`.
+    /// Starts a proxy forwarding to `upstream`.
     pub fn start(upstream: SocketAddr) -> FaultProxy {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
-        listener.set_nonblocking(true).expect("nonblocking");
-        let addr = listener.local_addr().expect("proxy addr");
-        let state = Arc::new(State {
-            mode: Mutex::new(Mode::Pass),
-            latency: Mutex::new(Duration::ZERO),
-            conns: Mutex::new(Vec::new()),
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind fault proxy");
+        listener
+            .set_nonblocking(true)
+            .expect("nonblocking proxy listener");
+        let addr = listener.local_addr().expect("fault proxy address");
+        let shared = Arc::new(Shared {
+            upstream,
+            mode: AtomicU8::new(Mode::Pass as u8),
+            latency_us: AtomicU64::new(0),
             stop: AtomicBool::new(false),
+            next_id: AtomicU64::new(0),
+            conns: Mutex::new(HashMap::new()),
             threads: Mutex::new(Vec::new()),
         });
-        let st = state.clone();
-        let accept = std::thread::spawn(move || {
-            while !st.stop.load(Ordering::SeqCst) {
-                match listener.accept() {
-                    Ok((client, _)) => {
-                        let _ = client.set_nonblocking(false);
-                        if *st.mode.lock() == Mode::Cut {
-                            let _ = client.shutdown(Shutdown::Both);
-                            continue;
-                        }
-                        let Ok(server) = TcpStream::connect(upstream) else {
-                            let _ = client.shutdown(Shutdown::Both);
-                            continue;
-                        };
-                        let _ = client.set_nodelay(true);
-                        let _ = server.set_nodelay(true);
-                        for s in [&client, &server] {
-                            if let Ok(c) = s.try_clone() {
-                                st.conns.lock().push(c);
-                            }
-                        }
-                        let pairs = [
-                            (client.try_clone(), server.try_clone()),
-                            (server.try_clone(), client.try_clone()),
-                        ];
-                        for (from, to) in pairs {
-                            if let (Ok(from), Ok(to)) = (from, to) {
-                                let st2 = st.clone();
-                                let h = std::thread::spawn(move || pump(from, to, st2));
-                                st.threads.lock().push(h);
-                            }
-                        }
-                    }
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                        std::thread::sleep(Duration::from_millis(5));
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
-                }
-            }
-        });
+        let sh = shared.clone();
+        let accept = std::thread::Builder::new()
+            .name(format!("fault-proxy-{}", addr.port()))
+            .spawn(move || accept_loop(listener, sh))
+            .expect("spawn fault proxy accept thread");
         FaultProxy {
             addr,
-            state,
+            shared,
             accept: Some(accept),
         }
     }
 
-    /// The proxy's address.
+    /// The proxy's listening address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
     }
 
-    /// `redis://<proxy addr>/`.
+    /// `redis://127.0.0.1:PORT/` of the proxy.
     pub fn url(&self) -> String {
         format!("redis://{}/", self.addr)
     }
 
-    /// Forward normally.
+    /// The upstream address.
+    pub fn upstream(&self) -> SocketAddr {
+        self.shared.upstream
+    }
+
+    /// Forward normally, without added latency. Bytes held by a blackhole
+    /// are delivered.
     pub fn pass(&self) {
-        *self.state.mode.lock() = Mode::Pass;
+        self.shared.latency_us.store(0, Ordering::SeqCst);
+        self.set_mode(Mode::Pass);
     }
 
-    /// Delay every forwarded chunk by `d`.
+    /// Forward, delaying every forwarded chunk by `d` (in each direction).
     pub fn set_latency(&self, d: Duration) {
-        *self.state.latency.lock() = d;
+        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        self.shared.latency_us.store(us, Ordering::SeqCst);
+        self.set_mode(Mode::Pass);
     }
 
-    /// Swallow everything, keep connections open.
+    /// Forward nothing in either direction, on new and existing connections;
+    /// connections stay open and bytes are held until `pass()`.
     pub fn blackhole(&self) {
-        *self.state.mode.lock() = Mode::Blackhole;
+        self.set_mode(Mode::Blackhole);
     }
 
-    /// Close all connections now and refuse new ones until `pass()`.
+    /// Close all existing connections now (both sides) and close new ones
+    /// at once until the mode changes.
     pub fn cut(&self) {
-        *self.state.mode.lock() = Mode::Cut;
-        for c in self.state.conns.lock().drain(..) {
-            let _ = c.shutdown(Shutdown::Both);
+        let conns = self.shared.conns.lock();
+        self.shared.mode.store(Mode::Cut as u8, Ordering::SeqCst);
+        for pair in conns.values() {
+            pair.close();
+        }
+    }
+
+    /// Keep existing connections forwarding, close new ones at once.
+    pub fn refuse(&self) {
+        self.set_mode(Mode::Refuse);
+    }
+
+    /// How many proxied connections are open right now.
+    pub fn connections(&self) -> usize {
+        self.shared.conns.lock().len()
+    }
+
+    fn set_mode(&self, mode: Mode) {
+        let _conns = self.shared.conns.lock();
+        self.shared.mode.store(mode as u8, Ordering::SeqCst);
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        if let Some(h) = self.accept.take() {
+            let _ = h.join();
+        }
+        for pair in self.shared.conns.lock().values() {
+            pair.close();
+        }
+        let threads: Vec<_> = self.shared.threads.lock().drain(..).collect();
+        for h in threads {
+            let _ = h.join();
+        }
+        self.shared.conns.lock().clear();
+    }
+}
+
+fn accept_loop(listener: TcpListener, sh: Arc<Shared>) {
+    while !sh.stopping() {
+        match listener.accept() {
+            Ok((client, _)) => handle(client, &sh),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => {
+                log::debug!("fault proxy accept: {e}");
+                std::thread::sleep(Duration::from_millis(5));
+            }
         }
     }
 }
 
-fn pump(mut from: TcpStream, mut to: TcpStream, st: Arc<State>) {
-    let _ = from.set_read_timeout(Some(Duration::from_millis(50)));
-    let mut buf = [0u8; 16 * 1024];
-    while !st.stop.load(Ordering::SeqCst) {
-        match from.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => {
-                match *st.mode.lock() {
-                    Mode::Blackhole => continue,
-                    Mode::Cut => break,
-                    Mode::Pass => {}
-                }
-                let delay = *st.latency.lock();
-                if !delay.is_zero() {
-                    std::thread::sleep(delay);
-                }
-                if to.write_all(&buf[..n]).is_err() {
-                    break;
-                }
-            }
-            Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::TimedOut => {
-                if *st.mode.lock() == Mode::Cut {
-                    break;
-                }
-            }
-            Err(_) => break,
+fn handle(client: TcpStream, sh: &Arc<Shared>) {
+    if matches!(sh.mode(), Mode::Cut | Mode::Refuse) {
+        let _ = client.shutdown(Shutdown::Both);
+        return;
+    }
+    let _ = client.set_nonblocking(false);
+    let upstream = match TcpStream::connect_timeout(&sh.upstream, UPSTREAM_CONNECT_TIMEOUT) {
+        Ok(s) => s,
+        Err(e) => {
+            log::debug!("fault proxy: connect upstream {}: {e}", sh.upstream);
+            let _ = client.shutdown(Shutdown::Both);
+            return;
         }
+    };
+    let _ = client.set_nodelay(true);
+    let _ = upstream.set_nodelay(true);
+    let clones = (|| {
+        Some((
+            Pair {
+                client: client.try_clone().ok()?,
+                upstream: upstream.try_clone().ok()?,
+            },
+            client.try_clone().ok()?,
+            upstream.try_clone().ok()?,
+        ))
+    })();
+    let Some((pair, client2, upstream2)) = clones else {
+        let _ = client.shutdown(Shutdown::Both);
+        let _ = upstream.shutdown(Shutdown::Both);
+        return;
+    };
+    let id = sh.next_id.fetch_add(1, Ordering::Relaxed);
+    {
+        let mut conns = sh.conns.lock();
+        if matches!(sh.mode(), Mode::Cut | Mode::Refuse) || sh.stopping() {
+            pair.close();
+            return;
+        }
+        conns.insert(id, pair);
+    }
+    let mut threads = sh.threads.lock();
+    threads.retain(|h| !h.is_finished());
+    for (from, to, dir) in [(client, upstream, "up"), (upstream2, client2, "down")] {
+        let sh2 = sh.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("fault-proxy-{id}-{dir}"))
+            .spawn(move || pump(from, to, id, sh2));
+        match spawned {
+            Ok(h) => threads.push(h),
+            Err(e) => {
+                log::warn!("fault proxy: spawn copy thread: {e}");
+                if let Some(pair) = sh.conns.lock().remove(&id) {
+                    pair.close();
+                }
+            }
+        }
+    }
+}
+
+/// Copies `from` → `to` until either side closes, the connection is cut, or
+/// the proxy stops; then closes the whole connection.
+fn pump(mut from: TcpStream, mut to: TcpStream, id: u64, sh: Arc<Shared>) {
+    let _ = from.set_read_timeout(Some(POLL));
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut held: Vec<u8> = Vec::new();
+    while !sh.stopping() {
+        match sh.mode() {
+            Mode::Cut => break,
+            Mode::Blackhole => {
+                if held.len() >= HOLD_MAX {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                }
+                match read(&mut from, &mut buf) {
+                    Got::Data(n) => held.extend_from_slice(&buf[..n]),
+                    Got::Idle => {}
+                    Got::Closed => break,
+                }
+            }
+            Mode::Pass | Mode::Refuse => {
+                if !held.is_empty() {
+                    if !delay(&sh) || to.write_all(&held).is_err() {
+                        break;
+                    }
+                    held.clear();
+                }
+                match read(&mut from, &mut buf) {
+                    Got::Data(n) => match sh.mode() {
+                        Mode::Blackhole => held.extend_from_slice(&buf[..n]),
+                        Mode::Cut => break,
+                        Mode::Pass | Mode::Refuse => {
+                            if !delay(&sh) || to.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                    },
+                    Got::Idle => {}
+                    Got::Closed => break,
+                }
+            }
+        }
+    }
+    if let Some(pair) = sh.conns.lock().remove(&id) {
+        pair.close();
     }
     let _ = from.shutdown(Shutdown::Both);
     let _ = to.shutdown(Shutdown::Both);
 }
 
-impl Drop for FaultProxy {
-    fn drop(&mut self) {
-        self.state.stop.store(true, Ordering::SeqCst);
-        for c in self.state.conns.lock().drain(..) {
-            let _ = c.shutdown(Shutdown::Both);
+enum Got {
+    Data(usize),
+    Idle,
+    Closed,
+}
+
+fn read(from: &mut TcpStream, buf: &mut [u8]) -> Got {
+    match from.read(buf) {
+        Ok(0) => Got::Closed,
+        Ok(n) => Got::Data(n),
+        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => Got::Idle,
+        Err(e) if e.kind() == ErrorKind::Interrupted => Got::Idle,
+        Err(_) => Got::Closed,
+    }
+}
+
+/// Sleeps for the configured latency; false if the proxy stopped meanwhile.
+fn delay(sh: &Shared) -> bool {
+    let d = sh.latency();
+    if d.is_zero() {
+        return true;
+    }
+    let until = Instant::now() + d;
+    loop {
+        if sh.stopping() {
+            return false;
         }
-        if let Some(h) = self.accept.take() {
-            let _ = h.join();
+        let now = Instant::now();
+        if now >= until {
+            return true;
         }
-        for h in self.state.threads.lock().drain(..) {
-            let _ = h.join();
-        }
+        std::thread::sleep((until - now).min(Duration::from_millis(10)));
     }
 }

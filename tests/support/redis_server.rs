@@ -1,163 +1,107 @@
-//! A throwaway redis-server on a free port, stopped on drop (even when the
-//! test panics).
+//! A throwaway `redis-server` child process on a free port, with its own
+//! temporary data directory. It is killed and its directory removed on drop,
+//! also when the test panics (drop runs on unwind).
 
-use std::path::PathBuf;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+
+/// How long a (re)started server gets to answer PING.
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How many fresh ports `start()` tries when a server exits at once.
+const START_ATTEMPTS: usize = 10;
+/// How long `restart()` keeps retrying the same port.
+const RESTART_BIND_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long `stop()` waits for a graceful exit before SIGKILL.
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+const NOT_FOUND: &str =
+    "redis-server not found on PATH; install it (e.g. apt-get install redis-server)";
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
-/// Options for [`RedisServer`].
+/// Options for [`RedisServer`]; get one from [`RedisServer::builder`].
 #[derive(Clone, Debug, Default)]
 pub struct Builder {
     aof: bool,
     replica_of: Option<u16>,
+    extra: Vec<(String, String)>,
 }
 
 impl Builder {
-    /// Persist with AOF, `appendfsync always` (survives `kill()`).
+    /// Persist with AOF and `appendfsync always`, so a write acknowledged
+    /// before [`RedisServer::kill`] survives [`RedisServer::restart`].
+    /// Off by default (no persistence at all).
     pub fn aof(mut self, on: bool) -> Self {
         self.aof = on;
         self
     }
 
-    /// Start as a replica of the server on `port` (127.0.0.1).
+    /// Start as a replica of the server listening on 127.0.0.1:`port`.
     pub fn replica_of(mut self, port: u16) -> Self {
         self.replica_of = Some(port);
         self
     }
 
-    /// Starts the server and waits until it answers PING.
+    /// Any other config option, passed as `--name value`.
+    pub fn config(mut self, name: &str, value: &str) -> Self {
+        self.extra.push((name.to_string(), value.to_string()));
+        self
+    }
+
+    /// Starts the server on a free port and waits until it answers PING.
+    ///
+    /// Panics if `redis-server` is not on PATH, if no port could be bound
+    /// after several attempts, or if the server does not become ready
+    /// within 10 s (the message carries the tail of its log).
     pub fn start(self) -> RedisServer {
-        let nonce = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let stamp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        let dir = std::env::temp_dir().join(format!(
-            "redswarm-test-{}-{nonce}-{stamp}",
-            std::process::id()
-        ));
-        std::fs::create_dir_all(&dir).expect("create redis test dir");
+        let dir = unique_dir();
+        std::fs::create_dir_all(&dir)
+            .unwrap_or_else(|e| panic!("create redis test dir {}: {e}", dir.display()));
+        // From here on the directory is removed by Drop, also on panic.
+        let mut server = RedisServer {
+            child: Mutex::new(None),
+            paused: AtomicBool::new(false),
+            port: 0,
+            dir,
+            opts: self,
+        };
         let mut last_err = String::new();
-        for _ in 0..10 {
-            let port = free_port();
-            let mut server = RedisServer {
-                child: None,
-                port,
-                dir: dir.clone(),
-                aof: self.aof,
-                replica_of: self.replica_of,
-            };
-            match server.spawn() {
+        for _ in 0..START_ATTEMPTS {
+            server.port = free_port();
+            match server.spawn_and_wait() {
                 Ok(()) => return server,
-                Err(e) => {
-                    last_err = e;
-                    server.kill();
-                }
+                Err(e) => last_err = e,
             }
         }
-        panic!("could not start redis-server: {last_err}");
+        panic!("could not start redis-server after {START_ATTEMPTS} attempts: {last_err}");
     }
 }
 
-/// A redis-server child process for one test.
+/// A `redis-server` child process owned by one test.
+///
+/// Defaults: `--bind 127.0.0.1 --protected-mode no --save "" --appendonly no`,
+/// its own data directory under the system temp dir and a log file in it.
 pub struct RedisServer {
-    child: Option<Child>,
+    child: Mutex<Option<Child>>,
+    paused: AtomicBool,
     port: u16,
     dir: PathBuf,
-    aof: bool,
-    replica_of: Option<u16>,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind an ephemeral port")
+    opts: Builder,
 }
 
 impl RedisServer {
-    /// A server without persistence.
+    /// A server without persistence on a free port, ready to use.
     pub fn start() -> RedisServer {
         Builder::default().start()
     }
 
-    /// Options (AOF).
+    /// Options: `RedisServer::builder().aof(true).start()`.
     pub fn builder() -> Builder {
         Builder::default()
-    }
-
-    fn spawn(&mut self) -> Result<(), String> {
-        let mut cmd = Command::new("redis-server");
-        cmd.arg("--port")
-            .arg(self.port.to_string())
-            .args([
-                "--bind",
-                "127.0.0.1",
-                "--protected-mode",
-                "no",
-                "--daemonize",
-                "no",
-            ])
-            .arg("--dir")
-            .arg(&self.dir)
-            .args(["--logfile", "redis.log", "--save", ""]);
-        if let Some(port) = self.replica_of {
-            cmd.args(["--replicaof", "127.0.0.1"]).arg(port.to_string());
-        }
-        if self.aof {
-            cmd.args(["--appendonly", "yes", "--appendfsync", "always"]);
-        } else {
-            cmd.args(["--appendonly", "no"]);
-        }
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| {
-                if e.kind() == std::io::ErrorKind::NotFound {
-                    panic!("redis-server not found on PATH; install it (e.g. apt-get install redis-server)")
-                }
-                format!("spawn redis-server: {e}")
-            })?;
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
-                return Err(format!(
-                    "redis-server exited with {status}: {}",
-                    self.log_tail()
-                ));
-            }
-            if self.ping() {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        Err(format!(
-            "redis-server did not answer in 10 s: {}",
-            self.log_tail()
-        ))
-    }
-
-    fn ping(&self) -> bool {
-        let Ok(client) = redis::Client::open(self.url()) else {
-            return false;
-        };
-        let Ok(mut c) = client.get_connection_with_timeout(Duration::from_millis(200)) else {
-            return false;
-        };
-        let _ = c.set_read_timeout(Some(Duration::from_millis(500)));
-        matches!(redis::cmd("PING").query::<String>(&mut c), Ok(ref s) if s == "PONG")
-    }
-
-    fn log_tail(&self) -> String {
-        let log = std::fs::read_to_string(self.dir.join("redis.log")).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(10)..].join("\n")
     }
 
     /// `redis://127.0.0.1:PORT/`.
@@ -165,115 +109,268 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}/", self.port)
     }
 
-    /// The port.
+    /// The TCP port; it stays the same across [`RedisServer::restart`].
     pub fn port(&self) -> u16 {
         self.port
     }
 
-    /// `127.0.0.1:PORT`.
-    pub fn addr(&self) -> std::net::SocketAddr {
-        std::net::SocketAddr::from(([127, 0, 0, 1], self.port))
+    /// `127.0.0.1:PORT` (e.g. the upstream of a `FaultProxy`).
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
     }
 
-    /// A client for inspecting the server from the test.
+    /// The server's data directory (`--dir`).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// A `redis::Client` for this server.
     pub fn client(&self) -> redis::Client {
-        redis::Client::open(self.url()).expect("valid url")
+        redis::Client::open(self.url()).expect("valid redis url")
     }
 
-    /// A fresh connection for inspecting the server from the test.
+    /// A fresh connection for inspecting the server from the test
+    /// (connect, read and write timeouts of 5 s, so a paused server fails
+    /// the test instead of hanging it). Panics if it cannot connect.
     pub fn conn(&self) -> redis::Connection {
+        let timeout = Duration::from_secs(5);
         let c = self
             .client()
-            .get_connection_with_timeout(Duration::from_secs(2))
-            .expect("connect to test redis");
-        c.set_read_timeout(Some(Duration::from_secs(5)))
-            .expect("timeout");
+            .get_connection_with_timeout(timeout)
+            .unwrap_or_else(|e| panic!("connect to test redis at {}: {e}", self.url()));
+        c.set_read_timeout(Some(timeout)).expect("set read timeout");
+        c.set_write_timeout(Some(timeout))
+            .expect("set write timeout");
         c
     }
 
-    /// The server's pid, while running.
+    /// The process id, if a process was started and not killed/stopped.
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(|c| c.id())
+        self.child.lock().as_ref().map(Child::id)
     }
 
-    /// Whether the process is running.
-    pub fn is_running(&mut self) -> bool {
-        matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
-    }
-
-    fn signal(&self, sig: &str) {
-        if let Some(pid) = self.pid() {
-            let _ = Command::new("kill")
-                .arg(format!("-{sig}"))
-                .arg(pid.to_string())
-                .status();
+    /// Whether the server process is alive (a paused server counts as
+    /// running).
+    pub fn is_running(&self) -> bool {
+        match self.child.lock().as_mut() {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            None => false,
         }
     }
 
-    /// SIGKILL and wait: a crash, no shutdown save.
+    /// SIGKILL and wait for the process: a crash, nothing is saved on the
+    /// way out (with [`Builder::aof`] acknowledged writes are on disk).
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            self.signal_child(&child, "CONT");
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.kill_child();
     }
 
-    fn signal_child(&self, child: &Child, sig: &str) {
-        let _ = Command::new("kill")
-            .arg(format!("-{sig}"))
-            .arg(child.id().to_string())
-            .status();
-    }
-
-    /// Graceful stop (SIGTERM) and wait.
+    /// Graceful stop: SIGTERM (after SIGCONT, in case it is paused), wait
+    /// up to 5 s, then SIGKILL.
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            self.signal_child(&child, "CONT");
-            self.signal_child(&child, "TERM");
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+        let Some(mut child) = self.child.get_mut().take() else {
+            return;
+        };
+        if self.paused.swap(false, Ordering::SeqCst) {
+            signal(child.id(), "CONT");
         }
+        signal(child.id(), "TERM");
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        while Instant::now() < deadline {
+            if !matches!(child.try_wait(), Ok(None)) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
     }
 
-    /// Starts again on the same port with the same data dir and options.
+    /// Kills the server if it is running, then starts it again on the same
+    /// port with the same data directory and options and waits until it
+    /// answers PING (and has finished loading its data).
+    ///
+    /// Retries for a few seconds if the port cannot be bound yet.
     pub fn restart(&mut self) {
-        self.kill();
-        let deadline = Instant::now() + Duration::from_secs(10);
+        self.kill_child();
+        let deadline = Instant::now() + RESTART_BIND_TIMEOUT;
         loop {
-            match self.spawn() {
+            match self.spawn_and_wait() {
                 Ok(()) => return,
                 Err(e) if Instant::now() < deadline => {
-                    self.kill();
-                    let _ = e;
+                    log::debug!("redis-server restart on port {} failed: {e}", self.port);
                     std::thread::sleep(Duration::from_millis(100));
                 }
-                Err(e) => panic!("restart failed: {e}"),
+                Err(e) => panic!("could not restart redis-server on port {}: {e}", self.port),
             }
         }
     }
 
-    /// SIGSTOP: the server hangs (connections stay open, nothing answers).
+    /// SIGSTOP: the process hangs. Connections stay open (the kernel still
+    /// accepts new ones) but nothing is answered until
+    /// [`RedisServer::resume`].
     pub fn pause(&self) {
-        self.signal("STOP");
+        if let Some(pid) = self.pid() {
+            self.paused.store(true, Ordering::SeqCst);
+            signal(pid, "STOP");
+        }
     }
 
     /// SIGCONT after [`RedisServer::pause`].
     pub fn resume(&self) {
-        self.signal("CONT");
+        if let Some(pid) = self.pid() {
+            signal(pid, "CONT");
+            self.paused.store(false, Ordering::SeqCst);
+        }
+    }
+
+    fn kill_child(&mut self) {
+        if let Some(mut child) = self.child.get_mut().take() {
+            if self.paused.swap(false, Ordering::SeqCst) {
+                signal(child.id(), "CONT");
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Spawns on `self.port` and waits until ready. `Err` means the attempt
+    /// may be retried (the process exited early, typically a bind error);
+    /// a server that runs but never gets ready panics.
+    fn spawn_and_wait(&mut self) -> Result<(), String> {
+        self.kill_child();
+        let log_path = self.log_path();
+        let mut cmd = Command::new("redis-server");
+        cmd.arg("--port")
+            .arg(self.port.to_string())
+            .args(["--bind", "127.0.0.1"])
+            .args(["--protected-mode", "no"])
+            .args(["--daemonize", "no"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .arg("--logfile")
+            .arg(&log_path)
+            .args(["--save", ""]);
+        if self.opts.aof {
+            cmd.args(["--appendonly", "yes", "--appendfsync", "always"]);
+        } else {
+            cmd.args(["--appendonly", "no"]);
+        }
+        if let Some(port) = self.opts.replica_of {
+            cmd.args(["--replicaof", "127.0.0.1"]).arg(port.to_string());
+        }
+        for (name, value) in &self.opts.extra {
+            cmd.arg(format!("--{name}")).arg(value);
+        }
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let child = match cmd.spawn() {
+            Ok(child) => child,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!("{NOT_FOUND}"),
+            Err(e) => panic!("spawn redis-server: {e}"),
+        };
+        let pid = child.id();
+        *self.child.get_mut() = Some(child);
+
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Some(child) = self.child.get_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    self.child.get_mut().take();
+                    return Err(format!(
+                        "redis-server on port {} exited with {status}; log tail:\n{}",
+                        self.port,
+                        self.log_tail()
+                    ));
+                }
+            }
+            if self.ready(pid) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                let tail = self.log_tail();
+                self.kill_child();
+                panic!(
+                    "redis-server on port {} not ready within {READY_TIMEOUT:?}; log tail:\n{tail}",
+                    self.port
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Answers PING, is done loading, and is our process (not some other
+    /// server that grabbed the port first).
+    fn ready(&self, pid: u32) -> bool {
+        let timeout = Duration::from_millis(500);
+        let Ok(mut c) = self.client().get_connection_with_timeout(timeout) else {
+            return false;
+        };
+        if c.set_read_timeout(Some(timeout)).is_err() || c.set_write_timeout(Some(timeout)).is_err()
+        {
+            return false;
+        }
+        let Ok(info) = redis::cmd("INFO").query::<String>(&mut c) else {
+            return false;
+        };
+        let field = |name: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+                .map(str::trim)
+                .map(str::to_string)
+        };
+        if field("process_id") != Some(pid.to_string()) || field("loading").as_deref() != Some("0")
+        {
+            return false;
+        }
+        matches!(redis::cmd("PING").query::<String>(&mut c), Ok(s) if s == "PONG")
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.join("redis.log")
+    }
+
+    fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.log_path()).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
     }
 }
 
 impl Drop for RedisServer {
     fn drop(&mut self) {
-        self.kill();
+        self.kill_child();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A port that was free a moment ago (bind 127.0.0.1:0, read, drop).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral port")
+}
+
+fn unique_dir() -> PathBuf {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    std::env::temp_dir().join(format!("redswarm-test-{}-{n}-{nanos}", std::process::id()))
+}
+
+/// `kill -SIG pid` via the `kill` command (no libc crate here).
+fn signal(pid: u32, sig: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    if let Err(e) = status {
+        log::warn!("kill -{sig} {pid}: {e}");
     }
 }

@@ -1,0 +1,333 @@
+//! Self test of the shared test support (throwaway redis-server, fault
+//! proxy, helpers).
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use support::{FaultProxy, RedisServer};
+
+const SHORT: Duration = Duration::from_millis(300);
+
+fn ping(c: &mut redis::Connection) -> redis::RedisResult<String> {
+    redis::cmd("PING").query(c)
+}
+
+/// A connection with a short read timeout, for expecting silence.
+fn short_conn(url: &str) -> redis::Connection {
+    let c = redis::Client::open(url)
+        .unwrap()
+        .get_connection_with_timeout(Duration::from_secs(5))
+        .unwrap();
+    c.set_read_timeout(Some(SHORT)).unwrap();
+    c.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+    c
+}
+
+/// Whether a fresh connection to `url` answers PING (within 1 s).
+fn answers(url: &str) -> bool {
+    let Ok(client) = redis::Client::open(url) else {
+        return false;
+    };
+    let Ok(mut c) = client.get_connection_with_timeout(Duration::from_secs(1)) else {
+        return false;
+    };
+    let _ = c.set_read_timeout(Some(Duration::from_secs(1)));
+    matches!(ping(&mut c), Ok(s) if s == "PONG")
+}
+
+fn is_timeout(e: &redis::RedisError) -> bool {
+    e.is_timeout()
+}
+
+#[test]
+fn server_starts_and_answers() {
+    support::init_logging();
+    support::init_logging();
+    let server = RedisServer::start();
+    assert!(server.is_running());
+    assert!(server.pid().is_some());
+    assert_eq!(
+        server.url(),
+        format!("redis://127.0.0.1:{}/", server.port())
+    );
+    assert_eq!(server.addr().port(), server.port());
+    assert_eq!(ping(&mut server.conn()).unwrap(), "PONG");
+    let mut c = server.client().get_connection().unwrap();
+    let _: () = redis::cmd("SET").arg("k").arg("v").query(&mut c).unwrap();
+    let v: String = redis::cmd("GET")
+        .arg("k")
+        .query(&mut server.conn())
+        .unwrap();
+    assert_eq!(v, "v");
+    // No persistence by default.
+    let aof: Vec<String> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("appendonly")
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(aof, ["appendonly", "no"]);
+}
+
+#[test]
+fn two_servers_get_different_ports_and_dirs() {
+    let a = RedisServer::start();
+    let b = RedisServer::start();
+    assert_ne!(a.port(), b.port());
+    assert_ne!(a.dir(), b.dir());
+    assert!(a.dir().is_dir());
+}
+
+#[test]
+fn aof_survives_kill_and_restart_on_the_same_port() {
+    let mut server = RedisServer::builder().aof(true).start();
+    let port = server.port();
+    let pid = server.pid();
+    let _: () = redis::cmd("SET")
+        .arg("durable")
+        .arg("yes")
+        .query(&mut server.conn())
+        .unwrap();
+    server.kill();
+    assert!(!server.is_running());
+    assert!(!answers(&server.url()));
+    server.restart();
+    assert!(server.is_running());
+    assert_eq!(server.port(), port);
+    assert_ne!(server.pid(), pid);
+    let v: Option<String> = redis::cmd("GET")
+        .arg("durable")
+        .query(&mut server.conn())
+        .unwrap();
+    assert_eq!(v.as_deref(), Some("yes"));
+}
+
+#[test]
+fn without_persistence_restart_starts_empty() {
+    let mut server = RedisServer::start();
+    let port = server.port();
+    let _: () = redis::cmd("SET")
+        .arg("gone")
+        .arg("1")
+        .query(&mut server.conn())
+        .unwrap();
+    server.restart();
+    assert_eq!(server.port(), port);
+    let v: Option<String> = redis::cmd("GET")
+        .arg("gone")
+        .query(&mut server.conn())
+        .unwrap();
+    assert_eq!(v, None);
+}
+
+#[test]
+fn stop_is_graceful_and_restart_brings_it_back() {
+    let mut server = RedisServer::start();
+    server.stop();
+    assert!(!server.is_running());
+    assert!(server.pid().is_none());
+    assert!(!answers(&server.url()));
+    server.restart();
+    assert!(answers(&server.url()));
+}
+
+#[test]
+fn pause_hangs_the_server_and_resume_wakes_it() {
+    let server = RedisServer::start();
+    let mut c = short_conn(&server.url());
+    assert_eq!(ping(&mut c).unwrap(), "PONG");
+    server.pause();
+    assert!(server.is_running());
+    let started = Instant::now();
+    let err = ping(&mut c).unwrap_err();
+    assert!(is_timeout(&err), "{err:?}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    server.resume();
+    assert!(support::wait_until(Duration::from_secs(5), || answers(
+        &server.url()
+    )));
+}
+
+#[test]
+fn dropping_a_paused_server_still_cleans_up() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let dir = server.dir().to_path_buf();
+    server.pause();
+    drop(server);
+    assert!(!answers(&url));
+    assert!(!dir.exists());
+}
+
+#[test]
+fn dropping_the_server_stops_it_and_removes_its_dir() {
+    let server = RedisServer::start();
+    let url = server.url();
+    let port = server.port();
+    let dir = server.dir().to_path_buf();
+    assert!(answers(&url));
+    drop(server);
+    assert!(!answers(&url));
+    assert!(TcpStream::connect(("127.0.0.1", port)).is_err());
+    assert!(!dir.exists());
+}
+
+#[test]
+fn drop_runs_when_the_test_panics() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let result = std::thread::spawn(move || {
+        let server = RedisServer::start();
+        tx.send((server.url(), server.dir().to_path_buf())).unwrap();
+        panic!("test failure while the server runs");
+    })
+    .join();
+    assert!(result.is_err());
+    let (url, dir) = rx.recv().unwrap();
+    assert!(!answers(&url));
+    assert!(!dir.exists());
+}
+
+#[test]
+fn proxy_pass_forwards() {
+    let server = RedisServer::start();
+    let proxy = FaultProxy::start(server.addr());
+    assert_eq!(proxy.url(), format!("redis://{}/", proxy.addr()));
+    assert_eq!(proxy.upstream(), server.addr());
+    let mut c = short_conn(&proxy.url());
+    assert_eq!(ping(&mut c).unwrap(), "PONG");
+    let _: () = redis::cmd("SET")
+        .arg("via")
+        .arg("proxy")
+        .query(&mut c)
+        .unwrap();
+    let v: String = redis::cmd("GET")
+        .arg("via")
+        .query(&mut server.conn())
+        .unwrap();
+    assert_eq!(v, "proxy");
+    assert_eq!(proxy.connections(), 1);
+    drop(c);
+    assert!(support::wait_until(Duration::from_secs(5), || proxy
+        .connections()
+        == 0));
+}
+
+#[test]
+fn proxy_latency_delays_and_pass_clears_it() {
+    let server = RedisServer::start();
+    let proxy = FaultProxy::start(server.addr());
+    let mut c = short_conn(&proxy.url());
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    proxy.set_latency(Duration::from_millis(100));
+    let started = Instant::now();
+    assert_eq!(ping(&mut c).unwrap(), "PONG");
+    assert!(started.elapsed() >= Duration::from_millis(200));
+    proxy.pass();
+    assert_eq!(ping(&mut c).unwrap(), "PONG");
+}
+
+#[test]
+fn proxy_blackhole_swallows_and_pass_works_again() {
+    let server = RedisServer::start();
+    let proxy = FaultProxy::start(server.addr());
+    let mut c = short_conn(&proxy.url());
+    assert_eq!(ping(&mut c).unwrap(), "PONG");
+    proxy.blackhole();
+    let err = ping(&mut c).unwrap_err();
+    assert!(is_timeout(&err), "{err:?}");
+    // New connections are accepted but get nothing either.
+    let mut raw = TcpStream::connect(proxy.addr()).unwrap();
+    raw.set_read_timeout(Some(SHORT)).unwrap();
+    raw.write_all(b"PING\r\n").unwrap();
+    let mut buf = [0u8; 64];
+    let e = raw.read(&mut buf).unwrap_err();
+    assert!(
+        matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+        "{e:?}"
+    );
+    proxy.pass();
+    // Held bytes are delivered once the partition heals.
+    raw.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let n = raw.read(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"+PONG\r\n");
+    // And a new connection works.
+    let mut fresh = short_conn(&proxy.url());
+    fresh
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    assert_eq!(ping(&mut fresh).unwrap(), "PONG");
+}
+
+#[test]
+fn proxy_cut_breaks_existing_connections_and_pass_allows_new_ones() {
+    let server = RedisServer::start();
+    let proxy = FaultProxy::start(server.addr());
+    let mut c = short_conn(&proxy.url());
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    assert_eq!(ping(&mut c).unwrap(), "PONG");
+    proxy.cut();
+    let started = Instant::now();
+    assert!(ping(&mut c).is_err());
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "an error, not a timeout"
+    );
+    assert!(support::wait_until(Duration::from_secs(5), || proxy
+        .connections()
+        == 0));
+    // While cut, new connections are closed at once.
+    let mut raw = TcpStream::connect(proxy.addr()).unwrap();
+    raw.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = raw.write_all(b"PING\r\n");
+    let mut buf = [0u8; 64];
+    assert!(matches!(raw.read(&mut buf), Ok(0) | Err(_)));
+    assert!(!answers(&proxy.url()));
+    proxy.pass();
+    let mut fresh = short_conn(&proxy.url());
+    assert_eq!(ping(&mut fresh).unwrap(), "PONG");
+}
+
+#[test]
+fn proxy_refuse_keeps_existing_connections() {
+    let server = RedisServer::start();
+    let proxy = FaultProxy::start(server.addr());
+    let mut c = short_conn(&proxy.url());
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    proxy.refuse();
+    assert!(!answers(&proxy.url()));
+    assert_eq!(ping(&mut c).unwrap(), "PONG");
+    proxy.pass();
+    assert!(answers(&proxy.url()));
+}
+
+#[test]
+fn dropping_the_proxy_closes_its_connections() {
+    let server = RedisServer::start();
+    let proxy = FaultProxy::start(server.addr());
+    let addr = proxy.addr();
+    let mut c = short_conn(&proxy.url());
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    proxy.blackhole();
+    let started = Instant::now();
+    drop(proxy);
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert!(ping(&mut c).is_err());
+    assert!(TcpStream::connect(addr).is_err());
+}
+
+#[test]
+fn wait_until_reports_success_and_timeout() {
+    let mut n = 0;
+    assert!(support::wait_until(Duration::from_secs(5), || {
+        n += 1;
+        n == 3
+    }));
+    let started = Instant::now();
+    assert!(!support::wait_until(Duration::from_millis(50), || false));
+    assert!(started.elapsed() >= Duration::from_millis(50));
+}
