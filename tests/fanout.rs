@@ -31,6 +31,30 @@ fn connect(server: &RedisServer, ns: &str) -> Redswarm {
     Redswarm::connect(config(server.url(), ns)).unwrap()
 }
 
+/// Runs `job` as the leader of `id` on another thread and returns once the
+/// job has started, so whoever calls next is sure to wait, not lead (a fixed
+/// head start would not be sure on a loaded machine).
+fn lead_in_background<T>(
+    swarm: Redswarm,
+    id: &'static str,
+    job: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> std::thread::JoinHandle<Result<T, FanoutError<String>>>
+where
+    T: serde::Serialize + serde::de::DeserializeOwned + Send + 'static,
+{
+    let (started_tx, started) = crossbeam_channel::bounded(1);
+    let leader = std::thread::spawn(move || {
+        swarm.fanout(id, 10 * SEC, move || {
+            let _ = started_tx.send(());
+            job()
+        })
+    });
+    started
+        .recv_timeout(10 * SEC)
+        .expect("the leader's job never started");
+    leader
+}
+
 #[test]
 fn one_leader_and_fifty_waiters_on_two_handles_run_the_job_once() {
     let server = RedisServer::start();
@@ -92,7 +116,9 @@ fn threads_of_one_handle_share_one_driver() {
                 barrier.wait();
                 swarm.fanout("shared", 30 * SEC, || -> Result<u32, String> {
                     runs.fetch_add(1, Ordering::SeqCst);
-                    std::thread::sleep(Duration::from_millis(300));
+                    // Long enough that every thread has joined in, even on
+                    // a loaded machine.
+                    std::thread::sleep(Duration::from_millis(800));
                     Ok(99)
                 })
             })
@@ -112,13 +138,10 @@ fn the_jobs_error_reaches_every_waiter() {
     let server = RedisServer::start();
     let a = connect(&server, "err");
     let b = connect(&server, "err");
-    let leader = std::thread::spawn(move || {
-        a.fanout("job", 10 * SEC, || -> Result<u32, String> {
-            std::thread::sleep(Duration::from_millis(400));
-            Err("backend down".into())
-        })
+    let leader = lead_in_background(a, "job", || -> Result<u32, String> {
+        std::thread::sleep(Duration::from_millis(400));
+        Err("backend down".into())
     });
-    std::thread::sleep(Duration::from_millis(100));
     let waited = b.fanout("job", 10 * SEC, || -> Result<u32, String> {
         panic!("must not run")
     });
@@ -134,13 +157,10 @@ fn a_waiter_times_out_while_the_job_goes_on_for_the_others() {
     let server = RedisServer::start();
     let a = connect(&server, "timeout");
     let b = connect(&server, "timeout");
-    let leader = std::thread::spawn(move || {
-        a.fanout("slow", 10 * SEC, || -> Result<u32, String> {
-            std::thread::sleep(Duration::from_millis(1000));
-            Ok(7)
-        })
+    let leader = lead_in_background(a, "slow", || -> Result<u32, String> {
+        std::thread::sleep(Duration::from_millis(1000));
+        Ok(7)
     });
-    std::thread::sleep(Duration::from_millis(100));
     let started = Instant::now();
     let r = b.fanout(
         "slow",
@@ -188,17 +208,19 @@ fn a_leader_that_gives_up_promotes_a_waiter_at_once() {
     let Push::Lead(completer) = f.push::<u32, String>("job").unwrap() else {
         panic!("leads")
     };
+    let (waiting_tx, waiting) = crossbeam_channel::bounded(1);
     let waiter = std::thread::spawn(move || {
         let Push::Wait(w) = b.fanout_options().push::<u32, String>("job").unwrap() else {
             panic!("waits")
         };
+        let _ = waiting_tx.send(());
         let started = Instant::now();
         match w.wait(10 * SEC).unwrap() {
             Waited::Promoted(c) => (c.complete(Ok(9)).unwrap(), started.elapsed()),
             Waited::Done(r) => panic!("expected promotion, got {r:?}"),
         }
     });
-    std::thread::sleep(Duration::from_millis(200));
+    waiting.recv_timeout(10 * SEC).unwrap();
     drop(completer); // gives up without an outcome
     let (v, took) = waiter.join().unwrap();
     assert_eq!(v, 9);
@@ -290,13 +312,10 @@ fn a_panicking_job_fails_every_caller_instead_of_hanging() {
     let server = RedisServer::start();
     let a = connect(&server, "panic");
     let b = connect(&server, "panic");
-    let leader = std::thread::spawn(move || {
-        a.fanout("job", 10 * SEC, || -> Result<u32, String> {
-            std::thread::sleep(Duration::from_millis(300));
-            panic!("job exploded");
-        })
+    let leader = lead_in_background(a, "job", || -> Result<u32, String> {
+        std::thread::sleep(Duration::from_millis(300));
+        panic!("job exploded");
     });
-    std::thread::sleep(Duration::from_millis(100));
     let r = b.fanout("job", 10 * SEC, || -> Result<u32, String> { Ok(1) });
     assert!(
         matches!(r, Err(FanoutError::LeaderFailed(ref m)) if m.contains("job exploded")),
@@ -313,13 +332,10 @@ fn a_waiter_gets_the_outcome_across_a_pubsub_reconnect() {
     let server = RedisServer::start();
     let a = connect(&server, "reconnect");
     let b = connect(&server, "reconnect");
-    let leader = std::thread::spawn(move || {
-        a.fanout("job", 10 * SEC, || -> Result<u32, String> {
-            std::thread::sleep(Duration::from_millis(600));
-            Ok(5)
-        })
+    let leader = lead_in_background(a, "job", || -> Result<u32, String> {
+        std::thread::sleep(Duration::from_millis(600));
+        Ok(5)
     });
-    std::thread::sleep(Duration::from_millis(100));
     let waiter =
         std::thread::spawn(move || b.fanout("job", 10 * SEC, || -> Result<u32, String> { Ok(0) }));
     std::thread::sleep(Duration::from_millis(200));

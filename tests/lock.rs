@@ -279,8 +279,17 @@ fn fair_mode_grants_in_arrival_order() {
             std::thread::sleep(Duration::from_millis(20));
             g.release().unwrap();
         }));
-        // Let waiter i enqueue before waiter i+1 arrives.
-        std::thread::sleep(Duration::from_millis(150));
+        // Waiter i is in the queue before waiter i+1 arrives.
+        assert!(
+            support::wait_until(10 * SEC, || {
+                let queued: usize = redis::cmd("ZCARD")
+                    .arg("{fair:lock:res}:queue")
+                    .query(&mut server.conn())
+                    .unwrap();
+                queued == i + 1
+            }),
+            "waiter {i} never queued"
+        );
     }
     holder.release().unwrap();
     for w in waiters {

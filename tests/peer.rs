@@ -259,12 +259,14 @@ fn cut_off_worker(with_peers: bool) -> (Option<StopReason>, TaskState) {
     let q = worker_node.queue("jobs").unwrap();
     let id = q.push(&"long").unwrap();
     let (tx, rx) = crossbeam_channel::bounded(1);
+    let (started_tx, started) = crossbeam_channel::bounded(1);
     let _w = SwarmWorker::start(
         &q,
         WorkerOptions::new()
             .threads(1)
             .lease(Duration::from_millis(600)),
         move |ctx| {
+            let _ = started_tx.send(());
             let stopped = !ctx.sleep(Duration::from_millis(2500));
             let _ = tx.send(ctx.stop_reason());
             if stopped {
@@ -283,6 +285,11 @@ fn cut_off_worker(with_peers: bool) -> (Option<StopReason>, TaskState) {
         .unwrap()
         .state
         == TaskState::Running));
+    // Running in Redis is not enough: the claim's reply could still be on its
+    // way through the proxy, and the cut would then hold it back.
+    started
+        .recv_timeout(10 * SEC)
+        .expect("the handler never started");
     proxy.blackhole();
     let reason = rx.recv_timeout(10 * SEC).expect("handler returned");
     proxy.pass();

@@ -218,7 +218,17 @@ fn fair_semaphore_admits_in_arrival_order() {
             std::thread::sleep(Duration::from_millis(20));
             drop(p);
         }));
-        std::thread::sleep(Duration::from_millis(150));
+        // Waiter i is in the queue before waiter i+1 arrives.
+        assert!(
+            support::wait_until(10 * SEC, || {
+                let queued: usize = redis::cmd("ZCARD")
+                    .arg("{fairsem:sem:one}:queue")
+                    .query(&mut server.conn())
+                    .unwrap();
+                queued == i + 1
+            }),
+            "waiter {i} never queued"
+        );
     }
     held.release().unwrap();
     for w in waiters {
