@@ -158,13 +158,6 @@ impl Lease {
         false
     }
 
-    /// A channel that receives one [`LeaseLost`] when the lease is lost.
-    pub(crate) fn lost_receiver(&self) -> Receiver<LeaseLost> {
-        let (tx, rx) = bounded(1);
-        self.notify_on_loss(tx);
-        rx
-    }
-
     /// Adds `tx` to the receivers of the loss notice.
     pub(crate) fn notify_on_loss(&self, tx: Sender<LeaseLost>) {
         let lost = self.state.lost.lock();
@@ -193,6 +186,26 @@ impl Lease {
     pub(crate) fn mark_lost(&self, reason: &str) {
         self.state.mark_lost(reason);
     }
+}
+
+/// The `lost()` channel of a guard (lock, permit): it receives one
+/// [`LeaseLost`] when `lease` is lost. A guard already released has no lease
+/// any more; its channel holds a "released" notice for `what` at once.
+pub(crate) fn loss_channel(
+    lease: Option<&Lease>,
+    what: impl FnOnce() -> String,
+) -> Receiver<LeaseLost> {
+    let (tx, rx) = bounded(1);
+    match lease {
+        Some(l) => l.notify_on_loss(tx),
+        None => {
+            let _ = tx.send(LeaseLost {
+                what: what(),
+                reason: "released".into(),
+            });
+        }
+    }
+    rx
 }
 
 impl Drop for Lease {

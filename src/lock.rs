@@ -156,15 +156,7 @@ impl LockOptions {
     pub fn try_lock(&self) -> Result<Option<LockGuard>> {
         let keys = self.validate()?;
         let token = random_id();
-        match attempt(
-            &self.swarm,
-            &keys,
-            &token,
-            self.ttl,
-            self.fair,
-            self.ticket_ttl(),
-            self.replicas,
-        )? {
+        match self.try_once(&keys, &token)? {
             Attempt::Granted { fence, sent } => Ok(Some(self.guard(keys, token, fence, sent))),
             Attempt::Busy { .. } => {
                 if self.fair {
@@ -194,20 +186,10 @@ impl LockOptions {
             self.fair.then_some(token.as_str()),
             || format!("lock `{}`", self.name),
             || {
-                Ok(
-                    match attempt(
-                        &self.swarm,
-                        &keys,
-                        &token,
-                        self.ttl,
-                        self.fair,
-                        self.ticket_ttl(),
-                        self.replicas,
-                    )? {
-                        Attempt::Granted { fence, sent } => Ok((fence, sent)),
-                        Attempt::Busy { owner_ttl } => Err(owner_ttl),
-                    },
-                )
+                Ok(match self.try_once(&keys, &token)? {
+                    Attempt::Granted { fence, sent } => Ok((fence, sent)),
+                    Attempt::Busy { owner_ttl } => Err(owner_ttl),
+                })
             },
         );
         match granted {
@@ -219,6 +201,19 @@ impl LockOptions {
                 Err(e)
             }
         }
+    }
+
+    /// One acquire attempt with these options.
+    fn try_once(&self, keys: &LockKeys, token: &str) -> Result<Attempt> {
+        attempt(
+            &self.swarm,
+            keys,
+            token,
+            self.ttl,
+            self.fair,
+            self.ticket_ttl(),
+            self.replicas,
+        )
     }
 
     fn ticket_ttl(&self) -> Duration {
@@ -556,17 +551,7 @@ impl LockGuard {
     /// # Ok(()) }
     /// ```
     pub fn lost(&self) -> Receiver<LeaseLost> {
-        match &self.lease {
-            Some(l) => l.lost_receiver(),
-            None => {
-                let (tx, rx) = crossbeam_channel::bounded(1);
-                let _ = tx.send(LeaseLost {
-                    what: format!("lock `{}`", self.name),
-                    reason: "released".into(),
-                });
-                rx
-            }
-        }
+        crate::lease::loss_channel(self.lease.as_ref(), || format!("lock `{}`", self.name))
     }
 
     /// Sets the lock's expiry to now + `ttl` (Redis clock). Fails with

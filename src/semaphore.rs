@@ -320,17 +320,9 @@ impl Permit {
     /// # Ok(()) }
     /// ```
     pub fn lost(&self) -> Receiver<LeaseLost> {
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        match &self.lease {
-            Some(l) => l.notify_on_loss(tx),
-            None => {
-                let _ = tx.send(LeaseLost {
-                    what: format!("permit of semaphore `{}`", self.name),
-                    reason: "released".into(),
-                });
-            }
-        }
-        rx
+        crate::lease::loss_channel(self.lease.as_ref(), || {
+            format!("permit of semaphore `{}`", self.name)
+        })
     }
 
     /// Extends the permit to now + `ttl`; [`Error::LeaseLost`] if it expired.
