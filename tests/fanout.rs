@@ -269,17 +269,9 @@ fn child_fanout_leader() {
 #[test]
 fn a_leader_process_killed_with_sigkill_is_replaced_by_a_waiter() {
     let server = RedisServer::start();
-    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "child_fanout_leader",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+    let mut child = support::child_role("child_fanout_leader")
         .env("CHILD_URL", server.url())
         .env("CHILD_JOB", "k")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
     let leads = || -> bool {

@@ -303,17 +303,9 @@ fn child_node_process() {
 fn node_expires_from_membership_after_its_process_dies() {
     let server = RedisServer::start();
     let observer = Redswarm::connect(config(&server, "expiry").build().unwrap()).unwrap();
-    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "child_node_process",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+    let mut child = support::child_role("child_node_process")
         .env("CHILD_URL", server.url())
         .env("CHILD_NODE", "doomed")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
     let alive = |o: &Redswarm| o.live_nodes().unwrap().iter().any(|n| n.id == "doomed");

@@ -48,6 +48,17 @@ fn opts(threads: usize) -> WorkerOptions {
         .reap_every(Duration::from_millis(300))
 }
 
+/// Waits (up to 10 s) until task `id` shows as running in Redis.
+fn wait_running(q: &Queue, id: &str) {
+    assert!(
+        support::wait_until(10 * SEC, || q
+            .get(id)
+            .unwrap()
+            .is_some_and(|t| t.state == TaskState::Running)),
+        "task {id} never ran"
+    );
+}
+
 fn wait_ended(q: &Queue, id: &str, within: Duration) -> redswarm::TaskInfo {
     let mut last = None;
     let ok = support::wait_until(within, || {
@@ -181,12 +192,7 @@ fn cancel_stops_a_running_task_and_removes_a_queued_one() {
         }
     })
     .unwrap();
-    assert!(support::wait_until(5 * SEC, || q
-        .get(&long)
-        .unwrap()
-        .unwrap()
-        .state
-        == TaskState::Running));
+    wait_running(&q, &long);
     let queued = q.push(&"queued").unwrap();
     assert_eq!(q.cancel(&queued).unwrap(), "cancelled");
     assert_eq!(q.cancel(&long).unwrap(), "signalled");
@@ -207,12 +213,7 @@ fn a_task_cancelled_while_its_worker_dies_is_not_run_again() {
     let q = s.queue("jobs").unwrap();
     let id = q.push(&"x").unwrap();
     let mut child = spawn_worker(&server, "cancel-dead", "forever");
-    assert!(support::wait_until(10 * SEC, || q
-        .get(&id)
-        .unwrap()
-        .unwrap()
-        .state
-        == TaskState::Running));
+    wait_running(&q, &id);
     child.kill().unwrap();
     child.wait().unwrap();
     assert_eq!(q.cancel(&id).unwrap(), "signalled"); // nobody hears it
@@ -236,12 +237,7 @@ fn other_control_messages_reach_the_running_handler() {
         }
     })
     .unwrap();
-    assert!(support::wait_until(5 * SEC, || q
-        .get(&id)
-        .unwrap()
-        .unwrap()
-        .state
-        == TaskState::Running));
+    wait_running(&q, &id);
     assert_eq!(q.control(&id, "pause").unwrap(), 1);
     let t = wait_ended(&q, &id, 5 * SEC);
     assert_eq!(t.result, Some(json!("pause")));
@@ -297,12 +293,7 @@ fn graceful_shutdown_hands_unfinished_tasks_back_at_once() {
         },
     )
     .unwrap();
-    assert!(support::wait_until(5 * SEC, || q
-        .get(&id)
-        .unwrap()
-        .unwrap()
-        .state
-        == TaskState::Running));
+    wait_running(&q, &id);
     assert_eq!(w.shutdown(), 1);
     let t = q.get(&id).unwrap().unwrap();
     assert_eq!(t.state, TaskState::Queued);
@@ -352,18 +343,11 @@ fn child_worker_process() {
 }
 
 fn spawn_worker(server: &RedisServer, ns: &str, mode: &str) -> Child {
-    Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "child_worker_process",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+    support::child_role("child_worker_process")
         .env("CHILD_URL", server.url())
         .env("CHILD_NS", ns)
         .env("CHILD_MODE", mode)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
         .spawn()
         .unwrap()
 }
@@ -399,12 +383,7 @@ fn a_task_of_a_worker_killed_with_sigkill_completes_elsewhere_after_its_lease() 
     let q = s.queue("jobs").unwrap();
     let id = q.push(&"x").unwrap();
     let mut child = spawn_worker(&server, "sigkill", "forever");
-    assert!(support::wait_until(10 * SEC, || q
-        .get(&id)
-        .unwrap()
-        .unwrap()
-        .state
-        == TaskState::Running));
+    wait_running(&q, &id);
     let victim = q.get(&id).unwrap().unwrap().worker;
     child.kill().unwrap();
     child.wait().unwrap();
@@ -424,12 +403,7 @@ fn a_worker_paused_past_its_lease_loses_the_task_and_its_late_completion_is_reje
     let id = q.push(&"x").unwrap();
     let mut child = spawn_worker(&server, "sigstop", "stubborn");
     let lines = collect_lines(&mut child);
-    assert!(support::wait_until(10 * SEC, || q
-        .get(&id)
-        .unwrap()
-        .unwrap()
-        .state
-        == TaskState::Running));
+    wait_running(&q, &id);
     signal(&child, "STOP");
     // Past the lease, a healthy worker re-runs the task.
     let _w = SwarmWorker::start(&q, opts(1), |ctx| Ok(json!(ctx.fencing_token()))).unwrap();

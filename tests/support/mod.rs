@@ -36,3 +36,16 @@ pub fn wait_until(deadline: Duration, mut f: impl FnMut() -> bool) -> bool {
 pub fn init_logging() {
     let _ = env_logger::builder().is_test(true).try_init();
 }
+
+/// A command that runs this test binary again with only the test `role`, so
+/// a test can kill or stop a second process (the role test does nothing
+/// unless the parent sets the variables it reads). Output is discarded
+/// unless the caller sets `stdout` again.
+pub fn child_role(role: &str) -> std::process::Command {
+    let exe = std::env::current_exe().expect("the path of the running test binary");
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(["--exact", role, "--nocapture", "--test-threads=1"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    cmd
+}
