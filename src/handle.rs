@@ -112,7 +112,8 @@ impl Redswarm {
             .peer_advertise
             .clone()
             .or_else(|| peers.as_ref().map(|p| p.addr().to_string()));
-        let heartbeat = Heartbeat::start(store.clone(), advertised)?;
+        let reaches_redis = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let heartbeat = Heartbeat::start(store.clone(), advertised, reaches_redis)?;
         let subscriber = match Subscriber::start(store.clone()) {
             Ok(s) => s,
             Err(e) => {
@@ -555,7 +556,7 @@ impl Redswarm {
     ) -> Lease {
         self.inner
             .heartbeat
-            .register(what, target, ttl, acquired, false)
+            .register(what, target, true, ttl, acquired, false)
     }
 
     /// Like [`Redswarm::lease`], but the lease survives a Redis outage while
@@ -569,7 +570,7 @@ impl Redswarm {
     ) -> Lease {
         self.inner
             .heartbeat
-            .register(what, target, ttl, acquired, true)
+            .register(what, target, true, ttl, acquired, true)
     }
 
     /// A lease only watched for its local deadline (no auto-extension).
@@ -580,6 +581,8 @@ impl Redswarm {
         ttl: Duration,
         acquired: Instant,
     ) -> Lease {
-        self.inner.heartbeat.unrenewed(what, target, ttl, acquired)
+        self.inner
+            .heartbeat
+            .register(what, target, false, ttl, acquired, false)
     }
 }

@@ -1,104 +1,48 @@
-//! The heartbeat: one thread per handle that renews this node's membership
-//! and every lease registered with it, in one pipelined round trip per beat
-//! (one `lease_renew` script call per cluster slot).
+//! The heartbeat: this node's membership and the renewal of every lease it
+//! holds, on a schedule that nothing outside can stall (DESIGN rule 10).
 //!
-//! Self-fencing (DESIGN rule 6): each lease remembers when its last
-//! successful renewal was *sent* (monotonic clock). Its holder must consider
-//! it lost once `ttl - safety` has passed since then, whatever Redis says
-//! later; a beat whose renewal fails marks the lease lost early if the next
-//! beat would come too late. Holders learn it through
-//! [`Lease::is_lost`](crate::lease::Lease) and a channel.
+//! Three threads, so that no network wait can delay a deadline:
+//! - the **scheduler** (`redswarm-heartbeat`) never touches the network. It
+//!   starts a beat every `heartbeat_interval`, gives each beat an overall
+//!   deadline on the monotonic clock, and fires `lost()` for every lease —
+//!   renewed or not — at its local deadline (see [`crate::lease`]);
+//! - the **beat I/O** thread (`redswarm-beat-io`) owns the heartbeat's own
+//!   connection and sends one script call per beat (`heartbeat.lua`: the
+//!   membership, every lease and, every few beats, the peer list — one reply,
+//!   so one read timeout bounds it). A beat that misses its deadline counts as
+//!   failed at once; its connection is dropped when the late reply comes;
+//!   while that thread is still stuck, the next beats fail without waiting;
+//! - the **pinger** (see [`crate::peer`]) pings the peers after a failed beat
+//!   and reports a verdict the scheduler applies when it comes.
+//!
+//! Self-fencing (DESIGN rule 6): a lease counts as renewed from the moment its
+//! successful renewal was *handed to* the I/O thread, so its local deadline
+//! `sent + ttl - safety` always lies before Redis's `executed + ttl`.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
+use crossbeam_channel::{bounded, select, Receiver, Sender, TrySendError};
 use parking_lot::Mutex;
 use redis::Value;
 
 use crate::error::{Error, Result};
+pub(crate) use crate::health::{Health, PartitionState};
 use crate::lease::{Lease, LeaseRegistry, LeaseState, LeaseTarget};
-use crate::peer::{ping_all, PeerIdentity};
-use crate::scripts::{lua_script, query_pipeline};
+use crate::peer::{PeerAddr, PeerIdentity, PeerPoll, Pinger};
+use crate::scripts::lua_script;
 use crate::store::Store;
 use crate::util::millis;
 
-lua_script!(NODE_BEAT, "node_beat.lua");
+lua_script!(HEARTBEAT, "heartbeat.lua");
 lua_script!(NODE_LIST, "node_list.lua");
 lua_script!(NODE_LEAVE, "node_leave.lua");
-lua_script!(LEASE_RENEW, "lease_renew.lua");
 
 /// The peer list is re-read from Redis every this many beats.
 const PEER_REFRESH_BEATS: u64 = 5;
-
-/// Most leases renewed by one script call.
-const LEASES_PER_CALL: usize = 256;
-
-/// This node's view of its connection to Redis.
-///
-/// ```no_run
-/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
-/// match swarm.health() {
-///     redswarm::Health::Healthy => {}
-///     redswarm::Health::LostRedis { since } => log::warn!("no Redis since {since:?}"),
-/// }
-/// # Ok(()) }
-/// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Health {
-    /// The last heartbeat reached Redis.
-    Healthy,
-    /// Heartbeats have failed since this time.
-    LostRedis {
-        /// When the first failed beat happened.
-        since: SystemTime,
-    },
-}
-
-/// Whether this node may keep doing leased work (the swarm's partition rule).
-///
-/// ```no_run
-/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
-/// if swarm.partition_state().may_work() { /* keep going */ }
-/// # Ok(()) }
-/// ```
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum PartitionState {
-    /// Redis is reachable.
-    Connected,
-    /// Redis is unreachable but at least `partition_percentage` of the known
-    /// peers answered pings: the outage is Redis's, not ours; keep going.
-    RedisLostPeersOk {
-        /// Peers that answered.
-        answered: usize,
-        /// Peers known.
-        known: usize,
-    },
-    /// Redis is unreachable and too few peers answered (or none are
-    /// known): this node is cut off and must stop leased work.
-    Partitioned {
-        /// Peers that answered.
-        answered: usize,
-        /// Peers known.
-        known: usize,
-    },
-}
-
-impl PartitionState {
-    /// True unless [`PartitionState::Partitioned`].
-    ///
-    /// ```
-    /// assert!(redswarm::PartitionState::Connected.may_work());
-    /// ```
-    pub fn may_work(&self) -> bool {
-        !matches!(self, PartitionState::Partitioned { .. })
-    }
-}
 
 /// A node as recorded in the membership set.
 ///
@@ -131,37 +75,40 @@ struct Shared {
     instance: String,
     started_ms: u64,
     peer_addr: Option<String>,
-    identity: PeerIdentity,
-    /// Peer-ping addresses of the other live nodes, as last read from Redis.
-    peers: Mutex<Vec<String>>,
+    /// Whether our last beat reached Redis: what our peer listener tells
+    /// nodes that ping us.
+    reaches_redis: Arc<AtomicBool>,
     beats: AtomicU64,
     partition: Arc<Mutex<PartitionState>>,
     partition_watchers: Mutex<Vec<Sender<PartitionState>>>,
     leases: Arc<LeaseRegistry>,
-    next_lease: AtomicU64,
     health: Mutex<Health>,
     health_watchers: Mutex<Vec<Sender<Health>>>,
 }
 
-/// The heartbeat thread and the lease registry.
+/// The heartbeat's threads and the lease registry.
 pub(crate) struct Heartbeat {
     shared: Arc<Shared>,
+    pinger: Arc<Pinger>,
     stop: Sender<()>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Heartbeat {
     /// Registers the node with a first beat (failing if another live
-    /// process uses the same node id) and starts the thread.
-    pub(crate) fn start(store: Arc<Store>, peer_addr: Option<String>) -> Result<Heartbeat> {
+    /// process uses the same node id) and starts the threads.
+    pub(crate) fn start(
+        store: Arc<Store>,
+        peer_addr: Option<String>,
+        reaches_redis: Arc<AtomicBool>,
+    ) -> Result<Heartbeat> {
+        let (leases, leases_changed) = LeaseRegistry::new();
+        let identity = PeerIdentity {
+            namespace: store.config.namespace.clone(),
+            node_id: store.node_id.clone(),
+            secret: store.config.peer_secret.clone(),
+        };
         let shared = Arc::new(Shared {
-            identity: PeerIdentity {
-                namespace: store.config.namespace.clone(),
-                node_id: store.node_id.clone(),
-                secret: store.config.peer_secret.clone(),
-            },
-            peers: Mutex::new(Vec::new()),
-            beats: AtomicU64::new(0),
             partition: Arc::new(Mutex::new(PartitionState::Connected)),
             partition_watchers: Mutex::new(Vec::new()),
             instance: crate::util::random_id(),
@@ -171,13 +118,14 @@ impl Heartbeat {
                 .unwrap_or(0),
             store,
             peer_addr,
-            leases: Arc::new(Mutex::new(HashMap::new())),
-            next_lease: AtomicU64::new(1),
+            reaches_redis,
+            beats: AtomicU64::new(0),
+            leases,
             health: Mutex::new(Health::Healthy),
             health_watchers: Mutex::new(Vec::new()),
         });
-        // The heartbeat has its own connection: a busy pool must never
-        // delay lease renewal.
+        // The first beat runs here, synchronously: it refuses a live
+        // namesake and proves the heartbeat's own connection works.
         let mut conn = shared
             .store
             .dedicated
@@ -186,79 +134,76 @@ impl Heartbeat {
                 url: shared.store.config.masked_url(),
                 source,
             })?;
-        let mut pipe = redis::pipe();
-        pipe.invoke_script(&node_beat(&shared, true));
-        let reply: Vec<i64> = query_pipeline(&pipe, &[&NODE_BEAT], &mut conn)?;
-        if reply.first() == Some(&-1) {
-            return Err(Error::config(
-                "node_id",
-                format!(
-                    "node id `{}` is in use by another live process",
-                    shared.store.node_id
-                ),
-            ));
+        let first = BeatRequest::new(&shared, 0, true, true, Vec::new());
+        let reply = crate::scripts::invoke::<Value>(&first.invocation, &mut conn)?;
+        let outcome = BeatOutcome::parse(&shared, reply);
+        match outcome.membership {
+            Membership::Renewed => {}
+            Membership::Refused => {
+                return Err(Error::config(
+                    "node_id",
+                    format!(
+                        "node id `{}` is in use by another live process",
+                        shared.store.node_id
+                    ),
+                ))
+            }
+            Membership::Corrupt(key) => {
+                return Err(Error::corrupt(&key, "membership key holds the wrong type"))
+            }
         }
-        let (stop, stop_rx) = unbounded();
-        let thread_shared = shared.clone();
+        let pinger = Arc::new(Pinger::start(identity, shared.store.config.peer_timeout)?);
+        if let Some(peers) = outcome.peers {
+            pinger.set_peers(peers);
+        }
+        let io = BeatIo::start(shared.store.clone(), conn)?;
+        let (stop, stop_rx) = bounded(1);
+        let (thread_shared, thread_pinger) = (shared.clone(), pinger.clone());
         let thread = std::thread::Builder::new()
             .name("redswarm-heartbeat".into())
-            .spawn(move || run(thread_shared, stop_rx, Some(conn)))
+            .spawn(move || {
+                Scheduler {
+                    shared: thread_shared,
+                    pinger: thread_pinger,
+                    io,
+                    in_flight: None,
+                    next_beat: Instant::now(),
+                }
+                .run(stop_rx, leases_changed)
+            })
             .map_err(|e| Error::Pool(format!("cannot spawn heartbeat thread: {e}")))?;
         Ok(Heartbeat {
             shared,
+            pinger,
             stop,
             thread: Mutex::new(Some(thread)),
         })
     }
 
-    fn lease_state(
-        &self,
-        id: u64,
-        what: String,
-        target: LeaseTarget,
-        ttl: Duration,
-        acquired: Instant,
-        tolerate_outage: bool,
-    ) -> Arc<LeaseState> {
-        Arc::new(LeaseState::new(
-            id,
-            what,
-            target,
-            ttl,
-            self.shared.store.config.heartbeat_interval,
-            acquired,
-            tolerate_outage.then(|| self.shared.partition.clone()),
-        ))
-    }
-
-    /// Starts renewing `target` every beat with `ttl`.
+    /// Registers a lease: renewed every beat when `renew`, and in every case
+    /// fenced at its local deadline.
     pub(crate) fn register(
         &self,
         what: String,
         target: LeaseTarget,
+        renew: bool,
         ttl: Duration,
         acquired: Instant,
         tolerate_outage: bool,
     ) -> Lease {
-        let id = self.shared.next_lease.fetch_add(1, Ordering::Relaxed);
-        let state = self.lease_state(id, what, target, ttl, acquired, tolerate_outage);
-        self.shared.leases.lock().insert(id, state.clone());
-        Lease::new(state, Arc::downgrade(&self.shared.leases))
-    }
-
-    /// A lease that is tracked for its local deadline but never renewed
-    /// (no auto-extension): it still tells its holder when time is up.
-    pub(crate) fn unrenewed(
-        &self,
-        what: String,
-        target: LeaseTarget,
-        ttl: Duration,
-        acquired: Instant,
-    ) -> Lease {
-        Lease::new(
-            self.lease_state(0, what, target, ttl, acquired, false),
-            Weak::new(),
-        )
+        let registry = &self.shared.leases;
+        let state = Arc::new(LeaseState::new(
+            registry.next_id(),
+            what,
+            target,
+            renew,
+            ttl,
+            self.shared.store.config.heartbeat_interval,
+            acquired,
+            tolerate_outage.then(|| self.shared.partition.clone()),
+        ));
+        registry.insert(state.clone());
+        Lease::new(state, Arc::downgrade(registry))
     }
 
     pub(crate) fn health(&self) -> Health {
@@ -283,7 +228,7 @@ impl Heartbeat {
 
     /// The peer addresses this node would ping now.
     pub(crate) fn known_peers(&self) -> Vec<String> {
-        self.shared.peers.lock().clone()
+        self.pinger.known_addrs()
     }
 
     pub(crate) fn nodes(&self, alive: bool) -> Result<Vec<NodeInfo>> {
@@ -306,13 +251,14 @@ impl Heartbeat {
             .collect()
     }
 
-    /// Stops the thread and removes this node from the membership set.
+    /// Stops the threads and removes this node from the membership set.
     pub(crate) fn stop(&self) {
-        let _ = self.stop.send(());
+        let _ = self.stop.try_send(());
         if let Some(t) = self.thread.lock().take() {
             if t.join().is_err() {
                 log::error!("heartbeat thread panicked");
             }
+            self.pinger.stop();
             let keys = &self.shared.store.keys;
             let node = &self.shared.store.node_id;
             let r = self.shared.store.conn().and_then(|mut c| {
@@ -333,178 +279,397 @@ impl Heartbeat {
     }
 }
 
-fn node_beat(shared: &Shared, first: bool) -> redis::ScriptInvocation<'static> {
-    let store = &shared.store;
-    let mut inv = NODE_BEAT.prepare();
-    inv.key(store.keys.nodes())
-        .key(store.keys.node_info(&store.node_id))
-        .arg(&store.node_id)
-        .arg(millis(store.config.node_ttl))
-        .arg(&shared.instance)
-        .arg(if first { "1" } else { "0" })
-        .arg("host")
-        .arg(crate::util::hostname())
-        .arg("pid")
-        .arg(std::process::id())
-        .arg("started")
-        .arg(shared.started_ms);
-    if let Some(addr) = &shared.peer_addr {
-        inv.arg("peer").arg(addr);
-    }
-    inv
+/// One beat as handed to the I/O thread.
+struct BeatRequest {
+    id: u64,
+    invocation: redis::ScriptInvocation<'static>,
+    /// The leases it renews, in the script's order.
+    leases: Vec<Arc<LeaseState>>,
+    /// When it was handed over: a renewal it confirms counts from here.
+    sent: Instant,
+    deadline: Instant,
 }
 
-fn run(shared: Arc<Shared>, stop: Receiver<()>, mut conn: Option<redis::Connection>) {
-    let interval = shared.store.config.heartbeat_interval;
-    loop {
-        let started = Instant::now();
-        beat(&shared, started, &mut conn);
-        let left = interval.saturating_sub(started.elapsed());
-        match stop.recv_timeout(left) {
-            Err(crossbeam_channel::RecvTimeoutError::Timeout) => continue,
-            _ => return,
+impl BeatRequest {
+    fn new(
+        shared: &Shared,
+        id: u64,
+        first: bool,
+        refresh_peers: bool,
+        leases: Vec<Arc<LeaseState>>,
+    ) -> BeatRequest {
+        let store = &shared.store;
+        let cfg = &store.config;
+        let mut info: Vec<(&str, String)> = vec![
+            ("host", crate::util::hostname()),
+            ("pid", std::process::id().to_string()),
+            ("started", shared.started_ms.to_string()),
+        ];
+        if let Some(addr) = &shared.peer_addr {
+            info.push(("peer", addr.clone()));
         }
-    }
-}
-
-fn beat(shared: &Shared, sent: Instant, conn: &mut Option<redis::Connection>) {
-    let leases: Vec<Arc<LeaseState>> = shared
-        .leases
-        .lock()
-        .values()
-        .filter(|l| l.lost.lock().is_none())
-        .cloned()
-        .collect();
-    // Group by cluster slot: one script call may only touch one slot.
-    let mut groups: HashMap<&str, Vec<&Arc<LeaseState>>> = HashMap::new();
-    for l in &leases {
-        groups.entry(l.target.slot()).or_default().push(l);
-    }
-    let mut pipe = redis::pipe();
-    pipe.invoke_script(&node_beat(shared, false));
-    // Refresh the peer list every few beats (the first beat included), so a
-    // node that loses Redis knows whom to ask.
-    let refresh_peers = shared.beats.fetch_add(1, Ordering::Relaxed) % PEER_REFRESH_BEATS == 0;
-    if refresh_peers {
-        let keys = &shared.store.keys;
-        pipe.invoke_script(
-            NODE_LIST
-                .prepare()
-                .key(keys.nodes())
-                .arg("1")
-                .arg(keys.node_info("")),
-        );
-    }
-    let mut batches: Vec<Vec<&Arc<LeaseState>>> = Vec::new();
-    for group in groups.into_values() {
-        for chunk in group.chunks(LEASES_PER_CALL) {
-            pipe.invoke_script(&renew_invocation(chunk));
-            batches.push(chunk.to_vec());
+        let mut inv = HEARTBEAT.prepare();
+        inv.key(store.keys.nodes())
+            .key(store.keys.node_info(&store.node_id))
+            .arg(&store.node_id)
+            .arg(millis(cfg.node_ttl))
+            .arg(&shared.instance)
+            .arg(if first { "1" } else { "0" })
+            .arg(if refresh_peers { "1" } else { "0" })
+            .arg(store.keys.node_info(""))
+            .arg(info.len());
+        for (field, value) in &info {
+            inv.arg(*field).arg(value);
         }
-    }
-    if conn.is_none() {
-        // Reconnect within one interval so a dead server cannot stall the beat.
-        let cfg = &shared.store.config;
-        match shared
-            .store
-            .dedicated
-            .open_within(cfg.connect_timeout.min(cfg.heartbeat_interval))
-        {
-            Ok(c) => *conn = Some(c),
-            Err(e) => log::debug!("heartbeat reconnect failed: {e}"),
-        }
-    }
-    let outcome = match conn.as_mut() {
-        Some(c) => query_pipeline::<Vec<Value>>(&pipe, &[&NODE_BEAT, &NODE_LIST, &LEASE_RENEW], c),
-        None => Err(Error::Pool("heartbeat has no connection to Redis".into())),
-    };
-    if outcome.is_err() {
-        *conn = None;
-    }
-    match outcome {
-        Ok(replies) => {
-            if matches!(*shared.health.lock(), Health::LostRedis { .. }) {
-                shared.store.renew_pool();
-            }
-            let mut replies = replies.into_iter().skip(1);
-            if refresh_peers {
-                if let Some(list) = replies.next() {
-                    update_peers(shared, list);
+        inv.arg(leases.len());
+        for lease in &leases {
+            let ttl = millis(*lease.ttl.lock());
+            match &lease.target {
+                LeaseTarget::Key { key, token } => {
+                    inv.key(key).arg("key").arg(ttl).arg(token);
+                }
+                LeaseTarget::Member { zset, member } => {
+                    inv.key(zset).arg("member").arg(ttl).arg(member);
+                }
+                LeaseTarget::Guarded {
+                    zset,
+                    member,
+                    hash,
+                    field,
+                    token,
+                } => {
+                    inv.key(zset)
+                        .key(hash)
+                        .arg("guarded")
+                        .arg(ttl)
+                        .arg(member)
+                        .arg(field)
+                        .arg(token);
                 }
             }
-            for (batch, reply) in batches.iter().zip(replies) {
-                let flags: Vec<i64> = redis::from_redis_value(reply).unwrap_or_default();
-                for (i, lease) in batch.iter().enumerate() {
-                    if flags.get(i) == Some(&1) {
-                        let mut last = lease.last_ok.lock();
-                        if sent > *last {
-                            *last = sent;
-                        }
-                    } else {
-                        lease.mark_lost("expired or taken over (renewal refused by Redis)");
-                    }
-                }
-            }
-            // Renewals are recorded before the state turns Connected, so an
-            // outage-tolerant lease is judged by its fresh renewal time.
-            set_partition(shared, PartitionState::Connected);
-            set_health(shared, Health::Healthy);
         }
-        Err(e) => {
-            log::warn!("heartbeat failed: {e}");
-            let since = match *shared.health.lock() {
-                Health::LostRedis { since } => since,
-                Health::Healthy => SystemTime::now(),
-            };
-            // The verdict first, so whoever sees the health change also
-            // sees a partition state that accounts for it.
-            set_partition(shared, judge_partition(shared));
-            set_health(shared, Health::LostRedis { since });
-            // Fence early: if the next beat could come after the local
-            // deadline, the holder must stop now.
-            let next = Instant::now() + shared.store.config.heartbeat_interval;
-            for lease in &leases {
-                if lease.deadline_applies() && next >= lease.local_deadline() {
-                    lease.mark_lost("could not be renewed: Redis unreachable");
-                }
-            }
+        let sent = Instant::now();
+        BeatRequest {
+            id,
+            invocation: inv,
+            leases,
+            sent,
+            // A beat must be over before the next is due; the command
+            // timeout (<= the interval) is how long one reply may take.
+            deadline: sent + cfg.heartbeat_interval.min(cfg.command_timeout),
         }
     }
 }
 
-/// Pings the known peers: may this node keep working without Redis?
-fn judge_partition(shared: &Shared) -> PartitionState {
-    let peers = shared.peers.lock().clone();
-    let known = peers.len();
-    if known == 0 {
-        return PartitionState::Partitioned {
-            answered: 0,
-            known: 0,
+enum Membership {
+    Renewed,
+    /// Another live process holds this node id (first beat only).
+    Refused,
+    Corrupt(String),
+}
+
+/// What one beat's reply says.
+struct BeatOutcome {
+    membership: Membership,
+    peers: Option<Vec<PeerAddr>>,
+    /// Per lease: `Ok(true)` renewed, `Ok(false)` lost, `Err(key)` corrupt.
+    flags: Vec<std::result::Result<bool, String>>,
+}
+
+impl BeatOutcome {
+    fn parse(shared: &Shared, reply: Value) -> BeatOutcome {
+        let corrupt = |v: &Value| match v {
+            Value::BulkString(b) => String::from_utf8_lossy(b)
+                .strip_prefix("corrupt:")
+                .map(str::to_string),
+            Value::SimpleString(s) => s.strip_prefix("corrupt:").map(str::to_string),
+            _ => None,
         };
-    }
-    let answered = ping_all(&peers, &shared.identity, shared.store.config.peer_timeout);
-    let needed = shared.store.config.partition_percentage as usize;
-    if answered * 100 >= needed * known {
-        PartitionState::RedisLostPeersOk { answered, known }
-    } else {
-        PartitionState::Partitioned { answered, known }
+        let parts: Vec<Value> = redis::from_redis_value(reply).unwrap_or_default();
+        let mut parts = parts.into_iter();
+        let membership = match parts.next() {
+            Some(Value::Int(-1)) => Membership::Refused,
+            Some(Value::Int(_)) => Membership::Renewed,
+            Some(other) => Membership::Corrupt(
+                corrupt(&other).unwrap_or_else(|| format!("unexpected reply {other:?}")),
+            ),
+            None => Membership::Corrupt("empty heartbeat reply".into()),
+        };
+        let peers = match parts.next() {
+            Some(list @ Value::Array(_)) => Some(peer_list(shared, list)),
+            _ => None,
+        };
+        let flags = match parts.next() {
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|v| match v {
+                    Value::Int(1) => Ok(true),
+                    Value::Int(_) => Ok(false),
+                    other => Err(corrupt(other).unwrap_or_else(|| format!("{other:?}"))),
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        BeatOutcome {
+            membership,
+            peers,
+            flags,
+        }
     }
 }
 
-fn update_peers(shared: &Shared, list: Value) {
+/// The other live nodes' peer addresses (never this node's own).
+fn peer_list(shared: &Shared, list: Value) -> Vec<PeerAddr> {
     let key = shared.store.keys.nodes();
-    let Ok(entries) = redis::from_redis_value::<Vec<Value>>(list) else {
-        log::debug!("peer refresh: unexpected node list reply");
-        return;
-    };
-    let peers: Vec<String> = entries
+    let entries: Vec<Value> = redis::from_redis_value(list).unwrap_or_default();
+    entries
         .into_iter()
-        .skip(1)
         .filter_map(|v| parse_node(&key, v).ok())
         .filter(|n| n.id != shared.store.node_id)
-        .filter_map(|n| n.peer_addr)
-        .collect();
-    *shared.peers.lock() = peers;
+        .filter_map(|n| n.peer_addr.map(|addr| PeerAddr { id: n.id, addr }))
+        .collect()
+}
+
+/// The thread that owns the heartbeat's connection and runs one beat at a
+/// time; the scheduler hands beats over and waits for replies with a
+/// deadline of its own.
+struct BeatIo {
+    requests: Sender<BeatRequest>,
+    replies: Receiver<(BeatRequest, Result<Value>)>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl BeatIo {
+    fn start(store: Arc<Store>, conn: redis::Connection) -> Result<BeatIo> {
+        // A rendezvous channel: a beat is handed over only when the thread
+        // is free, never queued behind a stuck one.
+        let (requests, inbox) = bounded::<BeatRequest>(0);
+        let (reply_tx, replies) = bounded(4);
+        let thread = std::thread::Builder::new()
+            .name("redswarm-beat-io".into())
+            .spawn(move || {
+                let mut conn = Some(conn);
+                for request in inbox {
+                    let result = beat_io(&store, &mut conn, &request);
+                    if Instant::now() > request.deadline {
+                        // Too slow: the connection is suspect (a hung
+                        // server or a blackhole). Start afresh next beat.
+                        conn = None;
+                    }
+                    if result.is_err() {
+                        conn = None;
+                    }
+                    if reply_tx.send((request, result)).is_err() {
+                        return;
+                    }
+                }
+            })
+            .map_err(|e| Error::Pool(format!("cannot spawn heartbeat I/O thread: {e}")))?;
+        Ok(BeatIo {
+            requests,
+            replies,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for BeatIo {
+    fn drop(&mut self) {
+        // Closing the request channel ends the thread once its current beat
+        // (bounded by the socket timeouts) is over; do not wait for it here,
+        // a hung Redis must not hold up shutdown.
+        let (closed, _) = bounded(0);
+        self.requests = closed;
+        if let Some(t) = self.thread.take() {
+            if t.is_finished() {
+                let _ = t.join();
+            }
+        }
+    }
+}
+
+fn beat_io(
+    store: &Store,
+    conn: &mut Option<redis::Connection>,
+    request: &BeatRequest,
+) -> Result<Value> {
+    if conn.is_none() {
+        // Connect within one interval so a dead server cannot stall the
+        // thread for long (the scheduler does not wait for it anyway).
+        let cfg = &store.config;
+        let c = store
+            .dedicated
+            .open_within(cfg.connect_timeout.min(cfg.heartbeat_interval))
+            .map_err(|source| Error::Connect {
+                url: cfg.masked_url(),
+                source,
+            })?;
+        *conn = Some(c);
+    }
+    let Some(c) = conn.as_mut() else {
+        return Err(Error::Pool("heartbeat has no connection to Redis".into()));
+    };
+    crate::scripts::invoke::<Value>(&request.invocation, c)
+}
+
+struct Scheduler {
+    shared: Arc<Shared>,
+    pinger: Arc<Pinger>,
+    io: BeatIo,
+    in_flight: Option<(u64, Instant)>,
+    next_beat: Instant,
+}
+
+impl Scheduler {
+    fn run(mut self, stop: Receiver<()>, leases_changed: Receiver<()>) {
+        let interval = self.shared.store.config.heartbeat_interval;
+        loop {
+            let now = Instant::now();
+            if let Some((_, deadline)) = self.in_flight {
+                if now >= deadline {
+                    self.in_flight = None;
+                    self.failed("no reply within the beat's deadline (Redis hung or unreachable)");
+                }
+            }
+            if self.in_flight.is_none() && now >= self.next_beat {
+                self.next_beat = now + interval;
+                self.send_beat();
+            }
+            let earliest_lease = self.shared.leases.fence(Instant::now());
+            let mut wake_at = earliest_lease.unwrap_or(self.next_beat).min(self.next_beat);
+            if let Some((_, deadline)) = self.in_flight {
+                wake_at = wake_at.min(deadline);
+            }
+            let timeout = wake_at.saturating_duration_since(Instant::now());
+            let verdicts = self.pinger.results().clone();
+            select! {
+                recv(stop) -> _ => return,
+                recv(self.io.replies) -> msg => match msg {
+                    Ok((request, result)) => self.on_reply(request, result),
+                    Err(_) => return,
+                },
+                recv(verdicts) -> poll => {
+                    if let Ok(poll) = poll {
+                        self.on_verdict(poll);
+                    }
+                },
+                recv(leases_changed) -> _ => {},
+                default(timeout) => {},
+            }
+        }
+    }
+
+    fn send_beat(&mut self) {
+        let id = self.shared.beats.fetch_add(1, Ordering::Relaxed) + 1;
+        let refresh = id % PEER_REFRESH_BEATS == 0;
+        let request = BeatRequest::new(
+            &self.shared,
+            id,
+            false,
+            refresh,
+            self.shared.leases.to_renew(),
+        );
+        let deadline = request.deadline;
+        match self.io.requests.try_send(request) {
+            Ok(()) => self.in_flight = Some((id, deadline)),
+            Err(TrySendError::Full(_)) => {
+                self.failed("the previous beat is still stuck on the network")
+            }
+            Err(TrySendError::Disconnected(_)) => self.failed("heartbeat I/O thread is gone"),
+        }
+    }
+
+    fn on_reply(&mut self, request: BeatRequest, result: Result<Value>) {
+        if self.in_flight.map(|(id, _)| id) != Some(request.id) {
+            // A beat we already gave up on: whatever it renewed in Redis,
+            // its holders were (or will be) fenced by their local deadline.
+            log::debug!("late heartbeat reply ignored (beat {})", request.id);
+            return;
+        }
+        self.in_flight = None;
+        let reply = match result {
+            Ok(reply) => reply,
+            Err(e) => return self.failed(&e.to_string()),
+        };
+        let outcome = BeatOutcome::parse(&self.shared, reply);
+        // Renewals first: an outage-tolerant lease is then judged by its
+        // fresh renewal time when the state turns Connected.
+        for (i, lease) in request.leases.iter().enumerate() {
+            match outcome.flags.get(i) {
+                Some(Ok(true)) => lease.renewed_at(request.sent),
+                Some(Ok(false)) => {
+                    lease.mark_lost("expired or taken over (renewal refused by Redis)")
+                }
+                Some(Err(key)) => {
+                    log::error!("lease key {key} holds the wrong type; dropping that lease only");
+                    lease.mark_lost(&format!("corrupt data at key {key}"));
+                }
+                None => lease.mark_lost("no renewal result for this lease"),
+            }
+        }
+        if let Some(peers) = outcome.peers {
+            self.pinger.set_peers(peers);
+        }
+        match outcome.membership {
+            Membership::Renewed | Membership::Refused => {
+                if matches!(*self.shared.health.lock(), Health::LostRedis { .. }) {
+                    self.shared.store.renew_pool();
+                }
+                self.shared.reaches_redis.store(true, Ordering::SeqCst);
+                set_partition(&self.shared, PartitionState::Connected);
+                set_health(&self.shared, Health::Healthy);
+            }
+            Membership::Corrupt(key) => {
+                self.failed(&format!("membership key {key} holds the wrong type"));
+            }
+        }
+    }
+
+    /// A beat failed: Redis is unreachable (or hung) as far as we know.
+    fn failed(&mut self, why: &str) {
+        log::warn!("heartbeat failed: {why}");
+        self.shared.reaches_redis.store(false, Ordering::SeqCst);
+        let since = match *self.shared.health.lock() {
+            Health::LostRedis { since } => since,
+            Health::Healthy => SystemTime::now(),
+        };
+        if self.pinger.known_addrs().is_empty() {
+            // Nobody to ask: the verdict is known now, and comes before the
+            // health change so a watcher of either sees both.
+            set_partition(
+                &self.shared,
+                PartitionState::Partitioned {
+                    answered: 0,
+                    known: 0,
+                },
+            );
+        } else {
+            // Ask the peers whether the outage is ours; the verdict comes
+            // back on the pinger's channel (within the peer timeout).
+            // Meanwhile every lease's local deadline applies as usual.
+            self.pinger.poll();
+        }
+        set_health(&self.shared, Health::LostRedis { since });
+    }
+
+    fn on_verdict(&mut self, poll: PeerPoll) {
+        if matches!(*self.shared.health.lock(), Health::Healthy) {
+            return; // Redis came back meanwhile: the verdict is moot.
+        }
+        let state = crate::peer::verdict(&poll, self.shared.store.config.partition_percentage);
+        set_partition(&self.shared, state);
+        // A Partitioned verdict ends outage tolerance: fence now.
+        self.shared.leases.fence(Instant::now());
+    }
+}
+
+impl Drop for Scheduler {
+    fn drop(&mut self) {
+        log::debug!(
+            "heartbeat stopped ({} leases registered)",
+            self.shared.leases.len()
+        );
+    }
 }
 
 fn set_partition(shared: &Shared, state: PartitionState) {
@@ -515,7 +680,9 @@ fn set_partition(shared: &Shared, state: PartitionState) {
     match state {
         PartitionState::Connected => log::info!("partition state: connected"),
         PartitionState::RedisLostPeersOk { answered, known } => {
-            log::warn!("Redis unreachable, {answered}/{known} peers answer: keep working")
+            log::warn!(
+                "Redis unreachable for all {answered}/{known} peers that answer: keep working"
+            )
         }
         PartitionState::Partitioned { answered, known } => {
             log::warn!(
@@ -533,38 +700,6 @@ fn set_partition(shared: &Shared, state: PartitionState) {
     });
 }
 
-fn renew_invocation(batch: &[&Arc<LeaseState>]) -> redis::ScriptInvocation<'static> {
-    let mut inv = LEASE_RENEW.prepare();
-    inv.arg(batch.len());
-    for lease in batch {
-        let ttl = millis(*lease.ttl.lock());
-        match &lease.target {
-            LeaseTarget::Key { key, token } => {
-                inv.key(key).arg("key").arg(ttl).arg(token);
-            }
-            LeaseTarget::Member { zset, member } => {
-                inv.key(zset).arg("member").arg(ttl).arg(member);
-            }
-            LeaseTarget::Guarded {
-                zset,
-                member,
-                hash,
-                field,
-                token,
-            } => {
-                inv.key(zset)
-                    .key(hash)
-                    .arg("guarded")
-                    .arg(ttl)
-                    .arg(member)
-                    .arg(field)
-                    .arg(token);
-            }
-        }
-    }
-    inv
-}
-
 fn set_health(shared: &Shared, health: Health) {
     let mut current = shared.health.lock();
     if *current == health {
@@ -575,6 +710,7 @@ fn set_health(shared: &Shared, health: Health) {
         Health::LostRedis { .. } => log::warn!("heartbeat lost Redis"),
     }
     *current = health;
+    drop(current);
     shared.health_watchers.lock().retain(|w| {
         !matches!(
             w.try_send(health),

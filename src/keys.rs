@@ -331,6 +331,7 @@ impl QueueKeys {
 
 /// The hash tag of a key (the part between the first `{` and the next `}`),
 /// or the whole key; keys with equal tags share a cluster slot.
+#[cfg(test)]
 pub(crate) fn hash_tag(key: &str) -> &str {
     if let Some(open) = key.find('{') {
         if let Some(len) = key[open + 1..].find('}') {

@@ -4,20 +4,93 @@
 //!
 //! Each lease remembers when its last successful renewal was *sent*
 //! (monotonic clock). Its holder must consider it lost once `ttl - safety`
-//! has passed since then, whatever Redis says later (DESIGN rule 6).
+//! has passed since then, whatever Redis says later (DESIGN rule 6). The
+//! heartbeat's scheduler wakes at the earliest such local deadline of every
+//! registered lease — renewed or not — and fires `lost()` there, so no
+//! holder has to ask (`is_held()`) for the loss to be noticed, and a hung
+//! Redis cannot delay it: the scheduler never waits on the network.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, Sender};
 use parking_lot::Mutex;
 
-use crate::heartbeat::PartitionState;
-use crate::keys::hash_tag;
+use crate::health::PartitionState;
 
-/// Live leases by id, renewed by the heartbeat.
-pub(crate) type LeaseRegistry = Mutex<HashMap<u64, Arc<LeaseState>>>;
+/// Every lease this node holds, by id: the ones the heartbeat renews and
+/// the ones it only watches for their local deadline.
+pub(crate) struct LeaseRegistry {
+    leases: Mutex<HashMap<u64, Arc<LeaseState>>>,
+    next_id: AtomicU64,
+    /// Tells the scheduler that a deadline may have moved earlier.
+    changed: Sender<()>,
+}
+
+impl LeaseRegistry {
+    /// A registry and the receiver the scheduler waits on for changes.
+    pub(crate) fn new() -> (Arc<LeaseRegistry>, Receiver<()>) {
+        let (changed, rx) = bounded(1);
+        let registry = LeaseRegistry {
+            leases: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            changed,
+        };
+        (Arc::new(registry), rx)
+    }
+
+    pub(crate) fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub(crate) fn insert(&self, state: Arc<LeaseState>) {
+        self.leases.lock().insert(state.id, state);
+        self.notify();
+    }
+
+    fn remove(&self, id: u64) {
+        self.leases.lock().remove(&id);
+    }
+
+    fn notify(&self) {
+        let _ = self.changed.try_send(());
+    }
+
+    /// The live leases the heartbeat renews.
+    pub(crate) fn to_renew(&self) -> Vec<Arc<LeaseState>> {
+        self.leases
+            .lock()
+            .values()
+            .filter(|l| l.renew && l.lost.lock().is_none())
+            .cloned()
+            .collect()
+    }
+
+    /// Marks every lease whose local deadline has passed at `now` as lost;
+    /// returns the earliest deadline still ahead, if any.
+    pub(crate) fn fence(&self, now: Instant) -> Option<Instant> {
+        let leases: Vec<Arc<LeaseState>> = self.leases.lock().values().cloned().collect();
+        let mut earliest: Option<Instant> = None;
+        for lease in leases {
+            if lease.lost.lock().is_some() || !lease.deadline_applies() {
+                continue;
+            }
+            let deadline = lease.local_deadline();
+            if now >= deadline {
+                lease.mark_lost(lease.timeout_reason());
+            } else {
+                earliest = Some(earliest.map_or(deadline, |e| e.min(deadline)));
+            }
+        }
+        earliest
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.leases.lock().len()
+    }
+}
 
 /// Why a lease was lost, as delivered to its holder.
 ///
@@ -56,20 +129,12 @@ pub(crate) enum LeaseTarget {
     },
 }
 
-impl LeaseTarget {
-    /// The cluster slot tag its keys share.
-    pub(crate) fn slot(&self) -> &str {
-        match self {
-            LeaseTarget::Key { key, .. } => hash_tag(key),
-            LeaseTarget::Member { zset, .. } | LeaseTarget::Guarded { zset, .. } => hash_tag(zset),
-        }
-    }
-}
-
 pub(crate) struct LeaseState {
     id: u64,
     what: String,
     pub(crate) target: LeaseTarget,
+    /// Renewed by the heartbeat (auto-extended), or only watched.
+    pub(crate) renew: bool,
     pub(crate) ttl: Mutex<Duration>,
     safety: Duration,
     pub(crate) last_ok: Mutex<Instant>,
@@ -81,10 +146,12 @@ pub(crate) struct LeaseState {
 }
 
 impl LeaseState {
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         id: u64,
         what: String,
         target: LeaseTarget,
+        renew: bool,
         ttl: Duration,
         heartbeat: Duration,
         acquired: Instant,
@@ -94,6 +161,7 @@ impl LeaseState {
             id,
             what,
             target,
+            renew,
             ttl: Mutex::new(ttl),
             safety: safety_margin(heartbeat, ttl),
             last_ok: Mutex::new(acquired),
@@ -129,7 +197,27 @@ impl LeaseState {
     }
 
     pub(crate) fn local_deadline(&self) -> Instant {
-        *self.last_ok.lock() + self.ttl.lock().saturating_sub(self.safety)
+        let left = self.ttl.lock().saturating_sub(self.safety);
+        let last = *self.last_ok.lock();
+        // A TTL too long to add is a deadline that never comes.
+        last.checked_add(left)
+            .unwrap_or_else(|| last + Duration::from_secs(100 * 365 * 24 * 3600))
+    }
+
+    fn timeout_reason(&self) -> &'static str {
+        if self.renew {
+            "not renewed in time (Redis unreachable or too slow)"
+        } else {
+            "its TTL ran out (not auto-extended)"
+        }
+    }
+
+    /// Records a successful renewal sent at `sent`.
+    pub(crate) fn renewed_at(&self, sent: Instant) {
+        let mut last = self.last_ok.lock();
+        if sent > *last {
+            *last = sent;
+        }
     }
 }
 
@@ -151,8 +239,7 @@ impl Lease {
             return true;
         }
         if self.state.deadline_applies() && Instant::now() >= self.state.local_deadline() {
-            self.state
-                .mark_lost("not renewed in time (Redis unreachable?)");
+            self.state.mark_lost(self.state.timeout_reason());
             return true;
         }
         false
@@ -176,9 +263,10 @@ impl Lease {
     /// extend) that was sent at `sent`, possibly with a new TTL.
     pub(crate) fn renewed(&self, sent: Instant, ttl: Duration) {
         *self.state.ttl.lock() = ttl;
-        let mut last = self.state.last_ok.lock();
-        if sent > *last {
-            *last = sent;
+        self.state.renewed_at(sent);
+        // The deadline may have moved earlier (a shorter TTL).
+        if let Some(registry) = self.registry.upgrade() {
+            registry.notify();
         }
     }
 
@@ -211,7 +299,7 @@ pub(crate) fn loss_channel(
 impl Drop for Lease {
     fn drop(&mut self) {
         if let Some(registry) = self.registry.upgrade() {
-            registry.lock().remove(&self.state.id);
+            registry.remove(self.state.id);
         }
     }
 }

@@ -272,6 +272,89 @@ pub(crate) fn ping_all(peers: &[String], id: &PeerIdentity, timeout: Duration) -
     })
 }
 
+/// A peer as listed in the membership set. (Temporary shape; replaced by
+/// the peer-mesh rework.)
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct PeerAddr {
+    pub(crate) id: String,
+    pub(crate) addr: String,
+}
+
+/// One round of pings.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PeerPoll {
+    pub(crate) known: usize,
+    pub(crate) answered: usize,
+    pub(crate) reaching_redis: usize,
+}
+
+/// The partition rule.
+pub(crate) fn verdict(poll: &PeerPoll, percentage: u8) -> crate::health::PartitionState {
+    use crate::health::PartitionState;
+    let (answered, known) = (poll.answered, poll.known);
+    if known > 0 && poll.reaching_redis == 0 && answered * 100 >= percentage as usize * known {
+        PartitionState::RedisLostPeersOk { answered, known }
+    } else {
+        PartitionState::Partitioned { answered, known }
+    }
+}
+
+/// Pings peers on its own thread.
+pub(crate) struct Pinger {
+    peers: Arc<Mutex<Vec<PeerAddr>>>,
+    requests: crossbeam_channel::Sender<()>,
+    results: crossbeam_channel::Receiver<PeerPoll>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Pinger {
+    pub(crate) fn start(me: PeerIdentity, timeout: Duration) -> Result<Pinger> {
+        let peers: Arc<Mutex<Vec<PeerAddr>>> = Arc::new(Mutex::new(Vec::new()));
+        let (requests, inbox) = crossbeam_channel::bounded::<()>(1);
+        let (tx, results) = crossbeam_channel::bounded(4);
+        let list = peers.clone();
+        let thread = std::thread::Builder::new()
+            .name("redswarm-pinger".into())
+            .spawn(move || {
+                for () in inbox {
+                    let addrs: Vec<String> = list.lock().iter().map(|p| p.addr.clone()).collect();
+                    let answered = ping_all(&addrs, &me, timeout);
+                    let poll = PeerPoll {
+                        known: addrs.len(),
+                        answered,
+                        reaching_redis: 0,
+                    };
+                    if tx.try_send(poll).is_err() {
+                        log::debug!("peer verdict dropped");
+                    }
+                }
+            })
+            .map_err(|e| Error::Pool(format!("cannot spawn pinger: {e}")))?;
+        Ok(Pinger {
+            peers,
+            requests,
+            results,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+    pub(crate) fn set_peers(&self, peers: Vec<PeerAddr>) {
+        *self.peers.lock() = peers;
+    }
+    pub(crate) fn poll(&self) {
+        let _ = self.requests.try_send(());
+    }
+    pub(crate) fn results(&self) -> &crossbeam_channel::Receiver<PeerPoll> {
+        &self.results
+    }
+    pub(crate) fn known_addrs(&self) -> Vec<String> {
+        self.peers.lock().iter().map(|p| p.addr.clone()).collect()
+    }
+    pub(crate) fn stop(&self) {
+        // Temporary: the thread ends when the Pinger is dropped.
+        let _ = self.thread.lock().take();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
