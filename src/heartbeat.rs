@@ -19,7 +19,6 @@
 //! successful renewal was *handed to* the I/O thread, so its local deadline
 //! `sent + ttl - safety` always lies before Redis's `executed + ttl`.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -32,43 +31,17 @@ use redis::Value;
 use crate::error::{Error, Result};
 pub(crate) use crate::health::{Health, PartitionState};
 use crate::lease::{Lease, LeaseRegistry, LeaseState, LeaseTarget};
+use crate::membership::{parse_node, NodeInfo};
 use crate::peer::{PeerAddr, PeerIdentity, PeerPoll, Pinger};
 use crate::scripts::lua_script;
 use crate::store::Store;
 use crate::util::millis;
 
 lua_script!(HEARTBEAT, "heartbeat.lua");
-lua_script!(NODE_LIST, "node_list.lua");
 lua_script!(NODE_LEAVE, "node_leave.lua");
 
 /// The peer list is re-read from Redis every this many beats.
 const PEER_REFRESH_BEATS: u64 = 5;
-
-/// A node as recorded in the membership set.
-///
-/// ```no_run
-/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
-/// for node in swarm.live_nodes()? {
-///     log::info!("{} on {} pid {}", node.id, node.host, node.pid);
-/// }
-/// # Ok(()) }
-/// ```
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct NodeInfo {
-    /// Node id.
-    pub id: String,
-    /// Host name.
-    pub host: String,
-    /// Process id.
-    pub pid: u32,
-    /// Start time (ms since the epoch, host clock; informational).
-    pub started_ms: u64,
-    /// Address its peer-ping listener advertises, if any.
-    pub peer_addr: Option<String>,
-    /// Membership deadline (ms, Redis clock).
-    pub deadline_ms: u64,
-}
 
 struct Shared {
     store: Arc<Store>,
@@ -232,23 +205,7 @@ impl Heartbeat {
     }
 
     pub(crate) fn nodes(&self, alive: bool) -> Result<Vec<NodeInfo>> {
-        let keys = &self.shared.store.keys;
-        let mut conn = self.shared.store.conn()?;
-        let prefix = keys.node_info("");
-        let reply: Vec<Value> = crate::scripts::invoke(
-            NODE_LIST
-                .prepare()
-                .key(keys.nodes())
-                .arg(if alive { "1" } else { "0" })
-                .arg(prefix),
-            &mut *conn,
-        )?;
-        let key = keys.nodes();
-        reply
-            .into_iter()
-            .skip(1)
-            .map(|v| parse_node(&key, v))
-            .collect()
+        crate::membership::nodes(&self.shared.store, alive)
     }
 
     /// Stops the threads and removes this node from the membership set.
@@ -717,24 +674,4 @@ fn set_health(shared: &Shared, health: Health) {
             Err(crossbeam_channel::TrySendError::Disconnected(_))
         )
     });
-}
-
-fn parse_node(key: &str, v: Value) -> Result<NodeInfo> {
-    let bad = |why: &str| Error::corrupt(key, format!("node entry: {why}"));
-    let (id, deadline, fields): (String, String, HashMap<String, String>) =
-        redis::from_redis_value(v).map_err(|e| bad(&e.to_string()))?;
-    Ok(NodeInfo {
-        host: fields.get("host").cloned().unwrap_or_default(),
-        pid: fields.get("pid").and_then(|p| p.parse().ok()).unwrap_or(0),
-        started_ms: fields
-            .get("started")
-            .and_then(|p| p.parse().ok())
-            .unwrap_or(0),
-        peer_addr: fields.get("peer").cloned(),
-        deadline_ms: deadline
-            .parse::<f64>()
-            .map(|d| d as u64)
-            .map_err(|e| bad(&e.to_string()))?,
-        id,
-    })
 }
