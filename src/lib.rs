@@ -50,7 +50,7 @@ pub use lock::{LockGuard, LockOptions};
 pub use membership::NodeInfo;
 pub use multilock::{MultiLockGuard, MultiLockOptions};
 pub use semaphore::{Permit, Semaphore};
-pub use store::{ConnectionManager, PooledConnection};
+pub use store::PooledConnection;
 pub use subscriber::{Message, SubEvent, Subscription};
 pub use swarm::{
     EventKind, Finished, FinishedHow, Monitor, MonitorStats, Queue, QueueCounts, StopReason,

@@ -17,7 +17,7 @@ use crate::keys::Keys;
 /// configured read/write timeouts (r2d2's stock manager for `redis::Client`
 /// connects with no timeout at all).
 #[derive(Clone, Debug)]
-pub struct ConnectionManager {
+pub(crate) struct ConnectionManager {
     client: redis::Client,
     connect_timeout: Duration,
     command_timeout: Duration,
@@ -59,8 +59,30 @@ impl r2d2::ManageConnection for ConnectionManager {
     }
 }
 
-/// A connection borrowed from the handle's pool; returned on drop.
-pub type PooledConnection = r2d2::PooledConnection<ConnectionManager>;
+/// A connection borrowed from the handle's pool; it goes back to the pool
+/// when dropped. Use it wherever redis-rs wants a connection (`&mut *conn`).
+///
+/// ```no_run
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
+/// let mut conn: redswarm::PooledConnection = swarm.connection()?;
+/// let n: i64 = redis::cmd("DBSIZE").query(&mut *conn)?;
+/// # Ok(()) }
+/// ```
+pub struct PooledConnection(r2d2::PooledConnection<ConnectionManager>);
+
+impl std::ops::Deref for PooledConnection {
+    type Target = redis::Connection;
+    fn deref(&self) -> &redis::Connection {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for PooledConnection {
+    fn deref_mut(&mut self) -> &mut redis::Connection {
+        &mut self.0
+    }
+}
 
 /// What every component shares: config, key names, node id and the pool.
 pub(crate) struct Store {
@@ -128,7 +150,7 @@ impl Store {
     /// Borrows a pooled connection, waiting at most `pool_timeout`.
     pub(crate) fn conn(&self) -> Result<PooledConnection> {
         let pool = self.pool.read().clone();
-        pool.get().map_err(|e| {
+        pool.get().map(PooledConnection).map_err(|e| {
             let state = pool.state();
             if state.connections >= self.config.pool_size && state.idle_connections == 0 {
                 Error::PoolExhausted {
