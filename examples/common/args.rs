@@ -11,9 +11,14 @@ pub struct Args {
 impl Args {
     /// Parses `std::env::args()`; `known_flags` take no value.
     pub fn parse(known_flags: &[&str]) -> Result<Args, String> {
+        Args::parse_from(std::env::args().skip(1).collect(), known_flags)
+    }
+
+    /// Parses `argv` (without the program name).
+    pub fn parse_from(argv: Vec<String>, known_flags: &[&str]) -> Result<Args, String> {
         let mut values = HashMap::new();
         let mut flags = Vec::new();
-        let mut it = std::env::args().skip(1);
+        let mut it = argv.into_iter();
         while let Some(a) = it.next() {
             let Some(name) = a.strip_prefix("--") else {
                 return Err(format!("unexpected argument {a:?}"));
