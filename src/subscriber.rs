@@ -150,8 +150,11 @@ impl Topic {
     }
 }
 
-/// A live subscription: a receiver of [`SubEvent`]s that unsubscribes
-/// when dropped.
+/// A live subscription: a receiver of [`SubEvent`]s. Subscribed in Redis
+/// from the moment [`Redswarm::subscribe`](crate::Redswarm::subscribe)
+/// returns until it is dropped; the Redis subscription is shared with the
+/// handle's other subscriptions of the same channel and lingers briefly
+/// after the last one is dropped.
 ///
 /// ```no_run
 /// # fn main() -> redswarm::Result<()> {
@@ -526,13 +529,20 @@ fn serve(
         }
     }
     let mut last_traffic = Instant::now();
+    // Commands set their own read timeouts; idle reads use READ_TICK.
+    let mut ticking = false;
     loop {
         if shared.stop.load(Ordering::SeqCst) {
             return Ok(());
         }
         while inbox.try_recv().is_ok() {}
-        sync(shared, conn, &mut live, &wake)?;
-        conn.set_read_timeout(Some(READ_TICK))?;
+        if sync(shared, conn, &mut live, &wake)? {
+            ticking = false;
+        }
+        if !ticking {
+            conn.set_read_timeout(Some(READ_TICK))?;
+            ticking = true;
+        }
         match read_message(conn) {
             Ok(msg) => {
                 last_traffic = Instant::now();
@@ -541,6 +551,7 @@ fn serve(
             Err(e) if e.is_timeout() => {
                 if last_traffic.elapsed() >= PING_EVERY {
                     exchange(shared, conn, &[Request::Ping])?;
+                    ticking = false;
                     last_traffic = Instant::now();
                 }
             }
@@ -579,13 +590,14 @@ fn is_interrupted(e: &redis::RedisError) -> bool {
 
 /// Brings the Redis subscriptions in line with the table — unsubscribes
 /// topics whose linger is over, subscribes topics wanted but not live (the
-/// wake channel among them) — and answers waiting callers.
+/// wake channel among them) — and answers waiting callers. True if it sent
+/// commands.
 fn sync(
     shared: &Shared,
     conn: &mut redis::Connection,
     live: &mut HashSet<Topic>,
     wake: &Topic,
-) -> RedisResult<()> {
+) -> RedisResult<bool> {
     let linger = shared.store.config.subscription_linger;
     let (remove, add) = {
         let mut table = shared.table.lock();
@@ -597,6 +609,7 @@ fn sync(
         };
         (remove, add)
     };
+    let talked = !(remove.is_empty() && add.is_empty());
     for chunk in remove.chunks(BATCH) {
         let requests: Vec<Request<'_>> = chunk.iter().map(Request::Unsubscribe).collect();
         for (topic, ack) in chunk.iter().zip(exchange(shared, conn, &requests)?) {
@@ -645,7 +658,7 @@ fn sync(
         }
     }
     release_waiters(shared);
-    Ok(())
+    Ok(talked)
 }
 
 /// One command of a pipelined batch on the pub/sub connection.
@@ -809,6 +822,9 @@ fn exchange(
 fn release_waiters(shared: &Shared) {
     let connected = shared.connected.load(Ordering::SeqCst);
     let mut table = shared.table.lock();
+    if table.waiting.is_empty() {
+        return;
+    }
     let Table {
         waiting,
         confirmed,
