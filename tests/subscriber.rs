@@ -206,12 +206,20 @@ fn a_resubscribe_within_the_linger_sends_no_subscribe_and_the_topic_goes_after_i
         1,
         "dropped at once, no linger"
     );
-    let subscribes = command_calls(&server, "subscribe");
+    let (subscribes, publishes) = (
+        command_calls(&server, "subscribe"),
+        command_calls(&server, "publish"),
+    );
     let sub = swarm.subscribe("lingering").unwrap();
     assert_eq!(
         command_calls(&server, "subscribe"),
         subscribes,
         "a re-subscribe within the linger sent SUBSCRIBE again"
+    );
+    assert_eq!(
+        command_calls(&server, "publish"),
+        publishes,
+        "a re-subscribe within the linger woke the pub/sub thread"
     );
     // And it is live: the publish reaches it.
     assert_eq!(publish(&mut publisher, "lingering", "again"), 1);
@@ -221,6 +229,31 @@ fn a_resubscribe_within_the_linger_sends_no_subscribe_and_the_topic_goes_after_i
         support::wait_until(linger + 10 * SEC, || numsub(&server, "lingering") == 0),
         "still subscribed long after the linger"
     );
+}
+
+#[test]
+fn lingering_channels_are_capped_oldest_first() {
+    let server = RedisServer::start();
+    let swarm = connect(config(&server.url(), "cap").subscription_linger(60 * SEC));
+    for i in 0..400 {
+        drop(swarm.subscribe(&format!("capped:{i}")).unwrap());
+    }
+    let lingering = || {
+        let names: Vec<String> = redis::cmd("PUBSUB")
+            .arg("CHANNELS")
+            .arg("capped:*")
+            .query(&mut server.conn())
+            .unwrap();
+        names.len()
+    };
+    // README: at most 256 channels linger.
+    assert!(
+        support::wait_until(10 * SEC, || lingering() <= 256),
+        "{} channels still subscribed",
+        lingering()
+    );
+    assert_eq!(numsub(&server, "capped:0"), 0, "the oldest goes first");
+    assert_eq!(numsub(&server, "capped:399"), 1, "the newest lingers");
 }
 
 #[test]
