@@ -39,6 +39,7 @@ pub struct Config {
     pub(crate) heartbeat_interval: Duration,
     pub(crate) node_ttl: Duration,
     pub(crate) wait_recheck: Duration,
+    pub(crate) subscription_linger: Duration,
     pub(crate) reconnect_min: Duration,
     pub(crate) reconnect_max: Duration,
     pub(crate) peer_listen: Option<SocketAddr>,
@@ -234,6 +235,21 @@ impl Config {
         self.wait_recheck
     }
 
+    /// How long a channel stays subscribed in Redis after its last local
+    /// [`Subscription`](crate::Subscription) was dropped (default 1 s), so
+    /// that subscribing again at once (a handle locking the same name in a
+    /// loop) costs no SUBSCRIBE round trip.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let c = redswarm::Config::builder().build()?;
+    /// assert_eq!(c.subscription_linger(), std::time::Duration::from_secs(1));
+    /// # Ok(()) }
+    /// ```
+    pub fn subscription_linger(&self) -> Duration {
+        self.subscription_linger
+    }
+
     /// The smallest lease TTL that auto-renewal can keep alive safely:
     /// three heartbeat intervals.
     ///
@@ -315,6 +331,7 @@ impl Default for ConfigBuilder {
                 heartbeat_interval: Duration::from_secs(1),
                 node_ttl: Duration::from_secs(10),
                 wait_recheck: Duration::from_secs(1),
+                subscription_linger: Duration::from_secs(1),
                 reconnect_min: Duration::from_millis(50),
                 reconnect_max: Duration::from_secs(2),
                 peer_listen: None,
@@ -488,6 +505,19 @@ impl ConfigBuilder {
         /// # Ok(()) }
         /// ```
         wait_recheck: Duration
+    );
+    setter!(
+        /// How long a channel stays subscribed in Redis after its last
+        /// local subscription was dropped (default 1 s; zero unsubscribes
+        /// at once). At most a few hundred channels linger; past that the
+        /// oldest are unsubscribed first.
+        ///
+        /// ```
+        /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+        /// let c = redswarm::Config::builder().subscription_linger(std::time::Duration::ZERO).build()?;
+        /// # Ok(()) }
+        /// ```
+        subscription_linger: Duration
     );
     setter!(
         /// First reconnect delay of the pub/sub thread (default 50 ms).

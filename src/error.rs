@@ -57,6 +57,17 @@ pub enum Error {
     #[error("Redis error: {0}")]
     Redis(#[from] redis::RedisError),
 
+    /// Redis refused a subscription, typically because the user's ACL does
+    /// not allow the channel (`NOPERM`). The pub/sub connection and the
+    /// other subscriptions are unaffected.
+    #[error("Redis refused the subscription to `{channel}`: {reason}")]
+    SubscriptionRefused {
+        /// The channel, or the pattern of a pattern subscription.
+        channel: String,
+        /// What Redis answered.
+        reason: String,
+    },
+
     /// Every pooled connection stayed busy for the whole checkout wait.
     #[error("no Redis connection became free within {waited:?} (pool of {size})")]
     PoolExhausted {

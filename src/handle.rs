@@ -195,7 +195,13 @@ impl Redswarm {
 
     /// Subscribes to `channel`. Returns once Redis confirmed the
     /// subscription (or, while Redis is unreachable, once it is registered:
-    /// you will get [`SubEvent::Reconnected`](crate::SubEvent) later).
+    /// you will get [`SubEvent::Reconnected`](crate::SubEvent) later); from
+    /// then on it stays subscribed in Redis until dropped. Fails with
+    /// [`Error::SubscriptionRefused`](crate::Error::SubscriptionRefused) if
+    /// Redis refuses it (an ACL without the channel). A channel stays
+    /// subscribed for [`Config::subscription_linger`](crate::Config::subscription_linger)
+    /// after its last subscription is dropped, so subscribing again at once
+    /// costs no round trip.
     ///
     /// ```no_run
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -208,7 +214,8 @@ impl Redswarm {
         self.inner.subscriber.subscribe(channel)
     }
 
-    /// Subscribes to a glob pattern of channels (`PSUBSCRIBE`).
+    /// Subscribes to a glob pattern of channels (`PSUBSCRIBE`); like
+    /// [`Redswarm::subscribe`].
     ///
     /// ```no_run
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -216,7 +216,7 @@ fn a_task_cancelled_while_its_worker_dies_is_not_run_again() {
     wait_running(&q, &id);
     child.kill().unwrap();
     child.wait().unwrap();
-    assert_eq!(q.cancel(&id).unwrap(), "signalled"); // nobody hears it
+    assert_eq!(q.cancel(&id).unwrap(), "unheard"); // nobody hears it
     let m = Monitor::start(&q, Duration::from_millis(100)).unwrap();
     let t = wait_ended(&q, &id, 10 * SEC);
     assert_eq!(t.state, TaskState::End(TaskOutcome::Cancelled));

@@ -320,19 +320,25 @@ impl Queue {
 
     /// Cancels a task: a queued one ends `cancelled` at once; a running one
     /// is sent `cancel` and ends when its handler stops. Returns
-    /// `"cancelled"`, `"signalled"`, `"ended"` (already over) or
-    /// `"missing"`.
+    /// `"cancelled"`, `"signalled"` (running; a subscriber heard the
+    /// message), `"unheard"` (running, but nobody listens on its control
+    /// channel — its worker is gone or cut off from pub/sub — so nothing
+    /// stops the handler now; the request is recorded in the task, and if
+    /// its worker died the reaper ends it cancelled), `"ended"` (already
+    /// over) or `"missing"`.
     ///
     /// ```no_run
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
-    /// let what = swarm.queue("q")?.cancel("some-id")?;
+    /// if swarm.queue("q")?.cancel("some-id")? == "unheard" {
+    ///     log::warn!("no worker heard the cancel");
+    /// }
     /// # Ok(()) }
     /// ```
     pub fn cancel(&self, id: &str) -> Result<String> {
         crate::keys::validate_name("task id", id)?;
         let mut conn = self.swarm.conn()?;
-        invoke(
+        let outcome: String = invoke(
             QUEUE_CANCEL
                 .prepare()
                 .key(self.keys.task(id))
@@ -342,15 +348,34 @@ impl Queue {
                 .arg(id)
                 .arg(&self.keys.events),
             &mut *conn,
-        )
+        )?;
+        drop(conn);
+        if outcome != "signalled" {
+            return Ok(outcome);
+        }
+        // The script does not return how many heard its `cancel`; ask again
+        // (a second `cancel` is harmless: stopping is idempotent) and count.
+        match self.swarm.publish(&self.keys.task_control(id), "cancel") {
+            Ok(0) => Ok("unheard".to_string()),
+            Ok(_) => Ok(outcome),
+            Err(e) => {
+                log::debug!("task {id}: cancel re-sent to count listeners failed: {e}");
+                Ok(outcome)
+            }
+        }
     }
 
     /// Sends a control message (`cancel`, or your own) to a running task.
+    /// Returns how many subscribers received it: `0` means nobody heard it
+    /// (the task is not running, or its worker is gone or cut off from
+    /// pub/sub) and the message is lost.
     ///
     /// ```no_run
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
-    /// swarm.queue("q")?.control("some-id", "pause")?;
+    /// if swarm.queue("q")?.control("some-id", "pause")? == 0 {
+    ///     log::warn!("nobody heard the pause");
+    /// }
     /// # Ok(()) }
     /// ```
     pub fn control(&self, id: &str, message: &str) -> Result<u64> {
