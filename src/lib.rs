@@ -55,3 +55,4 @@ pub use swarm::{
     WorkerOptions,
 };
 pub use threadpool::{JobHandle, ThreadPool};
+pub use util::MAX_TTL;
