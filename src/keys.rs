@@ -467,9 +467,12 @@ mod tests {
         assert_eq!(hash_tag("plain"), "plain");
     }
 
+    /// (name built, the triple that built it).
+    type Built = Vec<(String, String)>;
+
     /// Every key (and, separately, every channel) a (namespace, feature,
     /// name) triple produces, tagged with the triple.
-    fn all_names(ns: &str, name: &str) -> (Vec<(String, String)>, Vec<(String, String)>) {
+    fn all_names(ns: &str, name: &str) -> (Built, Built) {
         let k = Keys::new(ns);
         let mut keys = Vec::new();
         let mut channels = Vec::new();
@@ -549,10 +552,11 @@ mod tests {
         let mut seen_channels: std::collections::HashMap<String, String> = Default::default();
         let mut count = 0;
         for ns in namespaces {
-            // The per-namespace names, once.
-            let k = Keys::new(ns);
-            for (key, who) in [(k.nodes(), format!("ns={ns:?} nodes"))] {
-                assert!(seen_keys.insert(key.clone(), who).is_none(), "{key} twice");
+            // The per-namespace key, once.
+            let nodes = Keys::new(ns).nodes();
+            let who = format!("ns={ns:?} nodes");
+            if let Some(other) = seen_keys.insert(nodes.clone(), who.clone()) {
+                panic!("key {nodes:?} built for both [{other}] and [{who}]");
             }
             for name in names {
                 let (keys, channels) = all_names(ns, name);
