@@ -640,3 +640,14 @@ fn a_grace_of_duration_max_lets_running_tasks_finish_on_shutdown_and_drop() {
         TaskState::End(TaskOutcome::Ok)
     );
 }
+
+#[test]
+fn listing_with_a_limit_of_usize_max_returns_every_task() {
+    let server = RedisServer::start();
+    let s = connect(&server, "list-all");
+    let q = s.queue("jobs").unwrap();
+    let ids = q.push_many(&[1, 2, 3]).unwrap();
+    // `usize::MAX as i64 - 1` used to be -2: every task but the last.
+    let listed = q.list(TaskSet::Ready, usize::MAX).unwrap();
+    assert_eq!(listed.len(), ids.len(), "{listed:?}");
+}
