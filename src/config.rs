@@ -6,6 +6,14 @@
 //!   before the next beat is due, so lease loss is noticed in time.
 //! - the peer ping timeout is below the heartbeat interval, so a node that
 //!   lost Redis learns whether it is partitioned before its leases expire.
+//!
+//! Bounds checked before anything is allocated or Redis is contacted:
+//! `pool_size` ≤ [`Config::MAX_POOL_SIZE`], every duration ≤
+//! [`Config::MAX_DURATION`], namespace and node id in `[A-Za-z0-9._-]`
+//! (see [`keys::validate_namespace`](crate::keys::validate_namespace)).
+//!
+//! `Debug` of [`Config`] and [`ConfigBuilder`] never shows the Redis
+//! password or the peer secret.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -27,7 +35,7 @@ use crate::error::{Error, Result};
 /// assert_eq!(config.namespace(), "myapp");
 /// # Ok(()) }
 /// ```
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Config {
     pub(crate) url: String,
     pub(crate) namespace: String,
@@ -49,7 +57,60 @@ pub struct Config {
     pub(crate) partition_percentage: u8,
 }
 
+/// Secrets are shown as `***`: the password in the URL (see
+/// [`Config::masked_url`]) and the peer secret.
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("url", &mask_url(&self.url))
+            .field("namespace", &self.namespace)
+            .field("pool_size", &self.pool_size)
+            .field("pool_timeout", &self.pool_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("command_timeout", &self.command_timeout)
+            .field("node_id", &self.node_id)
+            .field("heartbeat_interval", &self.heartbeat_interval)
+            .field("node_ttl", &self.node_ttl)
+            .field("wait_recheck", &self.wait_recheck)
+            .field("reconnect_min", &self.reconnect_min)
+            .field("reconnect_max", &self.reconnect_max)
+            .field("peer_listen", &self.peer_listen)
+            .field("peer_advertise", &self.peer_advertise)
+            .field("peer_secret", &self.peer_secret.as_ref().map(|_| "***"))
+            .field("peer_timeout", &self.peer_timeout)
+            .field("partition_percentage", &self.partition_percentage)
+            .finish()
+    }
+}
+
 impl Config {
+    /// Largest accepted `pool_size`. r2d2 reserves room for every
+    /// connection up front, so an absurd size would abort the process
+    /// instead of failing.
+    ///
+    /// ```
+    /// let err = redswarm::Config::builder()
+    ///     .pool_size(redswarm::Config::MAX_POOL_SIZE + 1)
+    ///     .build()
+    ///     .unwrap_err();
+    /// assert!(err.to_string().contains("pool_size"));
+    /// ```
+    pub const MAX_POOL_SIZE: u32 = 1024;
+
+    /// Longest accepted value of every duration in the config (timeouts,
+    /// intervals, `node_ttl`): 24 hours. Keeps the arithmetic derived from
+    /// them (`3 × heartbeat_interval`, backoff doubling, deadlines) far from
+    /// overflow.
+    ///
+    /// ```
+    /// let err = redswarm::Config::builder()
+    ///     .pool_timeout(std::time::Duration::MAX)
+    ///     .build()
+    ///     .unwrap_err();
+    /// assert!(err.to_string().contains("pool_timeout"));
+    /// ```
+    pub const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
+
     /// Starts a builder with the defaults (`redis://127.0.0.1:6379/`,
     /// namespace `redswarm`, pool of 16, heartbeat 1 s, node TTL 10 s).
     ///
@@ -308,13 +369,24 @@ impl Config {
 /// let err = redswarm::Config::builder().namespace("").build().unwrap_err();
 /// assert!(err.to_string().contains("namespace"));
 /// ```
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ConfigBuilder {
     c: Config,
     /// Unless set, derived from the heartbeat: min(1 s, heartbeat).
     command_timeout: Option<Duration>,
     /// Unless set, derived from the heartbeat: min(300 ms, heartbeat / 3).
     peer_timeout: Option<Duration>,
+}
+
+/// Redacted like [`Config`]'s: no password, no peer secret.
+impl std::fmt::Debug for ConfigBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConfigBuilder")
+            .field("config", &self.c)
+            .field("command_timeout", &self.command_timeout)
+            .field("peer_timeout", &self.peer_timeout)
+            .finish()
+    }
 }
 
 impl Default for ConfigBuilder {
@@ -370,7 +442,9 @@ impl ConfigBuilder {
         self
     }
 
-    /// Namespace prefixed to every key and channel (default `redswarm`).
+    /// Namespace prefixed to every key and channel (default `redswarm`):
+    /// 1 to 64 characters from `[A-Za-z0-9._-]` (no `:`, so no two
+    /// namespaces can produce the same key; use `.` or `-` to structure it).
     ///
     /// ```
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -383,7 +457,9 @@ impl ConfigBuilder {
     }
 
     /// Fixed node id for this handle's heartbeat (default: random per
-    /// handle). Two live handles must never share one.
+    /// handle): 1 to 128 characters from `[A-Za-z0-9._-]` (it travels in
+    /// keys and in the space-separated peer wire format). Two live handles
+    /// must never share one.
     ///
     /// ```
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -433,7 +509,8 @@ impl ConfigBuilder {
     }
 
     setter!(
-        /// Maximum pooled connections (default 16).
+        /// Maximum pooled connections (default 16, at most
+        /// [`Config::MAX_POOL_SIZE`]).
         ///
         /// ```
         /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -585,17 +662,24 @@ impl ConfigBuilder {
         if let Err(e) = redis::Client::open(c.url.as_str()) {
             return Err(Error::config("url", format!("{}: {e}", mask_url(&c.url))));
         }
-        crate::keys::validate_name("namespace", &c.namespace)
+        crate::keys::validate_namespace(&c.namespace)
             .map_err(|e| Error::config("namespace", e.to_string()))?;
-        if c.namespace.len() > 64 {
-            return Err(Error::config("namespace", "longer than 64 bytes"));
-        }
         if let Some(id) = &c.node_id {
-            crate::keys::validate_name("node id", id)
+            crate::keys::validate_node_id(id)
                 .map_err(|e| Error::config("node_id", e.to_string()))?;
         }
         if c.pool_size == 0 {
             return Err(Error::config("pool_size", "must be at least 1"));
+        }
+        if c.pool_size > Config::MAX_POOL_SIZE {
+            return Err(Error::config(
+                "pool_size",
+                format!(
+                    "{} is above the limit of {} (Config::MAX_POOL_SIZE)",
+                    c.pool_size,
+                    Config::MAX_POOL_SIZE
+                ),
+            ));
         }
         for (field, d) in [
             ("pool_timeout", c.pool_timeout),
@@ -610,6 +694,16 @@ impl ConfigBuilder {
         ] {
             if d.is_zero() {
                 return Err(Error::config(field, "must be greater than zero"));
+            }
+            // Before any arithmetic on them below.
+            if d > Config::MAX_DURATION {
+                return Err(Error::config(
+                    field,
+                    format!(
+                        "{d:?} is above the limit of {:?} (Config::MAX_DURATION)",
+                        Config::MAX_DURATION
+                    ),
+                ));
             }
         }
         if c.heartbeat_interval < Duration::from_millis(10) {
@@ -663,25 +757,55 @@ impl ConfigBuilder {
     }
 }
 
-/// Replaces the password part of a URL with `***`.
+/// The URL with every secret in it replaced by `***`, for logs and errors.
+///
+/// Errs on the side of hiding: everything between `://` and the *last* `@`
+/// is userinfo (a raw password may contain `/`, `@`, `:`, `?` or `#`, which
+/// a URL parser would misread), the user name before the first `:` stays
+/// visible, and a userinfo without `:` is hidden whole (it may be a
+/// password). In the query, everything from a `pass=` or `password=`
+/// parameter on is hidden (`redis+unix:///sock?pass=...`; a raw `&` in the
+/// value must not expose the rest of it).
 pub(crate) fn mask_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
-        return url.to_string();
+    let (scheme, rest) = match url.find("://") {
+        Some(i) => url.split_at(i + 3),
+        None => ("", url),
     };
-    let rest = &url[scheme_end + 3..];
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let authority = &rest[..authority_end];
-    match authority.rfind('@') {
-        Some(at) => {
-            let userinfo = &authority[..at];
-            let masked = match userinfo.find(':') {
-                Some(colon) => format!("{}:***", &userinfo[..colon]),
-                None => "***".to_string(),
-            };
-            format!("{}{}{}", &url[..scheme_end + 3], masked, &rest[at..])
+    let (userinfo, host_and_rest) = match rest.rfind('@') {
+        Some(at) => (Some(&rest[..at]), &rest[at..]),
+        None => (None, rest),
+    };
+    let mut out = String::with_capacity(url.len());
+    out.push_str(scheme);
+    if let Some(info) = userinfo {
+        match info.find(':') {
+            Some(colon) => {
+                out.push_str(&info[..colon]);
+                out.push_str(":***");
+            }
+            None => out.push_str("***"),
         }
-        None => url.to_string(),
     }
+    out.push_str(&mask_query(host_and_rest));
+    out
+}
+
+/// Hides a query's password parameter and everything after it.
+fn mask_query(s: &str) -> String {
+    let Some(q) = s.find('?') else {
+        return s.to_string();
+    };
+    let mut pos = q + 1;
+    for param in s[q + 1..].split('&') {
+        let key = param.split('=').next().unwrap_or("");
+        if param.contains('=')
+            && (key.eq_ignore_ascii_case("pass") || key.eq_ignore_ascii_case("password"))
+        {
+            return format!("{}{key}=***", &s[..pos]);
+        }
+        pos += param.len() + 1;
+    }
+    s.to_string()
 }
 
 #[cfg(test)]
@@ -689,10 +813,162 @@ mod tests {
     use super::*;
 
     #[test]
-    fn masks_passwords() {
-        assert_eq!(mask_url("redis://:pw@h:1/0"), "redis://:***@h:1/0");
-        assert_eq!(mask_url("redis://u:pw@h/"), "redis://u:***@h/");
-        assert_eq!(mask_url("redis://h:1/"), "redis://h:1/");
+    fn masks_passwords_in_every_url_form() {
+        let table: &[(&str, &str)] = &[
+            ("redis://:pw@h:1/0", "redis://:***@h:1/0"),
+            ("redis://u:pw@h/", "redis://u:***@h/"),
+            ("redis://h:1/", "redis://h:1/"),
+            ("redis://h", "redis://h"),
+            // A raw `/` in the password used to end the "authority".
+            ("redis://:pa/ss@h:6379/0", "redis://:***@h:6379/0"),
+            ("redis://u:a/b/c@h/", "redis://u:***@h/"),
+            ("redis://:p@ss@h/", "redis://:***@h/"),
+            ("redis://u:p:w:d@h/", "redis://u:***@h/"),
+            ("redis://:p%40ss%2F@h/", "redis://:***@h/"),
+            ("redis://:p?x#y@h/", "redis://:***@h/"),
+            ("redis://:pw@[::1]:6379/2", "redis://:***@[::1]:6379/2"),
+            // A lone userinfo may be a password: hidden whole.
+            ("redis://user@h/", "redis://***@h/"),
+            ("redis://secretpw@h/", "redis://***@h/"),
+            (
+                "rediss://default:pw@example.com:6380/",
+                "rediss://default:***@example.com:6380/",
+            ),
+            ("valkeys://u:pw@h/", "valkeys://u:***@h/"),
+            (
+                "redis+unix:///tmp/r.sock?db=1&pass=pw",
+                "redis+unix:///tmp/r.sock?db=1&pass=***",
+            ),
+            (
+                "redis+unix:///tmp/r.sock?pass=pw&db=1",
+                "redis+unix:///tmp/r.sock?pass=***",
+            ),
+            (
+                "redis+unix:///tmp/r.sock?pass=p&w",
+                "redis+unix:///tmp/r.sock?pass=***",
+            ),
+            (
+                "unix:///tmp/r.sock?user=u&PASSWORD=pw",
+                "unix:///tmp/r.sock?user=u&PASSWORD=***",
+            ),
+            (
+                "redis+unix:///tmp/r.sock?db=2",
+                "redis+unix:///tmp/r.sock?db=2",
+            ),
+            ("redis://u:pw@h/0?pass=x", "redis://u:***@h/0?pass=***"),
+            ("not a url :pw@h", "not a url :***@h"),
+            ("", ""),
+        ];
+        for (url, want) in table {
+            let got = mask_url(url);
+            assert_eq!(&got, want, "mask_url({url:?})");
+            for secret in ["pw", "pa/ss", "p@ss", "p%40ss", "secretpw", "p:w"] {
+                if url.contains(secret) {
+                    assert!(!got.contains(secret), "{url:?} leaks {secret:?}: {got:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn debug_hides_the_password_and_the_peer_secret() {
+        let b = Config::builder()
+            .url("redis://admin:hunter2/x@127.0.0.1:6379/0")
+            .peer_secret("s3cret-peer");
+        let built = b.clone().build();
+        for text in [format!("{b:?}"), format!("{built:?}"), format!("{b:#?}")] {
+            assert!(!text.contains("hunter2"), "{text}");
+            assert!(!text.contains("s3cret-peer"), "{text}");
+        }
+        let c = Config::builder()
+            .url("redis://:hunter2@127.0.0.1/")
+            .peer_secret("s3cret-peer")
+            .build()
+            .unwrap();
+        let text = format!("{c:?}");
+        assert!(
+            !text.contains("hunter2") && !text.contains("s3cret-peer"),
+            "{text}"
+        );
+        assert!(text.contains("peer_secret: Some(\"***\")"), "{text}");
+        assert!(text.contains("redis://:***@127.0.0.1/"), "{text}");
+    }
+
+    #[test]
+    fn bounds_are_checked_by_field_name() {
+        let huge = Duration::from_millis(u64::MAX) + Duration::from_millis(5);
+        let cases: Vec<(ConfigBuilder, &str)> = vec![
+            (Config::builder().pool_size(u32::MAX), "pool_size"),
+            (
+                Config::builder().pool_size(Config::MAX_POOL_SIZE + 1),
+                "pool_size",
+            ),
+            (
+                Config::builder().heartbeat_interval(Duration::MAX),
+                "heartbeat_interval",
+            ),
+            (
+                Config::builder().heartbeat_interval(huge),
+                "heartbeat_interval",
+            ),
+            (Config::builder().node_ttl(Duration::MAX), "node_ttl"),
+            (
+                Config::builder().pool_timeout(Duration::MAX),
+                "pool_timeout",
+            ),
+            (
+                Config::builder().connect_timeout(Duration::MAX),
+                "connect_timeout",
+            ),
+            (
+                Config::builder().wait_recheck(Duration::MAX),
+                "wait_recheck",
+            ),
+            (
+                Config::builder().reconnect_min(Duration::MAX),
+                "reconnect_min",
+            ),
+            (
+                Config::builder().reconnect_max(Duration::MAX),
+                "reconnect_max",
+            ),
+        ];
+        for (b, field) in cases {
+            match b.build() {
+                Err(Error::InvalidConfig { field: f, .. }) => assert_eq!(f, field),
+                other => panic!("expected InvalidConfig for {field}, got {other:?}"),
+            }
+        }
+        assert!(Config::builder()
+            .pool_size(Config::MAX_POOL_SIZE)
+            .build()
+            .is_ok());
+        assert!(Config::builder()
+            .heartbeat_interval(Duration::from_secs(3600))
+            .node_ttl(Config::MAX_DURATION)
+            .build()
+            .is_ok());
+    }
+
+    #[test]
+    fn namespace_and_node_id_use_a_safe_character_set() {
+        for ns in ["a:lock", "a b", "a|b", "a{b", "é", "a*", &"x".repeat(65)] {
+            match Config::builder().namespace(ns).build() {
+                Err(Error::InvalidConfig { field, .. }) => assert_eq!(field, "namespace", "{ns:?}"),
+                other => panic!("namespace {ns:?}: expected InvalidConfig, got {other:?}"),
+            }
+        }
+        for id in ["n 1", "a|b", "a:b", "", &"n".repeat(129)] {
+            match Config::builder().node_id(id).build() {
+                Err(Error::InvalidConfig { field, .. }) => assert_eq!(field, "node_id", "{id:?}"),
+                other => panic!("node id {id:?}: expected InvalidConfig, got {other:?}"),
+            }
+        }
+        assert!(Config::builder()
+            .namespace("my-app.prod_2")
+            .node_id("worker-7.example.com")
+            .build()
+            .is_ok());
     }
 
     #[test]

@@ -39,7 +39,7 @@ use crate::lease::{Lease, LeaseTarget};
 use crate::lock::validate_ttl;
 use crate::scripts::{invoke, lua_script};
 use crate::subscriber::{SubEvent, Subscription};
-use crate::util::{millis, panic_message, random_id};
+use crate::util::{check_ttl, millis, panic_message, random_id, Deadline};
 
 lua_script!(FANOUT_CLAIM, "fanout_claim.lua");
 lua_script!(FANOUT_COMPLETE, "fanout_complete.lua");
@@ -137,8 +137,9 @@ impl Fanout {
         }
     }
 
-    /// How long the outcome stays in Redis after completion (default 5 s):
-    /// late waiters and callers arriving in that window get it.
+    /// How long the outcome stays in Redis after completion (default 5 s,
+    /// at most [`crate::MAX_TTL`]): late waiters and callers arriving in
+    /// that window get it.
     ///
     /// ```no_run
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -152,7 +153,8 @@ impl Fanout {
     }
 
     /// The leader's lease, renewed by the heartbeat while the job runs
-    /// (default 10 s; at least three heartbeats). If the leader dies, a
+    /// (default 10 s; at least three heartbeats, at most
+    /// [`crate::MAX_TTL`]). If the leader dies, a
     /// waiter takes over within this time.
     ///
     /// ```no_run
@@ -180,10 +182,12 @@ impl Fanout {
     }
 
     fn validate(&self) -> Result<()> {
+        check_ttl("leader lease", self.leader_lease)?;
         validate_ttl(&self.swarm, self.leader_lease, true)?;
         if self.result_ttl.is_zero() {
             return Err(Error::invalid("result ttl", "must be greater than zero"));
         }
+        check_ttl("result ttl", self.result_ttl)?;
         if self.max_result_bytes == 0 {
             return Err(Error::invalid(
                 "max result bytes",
@@ -221,7 +225,7 @@ impl Fanout {
         let flights = self.swarm.fanout_flights();
         let (flight, driver) = flights.join(job_id);
         if !driver {
-            return match flight.wait_until(Instant::now() + timeout) {
+            return match flight.wait_until(Deadline::after(timeout)) {
                 Some(FlightEnd::Done(bytes)) => decode::<T, E>(job_id, &bytes),
                 // The driver gave up (its own timeout, an error): go on alone.
                 Some(FlightEnd::Abandoned) => self.run_alone(job_id, timeout, job),
@@ -255,10 +259,11 @@ impl Fanout {
         E: Serialize + DeserializeOwned,
         F: FnOnce() -> std::result::Result<T, E>,
     {
-        let deadline = Instant::now() + timeout;
+        // Saturating: a timeout of Duration::MAX waits forever.
+        let deadline = Deadline::after(timeout);
         let completer = match self.push::<T, E>(job_id)? {
             Push::Lead(c) => c,
-            Push::Wait(w) => match w.wait(deadline.saturating_duration_since(Instant::now()))? {
+            Push::Wait(w) => match w.wait(deadline.remaining().unwrap_or(Duration::MAX))? {
                 Waited::Done(r) => return r,
                 Waited::Promoted(c) => c,
             },
@@ -380,7 +385,8 @@ where
     E: Serialize + DeserializeOwned,
 {
     /// Blocks until the outcome arrives, this caller is promoted to leader,
-    /// or `timeout` passes ([`FanoutError::Timeout`]).
+    /// or `timeout` passes ([`FanoutError::Timeout`]; `Duration::MAX` waits
+    /// forever).
     ///
     /// ```no_run
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -398,15 +404,15 @@ where
         if let Some(r) = self.ready.take() {
             return Ok(Waited::Done(r));
         }
-        let deadline = Instant::now() + timeout;
+        // Saturating: a timeout of Duration::MAX waits forever.
+        let deadline = Deadline::after(timeout);
         let recheck = self.fanout.swarm.config().wait_recheck();
         let mut leader_left: Option<Duration> = None;
         loop {
-            let now = Instant::now();
-            if now >= deadline {
+            if deadline.has_passed() {
                 return Err(FanoutError::Timeout { waited: timeout });
             }
-            let mut nap = (deadline - now).min(recheck);
+            let mut nap = deadline.nap(recheck);
             if let Some(l) = leader_left {
                 // Wake just after the leader's lease would lapse.
                 nap = nap.min(l + Duration::from_millis(5));
@@ -576,11 +582,16 @@ pub(crate) struct Flight {
 }
 
 impl Flight {
-    fn wait_until(&self, deadline: Instant) -> Option<FlightEnd> {
+    fn wait_until(&self, deadline: Deadline) -> Option<FlightEnd> {
         let mut end = self.end.lock();
         while end.is_none() {
-            if self.cv.wait_until(&mut end, deadline).timed_out() {
-                break;
+            match deadline.instant() {
+                Some(at) => {
+                    if self.cv.wait_until(&mut end, at).timed_out() {
+                        break;
+                    }
+                }
+                None => self.cv.wait(&mut end),
             }
         }
         end.clone()

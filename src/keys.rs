@@ -5,6 +5,22 @@
 //! job and queue lives on one Redis Cluster slot while different ones spread
 //! over slots. Names are validated before any key is built.
 //!
+//! No two (namespace, feature, name) triples share a key or a channel:
+//! - the namespace contains no `:`, `{` or `}` —
+//!   [`Config`](crate::Config) only accepts `[A-Za-z0-9._-]` (see
+//!   [`validate_namespace`]), and [`Keys::new`], which takes any string,
+//!   percent-escapes `%`, `:`, `{` and `}` in it — so inside the tag the
+//!   namespace ends at the first `:`;
+//! - the feature is one fixed word without `:` (`lock`, `sem`, `fanout`,
+//!   `queue`; `nodes` has no name part at all);
+//! - the name may contain `:` but no `{` or `}` ([`validate_name`]), so it
+//!   ends at the `}` that closes the tag;
+//! - what follows the tag is one of the fixed suffixes below.
+//!
+//! So namespace `a:lock` with lock `x` cannot meet namespace `a` with lock
+//! `lock:x`: the first is refused by `Config`, and `Keys::new("a:lock")`
+//! builds `{a%3Alock:lock:x}`, not `{a:lock:x}`.
+//!
 //! | key / channel | type | holds |
 //! |---|---|---|
 //! | `{ns:nodes}` | zset | node id → membership deadline (ms, Redis clock) |
@@ -39,6 +55,79 @@ use crate::error::{Error, Result};
 
 /// Longest name (lock, queue, job id, ...) accepted, in bytes.
 pub const MAX_NAME_LEN: usize = 512;
+
+/// Longest namespace accepted, in bytes.
+pub const MAX_NAMESPACE_LEN: usize = 64;
+
+/// Longest node id accepted, in bytes (it must fit the peer wire format's
+/// line limit next to the namespace, a nonce and a MAC).
+pub const MAX_NODE_ID_LEN: usize = 128;
+
+/// Checks a namespace: 1 to [`MAX_NAMESPACE_LEN`] bytes of
+/// `[A-Za-z0-9._-]`. No `:` (keys could collide across namespaces), no
+/// spaces or `|` (the namespace travels in the space-separated peer wire
+/// format and in its MAC input), no braces (hash tags).
+///
+/// ```
+/// assert!(redswarm::keys::validate_namespace("billing.prod-2").is_ok());
+/// assert!(redswarm::keys::validate_namespace("a:lock").is_err());
+/// assert!(redswarm::keys::validate_namespace("a b").is_err());
+/// ```
+pub fn validate_namespace(ns: &str) -> Result<()> {
+    validate_token("namespace", ns, MAX_NAMESPACE_LEN)
+}
+
+/// Checks a node id: 1 to [`MAX_NODE_ID_LEN`] bytes of `[A-Za-z0-9._-]`
+/// (same reasons as [`validate_namespace`]).
+///
+/// ```
+/// assert!(redswarm::keys::validate_node_id("worker-7.example.com").is_ok());
+/// assert!(redswarm::keys::validate_node_id("a|b").is_err());
+/// assert!(redswarm::keys::validate_node_id("").is_err());
+/// ```
+pub fn validate_node_id(id: &str) -> Result<()> {
+    validate_token("node id", id, MAX_NODE_ID_LEN)
+}
+
+fn validate_token(what: &'static str, s: &str, max: usize) -> Result<()> {
+    if s.is_empty() {
+        return Err(Error::invalid(what, "must not be empty"));
+    }
+    if s.len() > max {
+        return Err(Error::invalid(
+            what,
+            format!("is {} bytes, the limit is {max}", s.len()),
+        ));
+    }
+    if let Some(c) = s
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(Error::invalid(
+            what,
+            format!("contains {c:?}; only ASCII letters, digits, '.', '_' and '-' are allowed"),
+        ));
+    }
+    Ok(())
+}
+
+/// The namespace as it appears in keys: `%`, `:`, `{` and `}` are
+/// percent-escaped, so the namespace ends at the first `:` of a tag even
+/// when [`Keys::new`] gets one `Config` would refuse. Valid namespaces are
+/// unchanged.
+fn escape_namespace(ns: &str) -> String {
+    let mut out = String::with_capacity(ns.len());
+    for c in ns.chars() {
+        match c {
+            '%' => out.push_str("%25"),
+            ':' => out.push_str("%3A"),
+            '{' => out.push_str("%7B"),
+            '}' => out.push_str("%7D"),
+            c => out.push(c),
+        }
+    }
+    out
+}
 
 /// Checks a user-supplied name: not empty, at most [`MAX_NAME_LEN`] bytes,
 /// no `{`/`}` (they would break hash tags) and no control characters.
@@ -81,6 +170,8 @@ pub fn validate_name(what: &'static str, name: &str) -> Result<()> {
 #[derive(Clone, Debug)]
 pub struct Keys {
     ns: String,
+    /// `ns` as written into keys (see `escape_namespace`).
+    tag_ns: String,
 }
 
 /// Keys of one lock.
@@ -149,13 +240,22 @@ pub struct QueueKeys {
 }
 
 impl Keys {
-    /// Key builder for namespace `ns` (validated by [`Config`](crate::Config)).
+    /// Key builder for namespace `ns` (validated by [`Config`](crate::Config);
+    /// any other string is escaped so it cannot collide with a valid one).
     ///
     /// ```
-    /// let keys = redswarm::keys::Keys::new("ns");
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use redswarm::keys::Keys;
+    /// assert_eq!(Keys::new("a").lock("lock:x")?.owner, "{a:lock:lock:x}");
+    /// assert_eq!(Keys::new("a:lock").lock("x")?.owner, "{a%3Alock:lock:x}");
+    /// # Ok(()) }
     /// ```
     pub fn new(ns: impl Into<String>) -> Keys {
-        Keys { ns: ns.into() }
+        let ns = ns.into();
+        Keys {
+            tag_ns: escape_namespace(&ns),
+            ns,
+        }
     }
 
     /// The namespace.
@@ -169,7 +269,7 @@ impl Keys {
 
     fn tag(&self, kind: &str, what: &'static str, name: &str) -> Result<String> {
         validate_name(what, name)?;
-        Ok(format!("{{{}:{kind}:{name}}}", self.ns))
+        Ok(format!("{{{}:{kind}:{name}}}", self.tag_ns))
     }
 
     /// The node membership zset.
@@ -178,7 +278,7 @@ impl Keys {
     /// assert_eq!(redswarm::keys::Keys::new("ns").nodes(), "{ns:nodes}");
     /// ```
     pub fn nodes(&self) -> String {
-        format!("{{{}:nodes}}", self.ns)
+        format!("{{{}:nodes}}", self.tag_ns)
     }
 
     /// The info hash of a node (same slot as [`Keys::nodes`]).
@@ -187,7 +287,7 @@ impl Keys {
     /// assert_eq!(redswarm::keys::Keys::new("ns").node_info("n1"), "{ns:nodes}:info:n1");
     /// ```
     pub fn node_info(&self, node: &str) -> String {
-        format!("{{{}:nodes}}:info:{node}", self.ns)
+        format!("{{{}:nodes}}:info:{node}", self.tag_ns)
     }
 
     /// Channel that wakes a node's pub/sub thread.
@@ -196,7 +296,7 @@ impl Keys {
     /// assert_eq!(redswarm::keys::Keys::new("ns").wake_channel("n1"), "{ns}:wake:n1");
     /// ```
     pub fn wake_channel(&self, node: &str) -> String {
-        format!("{{{}}}:wake:{node}", self.ns)
+        format!("{{{}}}:wake:{node}", self.tag_ns)
     }
 
     /// Keys of lock `name`.
@@ -366,5 +466,150 @@ mod tests {
             hash_tag(&Keys::new("ns").node_info("x"))
         );
         assert_eq!(hash_tag("plain"), "plain");
+    }
+
+    /// (name built, the triple that built it).
+    type Built = Vec<(String, String)>;
+
+    /// Every key (and, separately, every channel) a (namespace, feature,
+    /// name) triple produces, tagged with the triple.
+    fn all_names(ns: &str, name: &str) -> (Built, Built) {
+        let k = Keys::new(ns);
+        let mut keys = Vec::new();
+        let mut channels = Vec::new();
+        let who = |feature: &str| format!("ns={ns:?} {feature} {name:?}");
+        if let Ok(l) = k.lock(name) {
+            for key in [l.owner, l.fence, l.queue, l.tickets] {
+                keys.push((key, who("lock")));
+            }
+            channels.push((l.released, who("lock")));
+        }
+        if let Ok(m) = k.semaphore(name) {
+            for key in [m.holders, m.fence, m.queue, m.tickets] {
+                keys.push((key, who("semaphore")));
+            }
+            channels.push((m.released, who("semaphore")));
+        }
+        if let Ok(f) = k.fanout(name) {
+            keys.push((f.leader, who("fanout")));
+            keys.push((f.result, who("fanout")));
+            channels.push((f.done, who("fanout")));
+        }
+        if let Ok(q) = k.queue(name) {
+            for key in [
+                q.ready.clone(),
+                q.delayed.clone(),
+                q.running.clone(),
+                q.ended.clone(),
+                q.failed.clone(),
+                q.marker.clone(),
+                q.seq.clone(),
+            ] {
+                keys.push((key, who("queue")));
+            }
+            channels.push((q.events.clone(), who("queue")));
+            for id in ["1", "1:events", "x:control", "ready"] {
+                keys.push((q.task(id), who(&format!("queue task {id:?}"))));
+                channels.push((q.task_events(id), who(&format!("queue task {id:?}"))));
+                channels.push((q.task_control(id), who(&format!("queue task {id:?}"))));
+            }
+        }
+        // The node id plays the name's part for the per-node names.
+        keys.push((k.node_info(name), who("node info")));
+        channels.push((k.wake_channel(name), who("wake")));
+        (keys, channels)
+    }
+
+    #[test]
+    fn no_two_triples_share_a_key_or_a_channel() {
+        let namespaces = [
+            "a",
+            "a:lock",
+            "a:lock:x",
+            "a%3Alock",
+            "a%",
+            "lock",
+            "a:",
+            ":",
+            "",
+            "a{b",
+            "a}b",
+            "{a}",
+            "%25",
+            "a:b:c",
+            "a:sem",
+            "a:queue:q",
+            "a:nodes",
+            "nodes",
+            "ns",
+            "a-b.c_d",
+        ];
+        let names = [
+            "x", "lock:x", "sem:x", "queue:x", "fanout:x", "nodes", "x:fence", "fence", ":", "a:b",
+            "b", "lock", "released", "task:1", "x:task:1", "%3A", "*", "a b", "info:x", "x}:fence",
+            "",
+        ];
+        let mut seen_keys: std::collections::HashMap<String, String> = Default::default();
+        let mut seen_channels: std::collections::HashMap<String, String> = Default::default();
+        let mut count = 0;
+        for ns in namespaces {
+            // The per-namespace key, once.
+            let nodes = Keys::new(ns).nodes();
+            let who = format!("ns={ns:?} nodes");
+            if let Some(other) = seen_keys.insert(nodes.clone(), who.clone()) {
+                panic!("key {nodes:?} built for both [{other}] and [{who}]");
+            }
+            for name in names {
+                let (keys, channels) = all_names(ns, name);
+                for (key, who) in keys {
+                    count += 1;
+                    if let Some(other) = seen_keys.insert(key.clone(), who.clone()) {
+                        panic!("key {key:?} built for both [{other}] and [{who}]");
+                    }
+                }
+                for (ch, who) in channels {
+                    if let Some(other) = seen_channels.insert(ch.clone(), who.clone()) {
+                        panic!("channel {ch:?} built for both [{other}] and [{who}]");
+                    }
+                }
+            }
+        }
+        assert!(count > 1000, "only {count} keys checked");
+        // The collision from the issue, spelled out.
+        assert_ne!(
+            Keys::new("a:lock").lock("x").unwrap().owner,
+            Keys::new("a").lock("lock:x").unwrap().owner
+        );
+    }
+
+    #[test]
+    fn valid_namespaces_are_not_escaped() {
+        assert_eq!(Keys::new("my-app.prod_2").nodes(), "{my-app.prod_2:nodes}");
+        assert_eq!(Keys::new("a:b").nodes(), "{a%3Ab:nodes}");
+        assert_eq!(Keys::new("a:b").namespace(), "a:b");
+        assert_eq!(hash_tag(&Keys::new("a}b").nodes()), "a%7Db:nodes");
+    }
+
+    #[test]
+    fn namespace_and_node_id_charset() {
+        for ok in ["a", "A-z.0_9", &"n".repeat(64)] {
+            assert!(validate_namespace(ok).is_ok(), "{ok:?}");
+        }
+        for bad in [
+            "",
+            "a:b",
+            "a b",
+            "a|b",
+            "a{b",
+            "a%b",
+            "é",
+            "a\nb",
+            &"n".repeat(65),
+        ] {
+            assert!(validate_namespace(bad).is_err(), "{bad:?}");
+        }
+        assert!(validate_node_id(&"n".repeat(128)).is_ok());
+        assert!(validate_node_id(&"n".repeat(129)).is_err());
+        assert!(validate_node_id("host:1").is_err());
     }
 }

@@ -58,3 +58,4 @@ pub use swarm::{
     WorkerOptions,
 };
 pub use threadpool::{JobHandle, ThreadPool};
+pub use util::MAX_TTL;

@@ -29,7 +29,7 @@ use crate::keys::LockKeys;
 use crate::lease::{Lease, LeaseLost, LeaseTarget};
 use crate::scripts::{invoke, lua_script};
 use crate::subscriber::SubEvent;
-use crate::util::{millis, random_id};
+use crate::util::{check_ttl, millis, random_id, Deadline};
 
 lua_script!(LOCK_ACQUIRE, "lock_acquire.lua");
 lua_script!(LOCK_RELEASE, "lock_release.lua");
@@ -97,7 +97,7 @@ impl LockOptions {
     }
 
     /// Lock TTL (default 30 s). With auto-extension it must be at least
-    /// three heartbeat intervals.
+    /// three heartbeat intervals; it may not exceed [`crate::MAX_TTL`].
     ///
     /// ```no_run
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -141,6 +141,11 @@ impl LockOptions {
     fn validate(&self) -> Result<LockKeys> {
         let keys = self.swarm.keys().lock(&self.name)?;
         validate_ttl(&self.swarm, self.ttl, self.auto_extend)?;
+        if let Some((_, timeout)) = self.replicas {
+            // WAIT takes milliseconds; the bound also keeps the widened
+            // read timeout below from overflowing.
+            check_ttl("replicas timeout", timeout)?;
+        }
         Ok(keys)
     }
 
@@ -168,7 +173,8 @@ impl LockOptions {
     }
 
     /// Blocks until the lock is taken or `wait` passes
-    /// ([`Error::Timeout`]). Woken by the release message, not by polling.
+    /// ([`Error::Timeout`]; `Duration::MAX` waits forever). Woken by the
+    /// release message, not by polling.
     ///
     /// ```no_run
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -235,11 +241,13 @@ impl LockOptions {
     }
 }
 
-/// Checks a lease TTL: not zero, and long enough to be auto-renewed.
+/// Checks a lease TTL: not zero, at most [`crate::MAX_TTL`], and long
+/// enough to be auto-renewed.
 pub(crate) fn validate_ttl(swarm: &Redswarm, ttl: Duration, auto_extend: bool) -> Result<()> {
     if ttl < Duration::from_millis(1) {
         return Err(Error::invalid("ttl", "must be at least 1 ms"));
     }
+    check_ttl("ttl", ttl)?;
     let min = swarm.config().min_renewable_ttl();
     if auto_extend && ttl < min {
         return Err(Error::invalid(
@@ -286,7 +294,7 @@ pub(crate) fn attempt(
                 // the grant? It blocks up to `timeout`, so widen the read
                 // timeout for it.
                 let command_timeout = swarm.config().command_timeout();
-                conn.set_read_timeout(Some(timeout + command_timeout))?;
+                conn.set_read_timeout(Some(timeout.saturating_add(command_timeout)))?;
                 let acked: redis::RedisResult<i64> = redis::cmd("WAIT")
                     .arg(wanted)
                     .arg(millis(timeout))
@@ -338,7 +346,8 @@ pub(crate) fn wait_for_grant<T>(
     what: impl Fn() -> String,
     mut attempt: impl FnMut() -> Result<std::result::Result<T, Option<Duration>>>,
 ) -> Result<T> {
-    let deadline = Instant::now() + wait;
+    // Saturating: a wait of Duration::MAX waits forever.
+    let deadline = Deadline::after(wait);
     let sub = swarm.subscribe(channel)?;
     loop {
         let holder_ttl = match attempt() {
@@ -354,14 +363,13 @@ pub(crate) fn wait_for_grant<T>(
             }
             Err(e) => return Err(e),
         };
-        let now = Instant::now();
-        if now >= deadline {
+        if deadline.has_passed() {
             return Err(Error::Timeout {
                 what: what(),
                 waited: wait,
             });
         }
-        let mut nap = (deadline - now).min(swarm.config().wait_recheck());
+        let mut nap = deadline.nap(swarm.config().wait_recheck());
         if let Some(t) = holder_ttl {
             nap = nap.min(t.max(Duration::from_millis(1)));
         }
@@ -372,9 +380,9 @@ pub(crate) fn wait_for_grant<T>(
 /// Sleeps until a release message that concerns us, a reconnect, or `nap`.
 /// In fair mode a release naming another waiter is not for us.
 pub(crate) fn wait_for_release(sub: &crate::Subscription, nap: Duration, me: Option<&str>) {
-    let until = Instant::now() + nap;
+    let until = Deadline::after(nap);
     loop {
-        let left = until.saturating_duration_since(Instant::now());
+        let left = until.nap(nap);
         match sub.recv_timeout(left) {
             Ok(SubEvent::Message(m)) => match (me, m.payload_str()) {
                 (Some(me), Some(head)) if !head.is_empty() && head != me => continue,

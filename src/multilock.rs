@@ -19,7 +19,7 @@ use crate::keys::LockKeys;
 use crate::lease::LeaseLost;
 use crate::lock::{attempt, validate_ttl, wait_for_release, Attempt, LockGuard};
 use crate::subscriber::Subscription;
-use crate::util::random_id;
+use crate::util::{random_id, Deadline};
 
 /// Options for a multi-lock; start with [`Redswarm::multi_lock`].
 ///
@@ -83,7 +83,8 @@ impl MultiLockOptions {
         self
     }
 
-    /// Takes every lock of the set, or none, within `wait`.
+    /// Takes every lock of the set, or none, within `wait`
+    /// (`Duration::MAX` waits forever).
     ///
     /// ```no_run
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -102,7 +103,8 @@ impl MultiLockOptions {
             .map(|n| self.swarm.keys().lock(n))
             .collect::<Result<_>>()?;
         let token = random_id();
-        let deadline = Instant::now() + wait;
+        // Saturating: a wait of Duration::MAX waits forever.
+        let deadline = Deadline::after(wait);
         let mut sub: Option<(usize, Subscription)> = None;
         loop {
             let (taken, blocked) = self.round(&keys, &token)?;
@@ -124,8 +126,7 @@ impl MultiLockOptions {
                     .collect();
                 return Ok(MultiLockGuard { guards });
             };
-            let now = Instant::now();
-            if now >= deadline {
+            if deadline.has_passed() {
                 return Err(Error::Timeout {
                     what: format!("locks {:?} (`{}` busy)", self.names, self.names[busy]),
                     waited: wait,
@@ -137,7 +138,7 @@ impl MultiLockOptions {
                 sub = Some((busy, self.swarm.subscribe(&keys[busy].released)?));
                 continue;
             }
-            let mut nap = (deadline - now).min(self.swarm.config().wait_recheck());
+            let mut nap = deadline.nap(self.swarm.config().wait_recheck());
             if let Some(t) = owner_ttl {
                 nap = nap.min(t.max(Duration::from_millis(1)));
             }

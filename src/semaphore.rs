@@ -69,8 +69,8 @@ impl Semaphore {
         })
     }
 
-    /// Permit TTL (default 30 s): a holder that dies gives its permit back
-    /// after this long.
+    /// Permit TTL (default 30 s, at most [`crate::MAX_TTL`]): a holder
+    /// that dies gives its permit back after this long.
     ///
     /// ```no_run
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -132,7 +132,8 @@ impl Semaphore {
         }
     }
 
-    /// Blocks until a permit is free or `wait` passes ([`Error::Timeout`]).
+    /// Blocks until a permit is free or `wait` passes ([`Error::Timeout`];
+    /// `Duration::MAX` waits forever).
     ///
     /// ```no_run
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {

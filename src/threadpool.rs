@@ -7,13 +7,13 @@
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crossbeam_channel::{bounded, Receiver, Sender};
 use parking_lot::{Condvar, Mutex};
 
 use crate::error::{Error, Result};
-use crate::util::panic_message;
+use crate::util::{panic_message, Deadline};
 
 /// Busy-thread count and the condvar `wait_idle` sleeps on.
 type BusyCount = (Mutex<usize>, Condvar);
@@ -95,8 +95,28 @@ impl<T> JobHandle<T> {
 }
 
 impl ThreadPool {
-    /// Starts `threads` threads named `<name>-<i>` with a queue of
-    /// `queue_capacity` jobs (`execute` blocks while it is full).
+    /// Most threads one pool may have (each has its own stack; a typo like
+    /// 100000 must fail, not exhaust the process).
+    ///
+    /// ```
+    /// let n = redswarm::ThreadPool::MAX_THREADS + 1;
+    /// assert!(redswarm::ThreadPool::new("x", n, 1).is_err());
+    /// ```
+    pub const MAX_THREADS: usize = 1024;
+
+    /// Largest job queue of one pool (the queue's slots are allocated up
+    /// front).
+    ///
+    /// ```
+    /// let n = redswarm::ThreadPool::MAX_QUEUE_CAPACITY + 1;
+    /// assert!(redswarm::ThreadPool::new("x", 1, n).is_err());
+    /// ```
+    pub const MAX_QUEUE_CAPACITY: usize = 1 << 16;
+
+    /// Starts `threads` threads (1 to [`ThreadPool::MAX_THREADS`]) named
+    /// `<name>-<i>` with a queue of `queue_capacity` jobs (at most
+    /// [`ThreadPool::MAX_QUEUE_CAPACITY`]; `execute` blocks while it is
+    /// full).
     ///
     /// ```
     /// assert!(redswarm::ThreadPool::new("x", 0, 1).is_err());
@@ -104,6 +124,25 @@ impl ThreadPool {
     pub fn new(name: &str, threads: usize, queue_capacity: usize) -> Result<ThreadPool> {
         if threads == 0 {
             return Err(Error::invalid("thread count", "must be at least 1"));
+        }
+        // Checked before anything is allocated or spawned.
+        if threads > Self::MAX_THREADS {
+            return Err(Error::invalid(
+                "thread count",
+                format!(
+                    "{threads} is above the limit of {} (ThreadPool::MAX_THREADS)",
+                    Self::MAX_THREADS
+                ),
+            ));
+        }
+        if queue_capacity > Self::MAX_QUEUE_CAPACITY {
+            return Err(Error::invalid(
+                "queue capacity",
+                format!(
+                    "{queue_capacity} is above the limit of {} (ThreadPool::MAX_QUEUE_CAPACITY)",
+                    Self::MAX_QUEUE_CAPACITY
+                ),
+            ));
         }
         let (tx, rx) = bounded::<Job>(queue_capacity);
         let busy: Arc<BusyCount> = Arc::new((Mutex::new(0usize), Condvar::new()));
@@ -154,7 +193,8 @@ impl ThreadPool {
         self.size.saturating_sub(*self.busy.0.lock())
     }
 
-    /// Blocks until at least one thread is idle or `timeout` passes;
+    /// Blocks until at least one thread is idle or `timeout` passes
+    /// (`Duration::MAX` waits as long as it takes);
     /// returns whether one is idle.
     ///
     /// ```
@@ -164,11 +204,17 @@ impl ThreadPool {
     /// # Ok(()) }
     /// ```
     pub fn wait_idle(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
+        // Saturating: a timeout of Duration::MAX waits as long as it takes.
+        let deadline = Deadline::after(timeout);
         let mut busy = self.busy.0.lock();
         while *busy >= self.size {
-            if self.busy.1.wait_until(&mut busy, deadline).timed_out() {
-                return *busy < self.size;
+            match deadline.instant() {
+                Some(at) => {
+                    if self.busy.1.wait_until(&mut busy, at).timed_out() {
+                        return *busy < self.size;
+                    }
+                }
+                None => self.busy.1.wait(&mut busy),
             }
         }
         true

@@ -411,3 +411,85 @@ fn bad_ids_oversized_and_unserializable_results_are_clear_errors() {
         "{r:?}"
     );
 }
+
+#[test]
+fn a_fanout_timeout_of_duration_max_waits_for_the_outcome() {
+    let server = RedisServer::start();
+    let a = connect(&server, "forever");
+    let b = connect(&server, "forever");
+    let (go_tx, go) = crossbeam_channel::bounded::<()>(1);
+    let leader = lead_in_background(a.clone(), "slow", move || -> Result<u32, String> {
+        go.recv_timeout(30 * SEC).map_err(|e| e.to_string())?;
+        Ok(7)
+    });
+    let waiter = |swarm: Redswarm| {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        std::thread::spawn(move || {
+            let _ =
+                tx.send(swarm.fanout("slow", Duration::MAX, || -> Result<u32, String> { Ok(0) }));
+        });
+        rx
+    };
+    // One waits in memory behind the leader's thread, one in Redis, one
+    // through the low-level waiter.
+    let same_handle = waiter(a.clone());
+    let other_handle = waiter(b.clone());
+    let low_level = match b.fanout_options().push::<u32, String>("slow").unwrap() {
+        Push::Wait(w) => w.into_receiver(Duration::MAX),
+        Push::Lead(_) => panic!("the leader is running"),
+    };
+    assert!(same_handle
+        .recv_timeout(Duration::from_millis(500))
+        .is_err());
+    assert!(other_handle
+        .recv_timeout(Duration::from_millis(10))
+        .is_err());
+    assert!(low_level.recv_timeout(Duration::from_millis(10)).is_err());
+    go_tx.send(()).unwrap();
+    assert_eq!(leader.join().unwrap().unwrap(), 7);
+    for (who, rx) in [("same handle", same_handle), ("other handle", other_handle)] {
+        let r = rx
+            .recv_timeout(10 * SEC)
+            .unwrap_or_else(|_| panic!("{who}: no outcome"));
+        assert_eq!(r.unwrap(), 7, "{who}");
+    }
+    match low_level
+        .recv_timeout(10 * SEC)
+        .expect("low-level waiter: no outcome")
+    {
+        Ok(Waited::Done(r)) => assert_eq!(r.unwrap(), 7),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn fanout_ttls_above_max_ttl_are_invalid_input() {
+    let server = RedisServer::start();
+    let a = connect(&server, "hugettl");
+    let wrapping = Duration::from_millis(u64::MAX) + Duration::from_millis(5);
+    let job = || -> Result<u32, String> { Ok(1) };
+    for (opts, what) in [
+        (a.fanout_options().result_ttl(wrapping), "result ttl"),
+        (a.fanout_options().result_ttl(Duration::MAX), "result ttl"),
+        (a.fanout_options().leader_lease(wrapping), "leader lease"),
+        (
+            a.fanout_options().leader_lease(Duration::MAX),
+            "leader lease",
+        ),
+    ] {
+        match opts.run("job", SEC, job) {
+            Err(FanoutError::Redswarm(Error::InvalidInput { what: w, .. })) => {
+                assert_eq!(w, what)
+            }
+            other => panic!("{what}: expected InvalidInput, got {other:?}"),
+        }
+    }
+    // Nothing was stored with a wrapped 5 ms TTL: a fresh run leads.
+    let keys = a.keys().fanout("job").unwrap();
+    let exists: i64 = redis::cmd("EXISTS")
+        .arg(&keys.leader)
+        .arg(&keys.result)
+        .query(&mut server.conn())
+        .unwrap();
+    assert_eq!(exists, 0);
+}

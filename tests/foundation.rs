@@ -354,3 +354,157 @@ fn thread_pool_survives_panicking_jobs() {
     pool.join();
     assert!(matches!(pool.execute(|| ()), Err(Error::ShutDown)));
 }
+
+fn config_error_field(r: redswarm::Result<Config>) -> &'static str {
+    match r {
+        Err(Error::InvalidConfig { field, .. }) => field,
+        other => panic!("expected InvalidConfig, got {other:?}"),
+    }
+}
+
+#[test]
+fn config_bounds_and_durations_fail_by_field_name_without_panicking() {
+    let wrapping = Duration::from_millis(u64::MAX) + Duration::from_millis(5);
+    let cases: Vec<(redswarm::ConfigBuilder, &str)> = vec![
+        // r2d2 reserves a slot per connection up front: this used to abort.
+        (Config::builder().pool_size(u32::MAX), "pool_size"),
+        (
+            Config::builder().pool_size(Config::MAX_POOL_SIZE + 1),
+            "pool_size",
+        ),
+        // `3 × heartbeat_interval` used to overflow and panic.
+        (
+            Config::builder().heartbeat_interval(Duration::MAX),
+            "heartbeat_interval",
+        ),
+        (
+            Config::builder().heartbeat_interval(wrapping),
+            "heartbeat_interval",
+        ),
+        (Config::builder().node_ttl(Duration::MAX), "node_ttl"),
+        (
+            Config::builder().connect_timeout(Duration::MAX),
+            "connect_timeout",
+        ),
+        (
+            Config::builder().pool_timeout(Duration::MAX),
+            "pool_timeout",
+        ),
+        (
+            Config::builder().reconnect_max(Duration::MAX),
+            "reconnect_max",
+        ),
+        (Config::builder().namespace("a:lock"), "namespace"),
+        (Config::builder().namespace("two words"), "namespace"),
+        (Config::builder().node_id("a|b"), "node_id"),
+        (Config::builder().node_id("node 1"), "node_id"),
+    ];
+    for (b, field) in cases {
+        let got = config_error_field(b.build());
+        assert_eq!(got, field);
+    }
+}
+
+/// Child role: builds a config from the environment the parent set and
+/// exits non-zero unless it fails with InvalidConfig for `CHILD_FIELD`.
+#[test]
+fn child_config_from_env() {
+    let Ok(field) = std::env::var("CHILD_FIELD") else {
+        return;
+    };
+    let got = config_error_field(Config::from_env());
+    assert_eq!(got, field);
+}
+
+#[test]
+fn from_env_rejects_a_huge_pool_size_instead_of_aborting() {
+    for (var, value, field) in [
+        ("REDSWARM_POOL_SIZE", "4294967295", "pool_size"),
+        ("REDSWARM_POOL_SIZE", "99999999999", "pool_size"),
+        ("REDSWARM_NAMESPACE", "a:lock", "namespace"),
+        ("REDSWARM_NODE_ID", "has space", "node_id"),
+    ] {
+        let status = support::child_role("child_config_from_env")
+            .env_remove("REDIS_URL")
+            .env(var, value)
+            .env("CHILD_FIELD", field)
+            .status()
+            .unwrap();
+        assert!(status.success(), "{var}={value}: {status}");
+    }
+}
+
+#[test]
+fn debug_output_and_errors_never_show_the_password_or_peer_secret() {
+    let builder = Config::builder()
+        .url("redis://admin:hunter2@127.0.0.1:1/0")
+        .peer_secret("peer-s3cret");
+    let config = builder.clone().build().unwrap();
+    for text in [
+        format!("{builder:?}"),
+        format!("{config:?}"),
+        format!("{config:#?}"),
+        config.masked_url(),
+    ] {
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(!text.contains("peer-s3cret"), "{text}");
+    }
+    // A raw `/` in the password: the URL is refused, the error masks it.
+    let err = Config::from_url("redis://:pa/ss@127.0.0.1:1/0").unwrap_err();
+    assert!(!err.to_string().contains("pa/ss"), "{err}");
+    assert!(!format!("{err:?}").contains("pa/ss"), "{err:?}");
+    // A unix socket with `?pass=`.
+    let c = Config::from_url("redis+unix:///tmp/nope.sock?pass=hunter2").unwrap();
+    assert!(!format!("{c:?}").contains("hunter2"));
+    assert!(!c.masked_url().contains("hunter2"));
+    // A connect error names the URL without its password.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let err = Redswarm::connect(
+        Config::from_url(&format!("redis://u:hunter2@127.0.0.1:{port}/")).unwrap(),
+    )
+    .unwrap_err();
+    assert!(matches!(err, Error::Connect { .. }), "{err}");
+    assert!(!err.to_string().contains("hunter2"), "{err}");
+    assert!(!format!("{err:?}").contains("hunter2"), "{err:?}");
+}
+
+#[test]
+fn thread_pool_bounds_and_an_endless_wait_idle() {
+    for (threads, queue) in [
+        (ThreadPool::MAX_THREADS + 1, 1),
+        (usize::MAX, 1),
+        (1, ThreadPool::MAX_QUEUE_CAPACITY + 1),
+        (1, usize::MAX),
+    ] {
+        assert!(
+            matches!(
+                ThreadPool::new("t", threads, queue),
+                Err(Error::InvalidInput { .. })
+            ),
+            "{threads} threads, queue {queue}"
+        );
+    }
+    let pool = std::sync::Arc::new(ThreadPool::new("t", 1, 1).unwrap());
+    let (go_tx, go) = crossbeam_channel::bounded::<()>(1);
+    let busy = pool
+        .execute(move || go.recv_timeout(Duration::from_secs(30)).is_ok())
+        .unwrap();
+    assert!(support::wait_until(Duration::from_secs(5), || pool.idle() == 0));
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    let p = pool.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(p.wait_idle(Duration::MAX));
+    });
+    assert!(rx.recv_timeout(Duration::from_millis(300)).is_err());
+    go_tx.send(()).unwrap();
+    assert!(busy.join().unwrap());
+    assert_eq!(
+        rx.recv_timeout(Duration::from_secs(10)),
+        Ok(true),
+        "wait_idle(Duration::MAX) never returned"
+    );
+}

@@ -467,3 +467,103 @@ fn a_partitioned_node_stops_waiting_for_a_lock() {
         started.elapsed()
     );
 }
+
+/// 2^64 ms + 5 ms: used to wrap to a 5 ms TTL.
+fn wrapping_ttl() -> Duration {
+    Duration::from_millis(u64::MAX) + Duration::from_millis(5)
+}
+
+/// Runs `f` on a thread; its result arrives on the returned channel (so a
+/// wait that never ends fails the test instead of hanging it).
+fn on_thread<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> crossbeam_channel::Receiver<T> {
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx
+}
+
+#[test]
+fn a_lock_wait_of_duration_max_blocks_until_the_lock_is_released() {
+    let server = RedisServer::start();
+    let a = connect(&server, "forever");
+    let b = connect(&server, "forever");
+    let g = a.try_lock("res", 60 * SEC).unwrap().unwrap();
+    let all = a.lock_all(&["m1", "m2"], 60 * SEC, SEC).unwrap();
+    let (b1, b2) = (b.clone(), b.clone());
+    let one = on_thread(move || b1.lock("res", 60 * SEC, Duration::MAX));
+    let both = on_thread(move || b2.lock_all(&["m2", "m1"], 60 * SEC, Duration::MAX));
+    // Still waiting (not panicked, not timed out) while the locks are held.
+    assert!(one.recv_timeout(Duration::from_millis(500)).is_err());
+    assert!(both.recv_timeout(Duration::from_millis(10)).is_err());
+    g.release().unwrap();
+    all.release().unwrap();
+    let got = one
+        .recv_timeout(10 * SEC)
+        .expect("lock(.., Duration::MAX) never returned");
+    assert!(got.unwrap().is_held());
+    let got = both
+        .recv_timeout(10 * SEC)
+        .expect("lock_all(.., Duration::MAX) never returned");
+    assert!(got.unwrap().is_held());
+}
+
+#[test]
+fn lock_ttls_above_max_ttl_are_invalid_input_and_write_nothing() {
+    let server = RedisServer::start();
+    let s = connect(&server, "hugettl");
+    let is_ttl_error = |e: &Error| matches!(e, Error::InvalidInput { what: "ttl", .. });
+    for ttl in [
+        wrapping_ttl(),
+        Duration::MAX,
+        redswarm::MAX_TTL + Duration::from_millis(1),
+    ] {
+        let err = s.try_lock("res", ttl).unwrap_err();
+        assert!(is_ttl_error(&err), "{ttl:?}: {err}");
+        let err = s.lock("res", ttl, SEC).unwrap_err();
+        assert!(is_ttl_error(&err), "{ttl:?}: {err}");
+        let err = s.lock_all(&["a", "b"], ttl, SEC).unwrap_err();
+        assert!(is_ttl_error(&err), "{ttl:?}: {err}");
+    }
+    // Nothing was granted with a wrapped 5 ms TTL.
+    let exists: i64 = redis::cmd("EXISTS")
+        .arg(s.keys().lock("res").unwrap().owner)
+        .query(&mut server.conn())
+        .unwrap();
+    assert_eq!(exists, 0);
+    // The limit itself is fine.
+    let g = s.try_lock("res", redswarm::MAX_TTL).unwrap().unwrap();
+    // extend refuses too, and the lock stays held with its TTL.
+    let err = g.extend(wrapping_ttl()).unwrap_err();
+    assert!(is_ttl_error(&err), "{err}");
+    assert!(g.is_held());
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg(s.keys().lock("res").unwrap().owner)
+        .query(&mut server.conn())
+        .unwrap();
+    assert!(pttl > 1_000_000, "pttl {pttl}");
+    let all = s.lock_all(&["x", "y"], 5 * SEC, SEC).unwrap();
+    assert!(matches!(
+        all.extend(Duration::MAX),
+        Err(Error::Partial { .. })
+    ));
+    assert!(all.is_held());
+    // A WAIT timeout has the same bound.
+    let err = s
+        .lock_options("w")
+        .replicas(1, Duration::MAX)
+        .try_lock()
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::InvalidInput {
+                what: "replicas timeout",
+                ..
+            }
+        ),
+        "{err}"
+    );
+}

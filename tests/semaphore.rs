@@ -236,3 +236,54 @@ fn fair_semaphore_admits_in_arrival_order() {
     }
     assert_eq!(*order.lock(), vec![0, 1, 2, 3]);
 }
+
+#[test]
+fn a_permit_wait_of_duration_max_blocks_until_a_permit_is_released() {
+    let server = RedisServer::start();
+    let a = connect(&server, "forever");
+    let b = connect(&server, "forever");
+    let held = a
+        .semaphore("one", 1)
+        .unwrap()
+        .try_acquire()
+        .unwrap()
+        .unwrap();
+    let sem = b.semaphore("one", 1).unwrap();
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    std::thread::spawn(move || {
+        let _ = tx.send(sem.acquire(Duration::MAX));
+    });
+    // Still waiting (not panicked, not timed out) while the permit is held.
+    assert!(rx.recv_timeout(Duration::from_millis(500)).is_err());
+    held.release().unwrap();
+    let permit = rx
+        .recv_timeout(10 * SEC)
+        .expect("acquire(Duration::MAX) never returned")
+        .unwrap();
+    assert!(permit.is_held());
+}
+
+#[test]
+fn permit_ttls_above_max_ttl_are_invalid_input() {
+    let server = RedisServer::start();
+    let s = connect(&server, "hugettl");
+    let wrapping = Duration::from_millis(u64::MAX) + Duration::from_millis(5);
+    let is_ttl_error = |e: &Error| matches!(e, Error::InvalidInput { what: "ttl", .. });
+    for ttl in [
+        wrapping,
+        Duration::MAX,
+        redswarm::MAX_TTL + Duration::from_millis(1),
+    ] {
+        let sem = s.semaphore("s", 1).unwrap().ttl(ttl);
+        let err = sem.try_acquire().unwrap_err();
+        assert!(is_ttl_error(&err), "{ttl:?}: {err}");
+        let err = sem.acquire(SEC).unwrap_err();
+        assert!(is_ttl_error(&err), "{ttl:?}: {err}");
+    }
+    // No permit was granted with a wrapped 5 ms TTL.
+    assert_eq!(s.semaphore("s", 1).unwrap().holders().unwrap(), 0);
+    let permit = s.semaphore("s", 1).unwrap().try_acquire().unwrap().unwrap();
+    let err = permit.extend(wrapping).unwrap_err();
+    assert!(is_ttl_error(&err), "{err}");
+    assert!(permit.is_held());
+}

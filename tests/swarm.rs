@@ -529,3 +529,125 @@ fn end_to_end_2000_tasks_on_4_worker_processes_with_random_kills() {
     assert_eq!(ended.len(), 2000);
     assert!(kills >= 1, "the run ended before any worker was killed");
 }
+
+#[test]
+fn worker_thread_counts_above_the_limit_are_invalid_config_naming_threads() {
+    let server = RedisServer::start();
+    let s = connect(&server, "threads");
+    let q = s.queue("jobs").unwrap();
+    for n in [
+        0,
+        redswarm::ThreadPool::MAX_THREADS + 1,
+        100_000,
+        usize::MAX,
+    ] {
+        match SwarmWorker::start(&q, opts(n), |_| Ok(Value::Null)) {
+            Err(redswarm::Error::InvalidConfig { field, .. }) => assert_eq!(field, "threads"),
+            Err(e) => panic!("{n} threads: expected InvalidConfig, got {e}"),
+            Ok(_) => panic!("{n} threads: accepted"),
+        }
+    }
+}
+
+#[test]
+fn task_and_lease_durations_above_max_ttl_are_invalid_input() {
+    let server = RedisServer::start();
+    let s = connect(&server, "hugettl");
+    let q = s.queue("jobs").unwrap();
+    let wrapping = Duration::from_millis(u64::MAX) + Duration::from_millis(5);
+    for (o, what) in [
+        (TaskOptions::new().delay(wrapping), "task delay"),
+        (TaskOptions::new().delay(Duration::MAX), "task delay"),
+        (TaskOptions::new().timeout(Duration::MAX), "task timeout"),
+        (TaskOptions::new().backoff(Duration::MAX), "task backoff"),
+    ] {
+        match q.push_with(&"x", &o) {
+            Err(redswarm::Error::InvalidInput { what: w, .. }) => assert_eq!(w, what),
+            other => panic!("{what}: expected InvalidInput, got {other:?}"),
+        }
+    }
+    // Nothing was queued (a wrapped delay used to be 5 ms).
+    assert_eq!(q.counts().unwrap().pending(), 0);
+    for lease in [wrapping, Duration::MAX] {
+        match SwarmWorker::start(&q, opts(1).lease(lease), |_| Ok(Value::Null)) {
+            Err(redswarm::Error::InvalidInput { what, .. }) => assert_eq!(what, "worker lease"),
+            Err(e) => panic!("lease {lease:?}: expected InvalidInput, got {e}"),
+            Ok(_) => panic!("lease {lease:?}: accepted"),
+        }
+    }
+}
+
+#[test]
+fn next_event_with_duration_max_waits_for_the_next_event() {
+    let server = RedisServer::start();
+    let s = connect(&server, "events-forever");
+    let q = s.queue("jobs").unwrap();
+    let events = q.events().unwrap();
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    std::thread::spawn(move || {
+        let _ = tx.send(events.next_event(Duration::MAX));
+    });
+    assert!(rx.recv_timeout(Duration::from_millis(300)).is_err());
+    let id = q.push(&"x").unwrap();
+    let e = rx
+        .recv_timeout(10 * SEC)
+        .expect("next_event(Duration::MAX) never returned")
+        .expect("an event");
+    assert_eq!((e.task, e.kind), (id, EventKind::Queued));
+}
+
+#[test]
+fn a_grace_of_duration_max_lets_running_tasks_finish_on_shutdown_and_drop() {
+    let server = RedisServer::start();
+    let s = connect(&server, "grace-forever");
+    let q = s.queue("jobs").unwrap();
+    let start = |q: &Queue| {
+        SwarmWorker::start(q, opts(1).grace(Duration::MAX).lease(10 * SEC), |ctx| {
+            // Ignores stop requests for a moment: shutdown must wait for it.
+            std::thread::sleep(Duration::from_millis(400));
+            Ok(json!(ctx.attempt()))
+        })
+        .unwrap()
+    };
+    let id = q.push(&"a").unwrap();
+    let w = start(&q);
+    wait_running(&q, &id);
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    std::thread::spawn(move || {
+        let _ = tx.send(w.shutdown());
+    });
+    let handed_back = rx
+        .recv_timeout(10 * SEC)
+        .expect("shutdown with grace Duration::MAX never returned");
+    assert_eq!(handed_back, 0, "the task finished within the grace");
+    assert_eq!(
+        q.get(&id).unwrap().unwrap().state,
+        TaskState::End(TaskOutcome::Ok)
+    );
+    // Drop takes the same path.
+    let id = q.push(&"b").unwrap();
+    let w = start(&q);
+    wait_running(&q, &id);
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    std::thread::spawn(move || {
+        drop(w);
+        let _ = tx.send(());
+    });
+    rx.recv_timeout(10 * SEC)
+        .expect("dropping a worker with grace Duration::MAX never returned");
+    assert_eq!(
+        q.get(&id).unwrap().unwrap().state,
+        TaskState::End(TaskOutcome::Ok)
+    );
+}
+
+#[test]
+fn listing_with_a_limit_of_usize_max_returns_every_task() {
+    let server = RedisServer::start();
+    let s = connect(&server, "list-all");
+    let q = s.queue("jobs").unwrap();
+    let ids = q.push_many(&[1, 2, 3]).unwrap();
+    // `usize::MAX as i64 - 1` used to be -2: every task but the last.
+    let listed = q.list(TaskSet::Ready, usize::MAX).unwrap();
+    assert_eq!(listed.len(), ids.len(), "{listed:?}");
+}

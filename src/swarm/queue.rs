@@ -11,7 +11,7 @@ use crate::keys::QueueKeys;
 use crate::scripts::{invoke, lua_script, query_pipeline};
 use crate::subscriber::{SubEvent, Subscription};
 use crate::swarm::task::{TaskEvent, TaskInfo, TaskOptions};
-use crate::util::{millis, random_id};
+use crate::util::{millis, random_id, whole_millis, Deadline};
 
 lua_script!(pub(crate) QUEUE_PUSH, "queue_push.lua");
 lua_script!(pub(crate) QUEUE_CLAIM, "queue_claim.lua");
@@ -233,7 +233,7 @@ impl Queue {
                 })
                 .arg(opts.max_attempts)
                 .arg(opts.timeout.map(millis).unwrap_or(0))
-                .arg(opts.backoff.as_millis() as u64)
+                .arg(whole_millis(opts.backoff))
                 .arg(&self.keys.events);
             pipe.invoke_script(&inv);
             ids.push(id);
@@ -295,7 +295,7 @@ impl Queue {
         Ok(redis::cmd("ZRANGE")
             .arg(key)
             .arg(0)
-            .arg(limit as i64 - 1)
+            .arg(i64::try_from(limit).unwrap_or(i64::MAX) - 1)
             .query(&mut *conn)?)
     }
 
@@ -514,7 +514,8 @@ pub struct EventStream {
 }
 
 impl EventStream {
-    /// The next event within `timeout` (malformed messages are skipped and
+    /// The next event within `timeout` (`Duration::MAX`: however long it
+    /// takes; malformed messages are skipped and
     /// logged; a pub/sub reconnect is not an event).
     ///
     /// ```no_run
@@ -525,9 +526,10 @@ impl EventStream {
     /// # Ok(()) }
     /// ```
     pub fn next_event(&self, timeout: Duration) -> Option<TaskEvent> {
-        let deadline = std::time::Instant::now() + timeout;
+        // Saturating: a timeout of Duration::MAX waits for the next event.
+        let deadline = Deadline::after(timeout);
         loop {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let left = deadline.remaining().unwrap_or(Duration::MAX);
             match self.sub.recv_timeout(left) {
                 Ok(SubEvent::Message(m)) => match serde_json::from_slice::<TaskEvent>(&m.payload) {
                     Ok(e) => return Some(e),

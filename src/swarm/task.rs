@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::util::check_ttl;
 
 /// Per-task options for [`Queue::push_with`](crate::Queue::push_with).
 ///
@@ -60,7 +61,8 @@ impl TaskOptions {
         self
     }
 
-    /// Run no earlier than `d` from now (Redis clock).
+    /// Run no earlier than `d` from now (Redis clock; at most
+    /// [`crate::MAX_TTL`], checked when pushed).
     ///
     /// ```
     /// let o = redswarm::TaskOptions::new().delay(std::time::Duration::from_secs(60));
@@ -80,7 +82,8 @@ impl TaskOptions {
         self
     }
 
-    /// The handler is told to stop (and the attempt fails) after this long.
+    /// The handler is told to stop (and the attempt fails) after this long
+    /// (at most [`crate::MAX_TTL`], checked when pushed).
     ///
     /// ```
     /// let o = redswarm::TaskOptions::new().timeout(std::time::Duration::from_secs(30));
@@ -90,7 +93,8 @@ impl TaskOptions {
         self
     }
 
-    /// Base delay before a retry; doubles with each failed attempt.
+    /// Base delay before a retry; doubles with each failed attempt (at most
+    /// [`crate::MAX_TTL`], checked when pushed).
     ///
     /// ```
     /// let o = redswarm::TaskOptions::new().backoff(std::time::Duration::from_millis(100));
@@ -116,6 +120,12 @@ impl TaskOptions {
         if self.timeout.is_some_and(|t| t.is_zero()) {
             return Err(Error::invalid("task timeout", "must be greater than zero"));
         }
+        // They go to Redis as milliseconds added to its clock.
+        check_ttl("task delay", self.delay)?;
+        if let Some(t) = self.timeout {
+            check_ttl("task timeout", t)?;
+        }
+        check_ttl("task backoff", self.backoff)?;
         Ok(())
     }
 }

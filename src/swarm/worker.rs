@@ -21,7 +21,7 @@ use crate::subscriber::SubEvent;
 use crate::swarm::context::{StopReason, StopSignal, TaskContext};
 use crate::swarm::queue::{Queue, QUEUE_CLAIM, QUEUE_FINISH};
 use crate::threadpool::ThreadPool;
-use crate::util::{millis, panic_message};
+use crate::util::{check_ttl, millis, panic_message, Deadline};
 
 /// How a finished task was reported.
 ///
@@ -104,7 +104,9 @@ impl WorkerOptions {
         WorkerOptions::default()
     }
 
-    /// Handler threads (and the most tasks run at once).
+    /// Handler threads (and the most tasks run at once): 1 to
+    /// [`ThreadPool::MAX_THREADS`](crate::ThreadPool::MAX_THREADS), checked
+    /// by [`SwarmWorker::start`] ([`Error::InvalidConfig`] for `threads`).
     ///
     /// ```
     /// let o = redswarm::WorkerOptions::new().threads(16);
@@ -116,6 +118,7 @@ impl WorkerOptions {
 
     /// Task lease, renewed every heartbeat while the task runs; a dead
     /// worker's tasks are re-queued this long after it stopped renewing.
+    /// At least three heartbeats, at most [`crate::MAX_TTL`].
     ///
     /// ```
     /// let o = redswarm::WorkerOptions::new().lease(std::time::Duration::from_secs(10));
@@ -126,7 +129,7 @@ impl WorkerOptions {
     }
 
     /// How long shutdown lets running tasks finish before handing them
-    /// back to the queue.
+    /// back to the queue (`Duration::MAX`: as long as they take).
     ///
     /// ```
     /// let o = redswarm::WorkerOptions::new().grace(std::time::Duration::from_secs(5));
@@ -208,9 +211,21 @@ impl SwarmWorker {
             + Sync
             + 'static,
     {
+        // Checked before anything is allocated, spawned or sent to Redis.
         if opts.threads == 0 {
-            return Err(Error::invalid("worker threads", "must be at least 1"));
+            return Err(Error::config("threads", "must be at least 1"));
         }
+        if opts.threads > ThreadPool::MAX_THREADS {
+            return Err(Error::config(
+                "threads",
+                format!(
+                    "{} is above the limit of {} (ThreadPool::MAX_THREADS)",
+                    opts.threads,
+                    ThreadPool::MAX_THREADS
+                ),
+            ));
+        }
+        check_ttl("worker lease", opts.lease)?;
         validate_ttl(&queue.swarm, opts.lease, true)?;
         let pool = Arc::new(ThreadPool::new(
             &format!("swarm-{}", queue.name),
@@ -295,8 +310,9 @@ impl SwarmWorker {
         }
         let _ = self.stop_tx.try_send(());
         let _ = self.stop_tx.try_send(());
-        let deadline = Instant::now() + self.shared.opts.grace;
-        while Instant::now() < deadline && !self.shared.running.lock().is_empty() {
+        // Saturating: a grace of Duration::MAX waits as long as tasks run.
+        let deadline = Deadline::after(self.shared.opts.grace);
+        while !deadline.has_passed() && !self.shared.running.lock().is_empty() {
             std::thread::sleep(Duration::from_millis(10));
         }
         let left: Vec<(String, u64, Arc<StopSignal>)> = self
