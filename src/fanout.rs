@@ -33,10 +33,10 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::handle::Redswarm;
 use crate::keys::FanoutKeys;
 use crate::lease::{Lease, LeaseTarget};
 use crate::lock::validate_ttl;
+use crate::runtime::Runtime;
 use crate::scripts::{invoke, lua_script};
 use crate::subscriber::{SubEvent, Subscription};
 use crate::util::{check_ttl, millis, panic_message, random_id, Deadline};
@@ -121,14 +121,14 @@ impl<T, E> Outcome<T, E> {
 /// ```
 #[derive(Clone, Debug)]
 pub struct Fanout {
-    swarm: Redswarm,
+    swarm: Runtime,
     result_ttl: Duration,
     leader_lease: Duration,
     max_result_bytes: usize,
 }
 
 impl Fanout {
-    pub(crate) fn new(swarm: &Redswarm) -> Fanout {
+    pub(crate) fn new(swarm: &Runtime) -> Fanout {
         Fanout {
             leader_lease: Duration::from_secs(10).max(swarm.config().min_renewable_ttl()),
             swarm: swarm.clone(),
@@ -222,7 +222,7 @@ impl Fanout {
     {
         // Threads of this handle asking for the same job share one driver:
         // it alone claims, waits or leads in Redis; the others wait here.
-        let flights = self.swarm.fanout_flights();
+        let flights = self.swarm.feature_state::<LocalFlights>();
         let (flight, driver) = flights.join(job_id);
         if !driver {
             return match flight.wait_until(Deadline::after(timeout)) {

@@ -1,25 +1,23 @@
-//! [`Redswarm`], the handle every program creates first.
+//! [`Redswarm`], the handle every program creates first: a thin facade
+//! over the runtime core ([`crate::runtime`]) with one entry point per
+//! feature.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crossbeam_channel::Receiver;
 
 use crate::config::Config;
-use crate::error::{Error, Result};
-use crate::fanout::{Fanout, FanoutError, LocalFlights};
+use crate::error::Result;
+use crate::fanout::{Fanout, FanoutError};
 use crate::health::{Health, PartitionState};
-use crate::heartbeat::Heartbeat;
 use crate::keys::Keys;
-use crate::lease::{Lease, LeaseTarget};
 use crate::lock::{LockGuard, LockOptions};
 use crate::membership::NodeInfo;
 use crate::multilock::{MultiLockGuard, MultiLockOptions};
-use crate::peer::{PeerIdentity, PeerListener};
+use crate::runtime::Runtime;
 use crate::semaphore::Semaphore;
-use crate::store::{PooledConnection, Store};
-use crate::subscriber::{Subscriber, Subscription};
+use crate::store::PooledConnection;
+use crate::subscriber::Subscription;
 use crate::swarm::Queue;
 
 /// A connection to one Redis deployment: pool, pub/sub thread and
@@ -36,44 +34,15 @@ use crate::swarm::Queue;
 /// ```
 #[derive(Clone)]
 pub struct Redswarm {
-    inner: Arc<Inner>,
-}
-
-struct Inner {
-    store: Arc<Store>,
-    fanout_flights: LocalFlights,
-    peers: Option<PeerListener>,
-    subscriber: Subscriber,
-    heartbeat: Heartbeat,
-    down: AtomicBool,
-}
-
-impl Inner {
-    fn shutdown(&self) {
-        if self.down.swap(true, Ordering::SeqCst) {
-            return;
-        }
-        log::debug!("shutting down node {}", self.store.node_id);
-        self.heartbeat.stop();
-        self.subscriber.stop();
-        if let Some(p) = &self.peers {
-            p.stop();
-        }
-    }
-}
-
-impl Drop for Inner {
-    fn drop(&mut self) {
-        self.shutdown();
-    }
+    rt: Runtime,
 }
 
 impl std::fmt::Debug for Redswarm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Redswarm")
-            .field("url", &self.inner.store.config.masked_url())
-            .field("namespace", &self.inner.store.config.namespace)
-            .field("node_id", &self.inner.store.node_id)
+            .field("url", &self.rt.config().masked_url())
+            .field("namespace", &self.rt.config().namespace)
+            .field("node_id", &self.rt.node_id())
             .finish()
     }
 }
@@ -89,55 +58,8 @@ impl Redswarm {
     /// # Ok(()) }
     /// ```
     pub fn connect(config: Config) -> Result<Redswarm> {
-        let node_id = config
-            .node_id
-            .clone()
-            .unwrap_or_else(crate::util::random_id);
-        let store = Store::open(config, node_id)?;
-        let peers = match store.config.peer_listen {
-            Some(bind) => Some(PeerListener::start(
-                bind,
-                PeerIdentity {
-                    namespace: store.config.namespace.clone(),
-                    node_id: store.node_id.clone(),
-                    secret: store.config.peer_secret.clone(),
-                },
-                store
-                    .config
-                    .heartbeat_interval
-                    .max(Duration::from_millis(500)),
-            )?),
-            None => None,
-        };
-        let advertised = store
-            .config
-            .peer_advertise
-            .clone()
-            .or_else(|| peers.as_ref().map(|p| p.addr().to_string()));
-        let reaches_redis = Arc::new(std::sync::atomic::AtomicBool::new(true));
-        let heartbeat = Heartbeat::start(store.clone(), advertised, reaches_redis)?;
-        let subscriber = match Subscriber::start(store.clone()) {
-            Ok(s) => s,
-            Err(e) => {
-                heartbeat.stop();
-                return Err(e);
-            }
-        };
-        log::info!(
-            "redswarm node {} connected to {} (namespace `{}`)",
-            store.node_id,
-            store.config.masked_url(),
-            store.config.namespace
-        );
         Ok(Redswarm {
-            inner: Arc::new(Inner {
-                store,
-                fanout_flights: LocalFlights::default(),
-                peers,
-                subscriber,
-                heartbeat,
-                down: AtomicBool::new(false),
-            }),
+            rt: Runtime::connect(config)?,
         })
     }
 
@@ -150,7 +72,7 @@ impl Redswarm {
     /// # Ok(()) }
     /// ```
     pub fn config(&self) -> &Config {
-        &self.inner.store.config
+        self.rt.config()
     }
 
     /// This node's id (random unless configured).
@@ -162,7 +84,7 @@ impl Redswarm {
     /// # Ok(()) }
     /// ```
     pub fn node_id(&self) -> &str {
-        &self.inner.store.node_id
+        self.rt.node_id()
     }
 
     /// Key and channel names for this namespace.
@@ -174,7 +96,7 @@ impl Redswarm {
     /// # Ok(()) }
     /// ```
     pub fn keys(&self) -> &Keys {
-        &self.inner.store.keys
+        self.rt.keys()
     }
 
     /// Borrows a pooled connection (for your own commands); it goes back to
@@ -189,8 +111,7 @@ impl Redswarm {
     /// # Ok(()) }
     /// ```
     pub fn connection(&self) -> Result<PooledConnection> {
-        self.check_up()?;
-        self.inner.store.conn()
+        self.rt.conn()
     }
 
     /// Subscribes to `channel`. Returns once Redis confirmed the
@@ -210,8 +131,7 @@ impl Redswarm {
     /// # Ok(()) }
     /// ```
     pub fn subscribe(&self, channel: &str) -> Result<Subscription> {
-        self.check_up()?;
-        self.inner.subscriber.subscribe(channel)
+        self.rt.subscribe(channel)
     }
 
     /// Subscribes to a glob pattern of channels (`PSUBSCRIBE`); like
@@ -224,8 +144,7 @@ impl Redswarm {
     /// # Ok(()) }
     /// ```
     pub fn psubscribe(&self, pattern: &str) -> Result<Subscription> {
-        self.check_up()?;
-        self.inner.subscriber.psubscribe(pattern)
+        self.rt.psubscribe(pattern)
     }
 
     /// Publishes `payload` on `channel`; returns how many clients got it.
@@ -237,11 +156,7 @@ impl Redswarm {
     /// # Ok(()) }
     /// ```
     pub fn publish(&self, channel: &str, payload: impl AsRef<[u8]>) -> Result<u64> {
-        let mut conn = self.connection()?;
-        Ok(redis::cmd("PUBLISH")
-            .arg(channel)
-            .arg(payload.as_ref())
-            .query(&mut *conn)?)
+        self.rt.publish(channel, payload.as_ref())
     }
 
     /// Redis's clock in milliseconds since the epoch.
@@ -253,9 +168,7 @@ impl Redswarm {
     /// # Ok(()) }
     /// ```
     pub fn redis_time_ms(&self) -> Result<u64> {
-        let mut conn = self.connection()?;
-        let (secs, micros): (u64, u64) = redis::cmd("TIME").query(&mut *conn)?;
-        Ok(secs * 1000 + micros / 1000)
+        self.rt.redis_time_ms()
     }
 
     /// Whether the heartbeat reaches Redis.
@@ -267,7 +180,7 @@ impl Redswarm {
     /// # Ok(()) }
     /// ```
     pub fn health(&self) -> Health {
-        self.inner.heartbeat.health()
+        self.rt.health()
     }
 
     /// Whether this node may keep doing leased work. Without a peer mesh
@@ -281,7 +194,7 @@ impl Redswarm {
     /// # Ok(()) }
     /// ```
     pub fn partition_state(&self) -> PartitionState {
-        self.inner.heartbeat.partition_state()
+        self.rt.partition_state()
     }
 
     /// A channel that receives every change of
@@ -294,7 +207,7 @@ impl Redswarm {
     /// # Ok(()) }
     /// ```
     pub fn watch_partition(&self) -> Receiver<PartitionState> {
-        self.inner.heartbeat.watch_partition()
+        self.rt.watch_partition()
     }
 
     /// Where this node answers peer pings, if `peer_listen` is set.
@@ -306,7 +219,7 @@ impl Redswarm {
     /// # Ok(()) }
     /// ```
     pub fn peer_addr(&self) -> Option<std::net::SocketAddr> {
-        self.inner.peers.as_ref().map(|p| p.addr())
+        self.rt.peer_addr()
     }
 
     /// Peer-ping addresses of the other live nodes, as last read from Redis
@@ -319,7 +232,7 @@ impl Redswarm {
     /// # Ok(()) }
     /// ```
     pub fn known_peers(&self) -> Vec<String> {
-        self.inner.heartbeat.known_peers()
+        self.rt.known_peers()
     }
 
     /// A channel that receives every change of [`Redswarm::health`].
@@ -331,7 +244,7 @@ impl Redswarm {
     /// # Ok(()) }
     /// ```
     pub fn watch_health(&self) -> Receiver<Health> {
-        self.inner.heartbeat.watch_health()
+        self.rt.watch_health()
     }
 
     /// Nodes whose membership lease is live (Redis clock).
@@ -343,8 +256,7 @@ impl Redswarm {
     /// # Ok(()) }
     /// ```
     pub fn live_nodes(&self) -> Result<Vec<NodeInfo>> {
-        self.check_up()?;
-        self.inner.heartbeat.nodes(true)
+        self.rt.nodes(true)
     }
 
     /// Nodes whose membership lapsed recently (they stopped beating without
@@ -357,8 +269,7 @@ impl Redswarm {
     /// # Ok(()) }
     /// ```
     pub fn dead_nodes(&self) -> Result<Vec<NodeInfo>> {
-        self.check_up()?;
-        self.inner.heartbeat.nodes(false)
+        self.rt.nodes(false)
     }
 
     /// Stops the heartbeat (deregistering this node) and the pub/sub
@@ -373,7 +284,7 @@ impl Redswarm {
     /// # Ok(()) }
     /// ```
     pub fn shutdown(&self) {
-        self.inner.shutdown();
+        self.rt.shutdown();
     }
 
     /// True after [`Redswarm::shutdown`].
@@ -385,15 +296,7 @@ impl Redswarm {
     /// # Ok(()) }
     /// ```
     pub fn is_shut_down(&self) -> bool {
-        self.inner.down.load(Ordering::SeqCst)
-    }
-
-    fn check_up(&self) -> Result<()> {
-        if self.is_shut_down() {
-            Err(Error::ShutDown)
-        } else {
-            Ok(())
-        }
+        self.rt.is_shut_down()
     }
 
     // ---- locks and semaphores ----
@@ -436,7 +339,7 @@ impl Redswarm {
     /// # Ok(()) }
     /// ```
     pub fn lock_options(&self, name: &str) -> LockOptions {
-        LockOptions::new(self, name)
+        LockOptions::new(&self.rt, name)
     }
 
     /// Takes every lock in `names` (all or nothing) for `ttl`, waiting at
@@ -467,7 +370,7 @@ impl Redswarm {
     /// # Ok(()) }
     /// ```
     pub fn multi_lock(&self, names: &[&str]) -> MultiLockOptions {
-        MultiLockOptions::new(self, names)
+        MultiLockOptions::new(&self.rt, names)
     }
 
     /// A counting semaphore `name` with `permits` permits.
@@ -480,7 +383,7 @@ impl Redswarm {
     /// # Ok(()) }
     /// ```
     pub fn semaphore(&self, name: &str, permits: u32) -> Result<Semaphore> {
-        Semaphore::new(self, name, permits)
+        Semaphore::new(&self.rt, name, permits)
     }
 
     // ---- fan-out ----
@@ -520,7 +423,7 @@ impl Redswarm {
     /// # Ok(()) }
     /// ```
     pub fn fanout_options(&self) -> Fanout {
-        Fanout::new(self)
+        Fanout::new(&self.rt)
     }
 
     // ---- task swarm ----
@@ -536,62 +439,6 @@ impl Redswarm {
     /// # Ok(()) }
     /// ```
     pub fn queue(&self, name: &str) -> Result<Queue> {
-        Queue::new(self, name)
-    }
-
-    // ---- for the feature modules ----
-
-    pub(crate) fn store(&self) -> &Arc<Store> {
-        &self.inner.store
-    }
-
-    /// Fan-out jobs in flight in this handle (in-process coalescing).
-    pub(crate) fn fanout_flights(&self) -> &LocalFlights {
-        &self.inner.fanout_flights
-    }
-
-    /// A pooled connection for feature code.
-    pub(crate) fn conn(&self) -> Result<PooledConnection> {
-        self.connection()
-    }
-
-    /// Registers a lease for renewal by the heartbeat (auto-extension).
-    pub(crate) fn lease(
-        &self,
-        what: String,
-        target: LeaseTarget,
-        ttl: Duration,
-        acquired: Instant,
-    ) -> Lease {
-        self.inner
-            .heartbeat
-            .register(what, target, true, ttl, acquired, false)
-    }
-
-    /// Like [`Redswarm::lease`], but the lease survives a Redis outage while
-    /// enough peers answer (task claims: the partition rule decides).
-    pub(crate) fn lease_tolerating_outage(
-        &self,
-        what: String,
-        target: LeaseTarget,
-        ttl: Duration,
-        acquired: Instant,
-    ) -> Lease {
-        self.inner
-            .heartbeat
-            .register(what, target, true, ttl, acquired, true)
-    }
-
-    /// A lease only watched for its local deadline (no auto-extension).
-    pub(crate) fn lease_unrenewed(
-        &self,
-        what: String,
-        target: LeaseTarget,
-        ttl: Duration,
-        acquired: Instant,
-    ) -> Lease {
-        self.inner
-            .heartbeat
-            .register(what, target, false, ttl, acquired, false)
+        Queue::new(&self.rt, name)
     }
 }

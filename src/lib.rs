@@ -32,6 +32,7 @@ mod lock;
 mod membership;
 mod multilock;
 mod peer;
+mod runtime;
 mod scripts;
 mod semaphore;
 mod store;

@@ -23,10 +23,10 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Receiver;
 
 use crate::error::{Error, Result};
-use crate::handle::Redswarm;
 use crate::heartbeat::PartitionState;
 use crate::keys::LockKeys;
 use crate::lease::{Lease, LeaseLost, LeaseTarget};
+use crate::runtime::Runtime;
 use crate::scripts::{invoke, lua_script};
 use crate::subscriber::SubEvent;
 use crate::util::{check_ttl, millis, random_id, Deadline};
@@ -53,7 +53,7 @@ lua_script!(LOCK_LEAVE_QUEUE, "lock_leave_queue.lua");
 /// ```
 #[derive(Clone, Debug)]
 pub struct LockOptions {
-    swarm: Redswarm,
+    swarm: Runtime,
     name: String,
     ttl: Duration,
     auto_extend: bool,
@@ -68,7 +68,7 @@ pub(crate) enum Attempt {
 }
 
 impl LockOptions {
-    pub(crate) fn new(swarm: &Redswarm, name: &str) -> LockOptions {
+    pub(crate) fn new(swarm: &Runtime, name: &str) -> LockOptions {
         LockOptions {
             swarm: swarm.clone(),
             name: name.to_string(),
@@ -243,7 +243,7 @@ impl LockOptions {
 
 /// Checks a lease TTL: not zero, at most [`crate::MAX_TTL`], and long
 /// enough to be auto-renewed.
-pub(crate) fn validate_ttl(swarm: &Redswarm, ttl: Duration, auto_extend: bool) -> Result<()> {
+pub(crate) fn validate_ttl(swarm: &Runtime, ttl: Duration, auto_extend: bool) -> Result<()> {
     if ttl < Duration::from_millis(1) {
         return Err(Error::invalid("ttl", "must be at least 1 ms"));
     }
@@ -262,7 +262,7 @@ pub(crate) fn validate_ttl(swarm: &Redswarm, ttl: Duration, auto_extend: bool) -
 
 /// One acquire attempt (one script call).
 pub(crate) fn attempt(
-    swarm: &Redswarm,
+    swarm: &Runtime,
     keys: &LockKeys,
     token: &str,
     ttl: Duration,
@@ -339,7 +339,7 @@ pub(crate) fn attempt(
 /// count as "busy" until `wait` runs out ([`Error::Timeout`]), unless this
 /// node is partitioned ([`Error::Partitioned`]).
 pub(crate) fn wait_for_grant<T>(
-    swarm: &Redswarm,
+    swarm: &Runtime,
     channel: &str,
     wait: Duration,
     me: Option<&str>,
@@ -396,7 +396,7 @@ pub(crate) fn wait_for_release(sub: &crate::Subscription, nap: Duration, me: Opt
 
 /// Releases `keys` if `token` holds it (compare-and-delete); for cleanup
 /// after a failed multi-lock round.
-pub(crate) fn release_token(swarm: &Redswarm, keys: &LockKeys, token: &str) -> Result<i64> {
+pub(crate) fn release_token(swarm: &Runtime, keys: &LockKeys, token: &str) -> Result<i64> {
     let mut conn = swarm.store().conn()?;
     invoke(
         LOCK_RELEASE
@@ -410,7 +410,7 @@ pub(crate) fn release_token(swarm: &Redswarm, keys: &LockKeys, token: &str) -> R
     )
 }
 
-fn leave_queue(swarm: &Redswarm, keys: &LockKeys, token: &str) {
+fn leave_queue(swarm: &Runtime, keys: &LockKeys, token: &str) {
     let r = swarm.conn().and_then(|mut c| {
         invoke::<i64>(
             LOCK_LEAVE_QUEUE
@@ -445,7 +445,7 @@ fn leave_queue(swarm: &Redswarm, keys: &LockKeys, token: &str) {
 /// # Ok(()) }
 /// ```
 pub struct LockGuard {
-    swarm: Redswarm,
+    swarm: Runtime,
     name: String,
     keys: LockKeys,
     token: String,
@@ -465,7 +465,7 @@ impl std::fmt::Debug for LockGuard {
 impl LockGuard {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
-        swarm: &Redswarm,
+        swarm: &Runtime,
         name: &str,
         keys: LockKeys,
         token: String,

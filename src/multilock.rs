@@ -14,10 +14,10 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Receiver;
 
 use crate::error::{Error, Result};
-use crate::handle::Redswarm;
 use crate::keys::LockKeys;
 use crate::lease::LeaseLost;
 use crate::lock::{attempt, validate_ttl, wait_for_release, Attempt, LockGuard};
+use crate::runtime::Runtime;
 use crate::subscriber::Subscription;
 use crate::util::{random_id, Deadline};
 
@@ -38,14 +38,14 @@ use crate::util::{random_id, Deadline};
 /// ```
 #[derive(Clone, Debug)]
 pub struct MultiLockOptions {
-    swarm: Redswarm,
+    swarm: Runtime,
     names: Vec<String>,
     ttl: Duration,
     auto_extend: bool,
 }
 
 impl MultiLockOptions {
-    pub(crate) fn new(swarm: &Redswarm, names: &[&str]) -> MultiLockOptions {
+    pub(crate) fn new(swarm: &Runtime, names: &[&str]) -> MultiLockOptions {
         let mut names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
         names.sort();
         names.dedup();
@@ -182,7 +182,7 @@ impl MultiLockOptions {
     }
 }
 
-fn release_by_token(swarm: &Redswarm, keys: &[LockKeys], token: &str) {
+fn release_by_token(swarm: &Runtime, keys: &[LockKeys], token: &str) {
     for k in keys {
         if let Err(e) = crate::lock::release_token(swarm, k, token) {
             log::warn!(

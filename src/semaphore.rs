@@ -16,10 +16,10 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Receiver;
 
 use crate::error::{Error, Result};
-use crate::handle::Redswarm;
 use crate::keys::SemaphoreKeys;
 use crate::lease::{Lease, LeaseLost, LeaseTarget};
 use crate::lock::{validate_ttl, wait_for_grant};
+use crate::runtime::Runtime;
 use crate::scripts::{invoke, lua_script};
 use crate::util::{millis, random_id};
 
@@ -43,7 +43,7 @@ lua_script!(SEM_LEAVE_QUEUE, "semaphore_leave_queue.lua");
 /// ```
 #[derive(Clone, Debug)]
 pub struct Semaphore {
-    swarm: Redswarm,
+    swarm: Runtime,
     name: String,
     keys: SemaphoreKeys,
     permits: u32,
@@ -53,7 +53,7 @@ pub struct Semaphore {
 }
 
 impl Semaphore {
-    pub(crate) fn new(swarm: &Redswarm, name: &str, permits: u32) -> Result<Semaphore> {
+    pub(crate) fn new(swarm: &Runtime, name: &str, permits: u32) -> Result<Semaphore> {
         let keys = swarm.keys().semaphore(name)?;
         if permits == 0 {
             return Err(Error::invalid("permits", "must be at least 1"));
@@ -266,7 +266,7 @@ impl Semaphore {
 /// # Ok(()) }
 /// ```
 pub struct Permit {
-    swarm: Redswarm,
+    swarm: Runtime,
     name: String,
     keys: SemaphoreKeys,
     id: String,

@@ -94,7 +94,7 @@ impl Monitor {
                     st.sweeps.fetch_add(1, Ordering::Relaxed);
                     // Dead nodes: their tasks' leases lapse too; this sweep or a
                     // later one re-queues them. Report each death once.
-                    if let Ok(dead) = q.swarm().dead_nodes() {
+                    if let Ok(dead) = q.swarm().nodes(false) {
                         for node in dead {
                             if known_dead.insert(node.id.clone()) {
                                 st.dead_nodes.fetch_add(1, Ordering::Relaxed);

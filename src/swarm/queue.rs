@@ -6,8 +6,8 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::handle::Redswarm;
 use crate::keys::QueueKeys;
+use crate::runtime::Runtime;
 use crate::scripts::{invoke, lua_script, query_pipeline};
 use crate::subscriber::{SubEvent, Subscription};
 use crate::swarm::task::{TaskEvent, TaskInfo, TaskOptions};
@@ -39,7 +39,7 @@ const MAX_DATA_BYTES: usize = 4 << 20;
 /// ```
 #[derive(Clone, Debug)]
 pub struct Queue {
-    pub(crate) swarm: Redswarm,
+    pub(crate) swarm: Runtime,
     pub(crate) name: String,
     pub(crate) keys: QueueKeys,
     pub(crate) keep_ended: u64,
@@ -101,7 +101,7 @@ pub enum TaskSet {
 }
 
 impl Queue {
-    pub(crate) fn new(swarm: &Redswarm, name: &str) -> Result<Queue> {
+    pub(crate) fn new(swarm: &Runtime, name: &str) -> Result<Queue> {
         Ok(Queue {
             keys: swarm.keys().queue(name)?,
             swarm: swarm.clone(),
@@ -139,16 +139,8 @@ impl Queue {
         &self.name
     }
 
-    /// The handle this queue uses.
-    ///
-    /// ```no_run
-    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
-    /// let q = swarm.queue("q")?;
-    /// assert_eq!(q.swarm().node_id(), swarm.node_id());
-    /// # Ok(()) }
-    /// ```
-    pub fn swarm(&self) -> &Redswarm {
+    /// The runtime this queue uses (for the worker and monitor).
+    pub(crate) fn swarm(&self) -> &Runtime {
         &self.swarm
     }
 
