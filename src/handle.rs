@@ -555,7 +555,12 @@ impl Redswarm {
     /// }
     /// # Ok(()) }
     /// ```
-    pub fn paired_in_hash<T>(&self, hash: &str, field: &str, payload: &T) -> Result<PairedOutcome<T>>
+    pub fn paired_in_hash<T>(
+        &self,
+        hash: &str,
+        field: &str,
+        payload: &T,
+    ) -> Result<PairedOutcome<T>>
     where
         T: serde::Serialize + serde::de::DeserializeOwned,
     {

@@ -272,7 +272,9 @@ impl Grant {
                 // The report script is idempotent for our token, so a
                 // retry after a lost reply is safe; past the lease a
                 // backup may take over, so stop there.
-                Err(e) if e.is_unavailable() && self.lease.as_ref().is_some_and(|l| !l.is_lost()) => {
+                Err(e)
+                    if e.is_unavailable() && self.lease.as_ref().is_some_and(|l| !l.is_lost()) =>
+                {
                     log::debug!("{}: report failed ({e}); retrying", self.task.label());
                     std::thread::sleep(REPORT_RETRY);
                 }

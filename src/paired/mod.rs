@@ -80,7 +80,6 @@ const MAX_REDIS_TTL: Duration = Duration::from_millis(1 << 46);
 /// }
 /// # Ok(()) }
 /// ```
-#[derive(Debug)]
 pub enum PairedOutcome<T> {
     /// This participant won the race (attempt 1): do the work, then report.
     Won(PairedJob<T>),
@@ -99,6 +98,25 @@ pub enum PairedOutcome<T> {
         /// The last failure's reason.
         reason: String,
     },
+}
+
+// By hand: a job's Debug does not show its payload, so T need not be Debug.
+impl<T> std::fmt::Debug for PairedOutcome<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PairedOutcome::Won(job) => f.debug_tuple("Won").field(job).finish(),
+            PairedOutcome::DoneByPeer { attempt } => f
+                .debug_struct("DoneByPeer")
+                .field("attempt", attempt)
+                .finish(),
+            PairedOutcome::TookOver(job) => f.debug_tuple("TookOver").field(job).finish(),
+            PairedOutcome::Failed { attempts, reason } => f
+                .debug_struct("Failed")
+                .field("attempts", attempts)
+                .field("reason", reason)
+                .finish(),
+        }
+    }
 }
 
 /// What [`PairedTask::spawn`] delivers.
@@ -252,7 +270,10 @@ impl Paired {
         if self.lease > MAX_REDIS_TTL {
             return Err(Error::invalid(
                 "paired lease",
-                format!("{:?} is over Redis's limit of {MAX_REDIS_TTL:?}", self.lease),
+                format!(
+                    "{:?} is over Redis's limit of {MAX_REDIS_TTL:?}",
+                    self.lease
+                ),
             ));
         }
         if self.retention.is_zero() || self.retention > MAX_REDIS_TTL {
@@ -613,7 +634,11 @@ impl<'a> Reply<'a> {
             .values
             .get(i)
             .ok_or_else(|| self.bad(&format!("no element {i}")))?;
-        redis::from_redis_value_ref(v).map_err(|e| self.bad(&e.to_string()))
+        match v {
+            // Lua numbers come back as integers.
+            Value::Int(n) => Ok(n.to_string().into_bytes()),
+            v => redis::from_redis_value_ref(v).map_err(|e| self.bad(&e.to_string())),
+        }
     }
 
     fn text(&self, i: usize) -> Result<String> {

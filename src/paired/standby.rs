@@ -85,10 +85,7 @@ impl<T: Serialize + DeserializeOwned> Standby<T> {
                     sent,
                 )?;
                 if took_over {
-                    log::info!(
-                        "{}: taking over as attempt {attempt}",
-                        self.task.label()
-                    );
+                    log::info!("{}: taking over as attempt {attempt}", self.task.label());
                     return Ok(Some(PairedOutcome::TookOver(job)));
                 }
                 return Ok(Some(PairedOutcome::Won(job)));
