@@ -938,3 +938,56 @@ fn corrupt_task_keys_are_reported_by_name_and_nothing_is_written() {
         .run(&1u8);
     corrupt(r, "{corrupt:paired:d}:record");
 }
+
+#[test]
+fn a_join_retried_after_a_lost_reply_gets_the_same_grant() {
+    let server = RedisServer::start();
+    let proxy = FaultProxy::start(server.addr());
+    let s = Redswarm::connect(
+        builder(&proxy.url(), "retry")
+            .wait_recheck(Duration::from_millis(200))
+            .build()
+            .unwrap(),
+    )
+    .unwrap();
+    // Load the scripts and open pooled connections now: under the latency
+    // below neither NOSCRIPT nor a new connection's handshake would finish.
+    won(s.paired("warm-up", &0u8).unwrap()).succeeded().unwrap();
+    let warm: Vec<_> = (0..4).map(|_| s.connection().unwrap()).collect();
+    drop(warm);
+    // Replies come back after the 100 ms command timeout: the first join
+    // is granted in Redis, but its reply is lost to the caller.
+    proxy.set_latency(Duration::from_millis(400));
+    let healer = {
+        let record = "{retry:paired:t}:record".to_string();
+        let server_conn = server.client();
+        std::thread::spawn(move || {
+            let mut conn = server_conn.get_connection().unwrap();
+            let granted = support::wait_until(20 * SEC, || {
+                let n: i64 = redis::cmd("EXISTS").arg(&record).query(&mut conn).unwrap();
+                n == 1
+            });
+            std::thread::sleep(Duration::from_millis(500));
+            granted
+        })
+    };
+    let started = Instant::now();
+    let rx = std::thread::spawn(move || {
+        let r = s
+            .paired_options()
+            .lease(10 * SEC)
+            .task("t")
+            .unwrap()
+            .run(&1u8);
+        (r, s)
+    });
+    assert!(healer.join().unwrap(), "the first join never reached Redis");
+    proxy.pass();
+    let (r, _s) = rx.join().unwrap();
+    // The retry is handed the grant it already had, instead of waiting for
+    // its own lease to lapse and taking over from itself.
+    let job = won(r.unwrap());
+    assert_eq!(job.attempt(), 1);
+    assert!(started.elapsed() < 8 * SEC, "{:?}", started.elapsed());
+    job.succeeded().unwrap();
+}
