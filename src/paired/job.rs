@@ -31,7 +31,7 @@ const REPORT_RETRY: Duration = Duration::from_millis(50);
 /// ```no_run
 /// # fn main() -> redswarm::Result<()> {
 /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
-/// if let redswarm::PairedOutcome::Won(job) = swarm.paired("push:42", &"to: a@example.com")? {
+/// if let redswarm::PairedOutcome::Won(job) = swarm.paired("push:42", &"to: a@example.com".to_string())? {
 ///     assert_eq!(job.attempt(), 1);
 ///     match send(job.payload(), job.fencing_token()) {
 ///         Ok(()) => job.succeeded()?,
