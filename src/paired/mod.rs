@@ -467,7 +467,9 @@ impl PairedTask {
     /// connection pool), reports its result (`Err` or a panic count as
     /// failure) and delivers a [`PairedRun`] on the returned channel. For
     /// callers with many tasks in flight: neither standing by nor the work
-    /// takes the caller's thread.
+    /// takes the caller's thread. The pool queues up to 1,024 jobs; beyond
+    /// that, handing work over waits for a free slot (the caller's thread
+    /// for a won task, the waiting thread for a takeover).
     ///
     /// ```no_run
     /// # fn main() -> redswarm::Result<()> {
