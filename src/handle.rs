@@ -14,6 +14,7 @@ use crate::keys::Keys;
 use crate::lock::{LockGuard, LockOptions};
 use crate::membership::NodeInfo;
 use crate::multilock::{MultiLockGuard, MultiLockOptions};
+use crate::paired::{Paired, PairedOutcome};
 use crate::runtime::Runtime;
 use crate::semaphore::Semaphore;
 use crate::store::PooledConnection;
@@ -424,6 +425,67 @@ impl Redswarm {
     /// ```
     pub fn fanout_options(&self) -> Fanout {
         Fanout::new(&self.rt)
+    }
+
+    // ---- paired workers ----
+
+    /// Races for paired task `task_id` with the other participants (in any
+    /// process) and blocks until this one wins it, takes it over (the
+    /// holder failed or died), or learns it is finished. See [`Paired`] for
+    /// the options and the channel and thread-pool forms.
+    ///
+    /// ```no_run
+    /// # fn main() -> redswarm::Result<()> {
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
+    /// use redswarm::PairedOutcome;
+    /// match swarm.paired("push:42", &"payload".to_string())? {
+    ///     PairedOutcome::Won(job) | PairedOutcome::TookOver(job) => job.succeeded()?,
+    ///     PairedOutcome::DoneByPeer { .. } => {}
+    ///     PairedOutcome::Failed { reason, .. } => log::warn!("{reason}"),
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn paired<T>(&self, task_id: &str, payload: &T) -> Result<PairedOutcome<T>>
+    where
+        T: serde::Serialize + serde::de::DeserializeOwned,
+    {
+        self.paired_options().task(task_id)?.run(payload)
+    }
+
+    /// [`Redswarm::paired`] for a task kept as `field` of hash `hash` (the
+    /// seed's `hlock`).
+    ///
+    /// ```no_run
+    /// # fn main() -> redswarm::Result<()> {
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
+    /// if let redswarm::PairedOutcome::Won(job) = swarm.paired_in_hash("pushes", "user:7", &1u32)? {
+    ///     job.succeeded()?;
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn paired_in_hash<T>(
+        &self,
+        hash: &str,
+        field: &str,
+        payload: &T,
+    ) -> Result<PairedOutcome<T>>
+    where
+        T: serde::Serialize + serde::de::DeserializeOwned,
+    {
+        self.paired_options().hash_field(hash, field)?.run(payload)
+    }
+
+    /// Paired-task options (lease, retention, attempts, standby timeout)
+    /// and the channel and thread-pool forms.
+    ///
+    /// ```no_run
+    /// # fn main() -> redswarm::Result<()> {
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
+    /// let p = swarm.paired_options().lease(std::time::Duration::from_secs(5));
+    /// # Ok(()) }
+    /// ```
+    pub fn paired_options(&self) -> Paired {
+        Paired::new(&self.rt)
     }
 
     // ---- task swarm ----

@@ -39,6 +39,13 @@
 //! | `{ns:fanout:<id>}` | string | leader token with lease |
 //! | `{ns:fanout:<id>}:result` | string | serialized outcome, kept briefly |
 //! | `{ns:fanout:<id>}:done` | channel | published when the outcome is stored |
+//! | `{ns:paired:<id>}` | string | paired task: the holder's owner token, `PX` lease |
+//! | `{ns:paired:<id>}:record` | hash | paired task record: state, attempt, max, fence, owner, node, payload, reason, times; kept for the retention once finished |
+//! | `{ns:paired:<id>}:fence` | string | paired task fencing counter (expires with the finished record) |
+//! | `{ns:paired:<id>}:events` | channel | `done` / `open` / `failed` when the holder reports |
+//! | `{ns:phash:<h>}` | hash | paired tasks kept in a hash (the seed's `hlock`): field → holder's owner token |
+//! | `{ns:phash:<h>}:leases` | zset | field → holder's lease deadline (ms, Redis clock) |
+//! | `{ns:phash:<h>}:record:<field>` / `:fence:<field>` / `:events:<field>` | hash / string / channel | as for `{ns:paired:<id>}` |
 //! | `{ns:queue:<q>}:ready` | zset | ready task ids by priority, then arrival |
 //! | `{ns:queue:<q>}:delayed` | zset | delayed / backing-off task ids by run-at (ms) |
 //! | `{ns:queue:<q>}:running` | zset | running task ids by lease deadline (ms) |
@@ -215,6 +222,25 @@ pub struct FanoutKeys {
     pub done: String,
 }
 
+/// Keys of one paired task (see [`Keys::paired`] and
+/// [`Keys::paired_in_hash`]); all share one hash tag.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PairedKeys {
+    /// Where the holder's token lives: a string key with a `PX` lease, or
+    /// (with `field` set) a hash whose `field` holds it.
+    pub owner: String,
+    /// The hash field of the task (hash form only).
+    pub field: Option<String>,
+    /// Zset of field → lease deadline (hash form only).
+    pub leases: Option<String>,
+    /// The task record (hash).
+    pub record: String,
+    /// Fencing counter.
+    pub fence: String,
+    /// Channel published on when the holder reports.
+    pub events: String,
+}
+
 /// Keys of one task queue (all share the hash tag `{ns:queue:<q>}`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct QueueKeys {
@@ -354,6 +380,50 @@ impl Keys {
         })
     }
 
+    /// Keys of paired task `id`.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let k = redswarm::keys::Keys::new("ns").paired("t")?;
+    /// assert_eq!(k.owner, "{ns:paired:t}");
+    /// assert_eq!(k.record, "{ns:paired:t}:record");
+    /// # Ok(()) }
+    /// ```
+    pub fn paired(&self, id: &str) -> Result<PairedKeys> {
+        let base = self.tag("paired", "paired task id", id)?;
+        Ok(PairedKeys {
+            field: None,
+            leases: None,
+            record: format!("{base}:record"),
+            fence: format!("{base}:fence"),
+            events: format!("{base}:events"),
+            owner: base,
+        })
+    }
+
+    /// Keys of the paired task kept as `field` of hash `hash` (the seed's
+    /// `hlock`); every task of one hash lives on the hash's slot.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let k = redswarm::keys::Keys::new("ns").paired_in_hash("h", "f")?;
+    /// assert_eq!(k.owner, "{ns:phash:h}");
+    /// assert_eq!(k.record, "{ns:phash:h}:record:f");
+    /// # Ok(()) }
+    /// ```
+    pub fn paired_in_hash(&self, hash: &str, field: &str) -> Result<PairedKeys> {
+        let base = self.tag("phash", "paired hash name", hash)?;
+        validate_name("paired hash field", field)?;
+        Ok(PairedKeys {
+            field: Some(field.to_string()),
+            leases: Some(format!("{base}:leases")),
+            record: format!("{base}:record:{field}"),
+            fence: format!("{base}:fence:{field}"),
+            events: format!("{base}:events:{field}"),
+            owner: base,
+        })
+    }
+
     /// Keys of task queue `queue`.
     ///
     /// ```
@@ -461,6 +531,11 @@ mod tests {
     fn groups_share_a_tag() {
         let k = Keys::new("ns").queue("q").unwrap();
         assert_eq!(hash_tag(&k.running), hash_tag(&k.task("1")));
+        let p = Keys::new("ns").paired_in_hash("h", "f").unwrap();
+        for k in [&p.record, &p.fence, &p.events, p.leases.as_ref().unwrap()] {
+            assert_eq!(hash_tag(&p.owner), hash_tag(k));
+        }
+        assert!(Keys::new("ns").paired_in_hash("h", "").is_err());
         assert_eq!(
             hash_tag(&Keys::new("ns").nodes()),
             hash_tag(&Keys::new("ns").node_info("x"))

@@ -1,10 +1,11 @@
 //! # redswarm
 //!
 //! Synchronous coordination of work across processes and hosts through
-//! Redis: distributed locks and semaphores, fan-out of in-flight work, and a
-//! self-healing task swarm. No async runtime: blocking connections from an
-//! r2d2 pool, a fixed thread pool, a pub/sub thread and a heartbeat thread,
-//! with results and events delivered over crossbeam channels.
+//! Redis: distributed locks and semaphores, fan-out of in-flight work, paired
+//! primary/backup workers, and a self-healing task swarm. No async runtime:
+//! blocking connections from an r2d2 pool, a fixed thread pool, a pub/sub
+//! thread and a heartbeat thread, with results and events delivered over
+//! crossbeam channels.
 //!
 //! Start with [`Redswarm::connect`]:
 //!
@@ -31,6 +32,7 @@ mod lease;
 mod lock;
 mod membership;
 mod multilock;
+mod paired;
 mod peer;
 mod runtime;
 mod scripts;
@@ -50,6 +52,7 @@ pub use lease::LeaseLost;
 pub use lock::{LockGuard, LockOptions};
 pub use membership::NodeInfo;
 pub use multilock::{MultiLockGuard, MultiLockOptions};
+pub use paired::{Paired, PairedJob, PairedOutcome, PairedRun, PairedTask};
 pub use semaphore::{Permit, Semaphore};
 pub use store::PooledConnection;
 pub use subscriber::{Message, SubEvent, Subscription};
