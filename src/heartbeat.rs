@@ -109,7 +109,7 @@ impl Heartbeat {
             })?;
         let first = BeatRequest::new(&shared, 0, true, true, Vec::new());
         let reply = crate::scripts::invoke::<Value>(&first.invocation, &mut conn)?;
-        let outcome = BeatOutcome::parse(&shared, reply);
+        let outcome = BeatOutcome::parse(&shared.store.keys.nodes(), &shared.store.node_id, reply);
         match outcome.membership {
             Membership::Renewed => {}
             Membership::Refused => {
@@ -326,7 +326,7 @@ enum Membership {
 }
 
 /// What one beat's reply says.
-struct BeatOutcome {
+pub(crate) struct BeatOutcome {
     membership: Membership,
     peers: Option<Vec<PeerAddr>>,
     /// Per lease: `Ok(true)` renewed, `Ok(false)` lost, `Err(key)` corrupt.
@@ -334,7 +334,9 @@ struct BeatOutcome {
 }
 
 impl BeatOutcome {
-    fn parse(shared: &Shared, reply: Value) -> BeatOutcome {
+    /// Decodes a `heartbeat.lua` reply; `nodes_key` names the membership
+    /// set in errors, `own_id` is left out of the peer list.
+    pub(crate) fn parse(nodes_key: &str, own_id: &str, reply: Value) -> BeatOutcome {
         let corrupt = |v: &Value| match v {
             Value::BulkString(b) => String::from_utf8_lossy(b)
                 .strip_prefix("corrupt:")
@@ -353,7 +355,7 @@ impl BeatOutcome {
             None => Membership::Corrupt("empty heartbeat reply".into()),
         };
         let peers = match parts.next() {
-            Some(list @ Value::Array(_)) => Some(peer_list(shared, list)),
+            Some(list @ Value::Array(_)) => Some(peer_list(nodes_key, own_id, list)),
             _ => None,
         };
         let flags = match parts.next() {
@@ -376,13 +378,12 @@ impl BeatOutcome {
 }
 
 /// The other live nodes' peer addresses (never this node's own).
-fn peer_list(shared: &Shared, list: Value) -> Vec<PeerAddr> {
-    let key = shared.store.keys.nodes();
+fn peer_list(nodes_key: &str, own_id: &str, list: Value) -> Vec<PeerAddr> {
     let entries: Vec<Value> = redis::from_redis_value(list).unwrap_or_default();
     entries
         .into_iter()
-        .filter_map(|v| parse_node(&key, v).ok())
-        .filter(|n| n.id != shared.store.node_id)
+        .filter_map(|v| parse_node(nodes_key, v).ok())
+        .filter(|n| n.id != own_id)
         .filter_map(|n| n.peer_addr.map(|addr| PeerAddr { id: n.id, addr }))
         .collect()
 }
@@ -548,7 +549,11 @@ impl Scheduler {
             Ok(reply) => reply,
             Err(e) => return self.failed(&e.to_string()),
         };
-        let outcome = BeatOutcome::parse(&self.shared, reply);
+        let outcome = BeatOutcome::parse(
+            &self.shared.store.keys.nodes(),
+            &self.shared.store.node_id,
+            reply,
+        );
         // Renewals first: an outage-tolerant lease is then judged by its
         // fresh renewal time when the state turns Connected.
         for (i, lease) in request.leases.iter().enumerate() {

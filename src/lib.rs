@@ -24,6 +24,9 @@
 mod config;
 mod error;
 mod fanout;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 mod handle;
 mod health;
 mod heartbeat;
