@@ -454,7 +454,11 @@ fn a_lock_can_require_replica_acknowledgement() {
 #[test]
 fn a_partitioned_node_stops_waiting_for_a_lock() {
     let server = RedisServer::start();
-    let a = connect(&server, "partitioned");
+    // A peer mesh is configured (nobody else answers): losing Redis is a
+    // partition verdict, not just an outage.
+    let a = connect_with(&server, "partitioned", |b| {
+        b.peer_listen("127.0.0.1:0".parse().unwrap())
+    });
     let _held = a.try_lock("res", 60 * SEC).unwrap().unwrap();
     server.pause();
     let started = Instant::now();
