@@ -672,7 +672,12 @@ fn fencing_tokens_keep_rising_across_a_redis_restart_with_aof() {
 #[test]
 fn a_node_without_peers_waits_out_a_redis_outage_for_a_lock() {
     let server = RedisServer::start();
-    let cfg = |b: redswarm::ConfigBuilder| b.wait_recheck(Duration::from_millis(200));
+    // Attempts fail fast during the outage (no long pool checkout).
+    let cfg = |b: redswarm::ConfigBuilder| {
+        b.wait_recheck(Duration::from_millis(200))
+            .pool_timeout(Duration::from_millis(300))
+            .connect_timeout(Duration::from_millis(300))
+    };
     let a = connect_with(&server, "outage", cfg);
     let b = connect_with(&server, "outage", cfg);
     let held = b.try_lock("res", 60 * SEC).unwrap().unwrap();
