@@ -185,6 +185,10 @@ impl LockOptions {
 
     /// Blocks until the lock is taken or `wait` passes
     /// ([`Error::Timeout`]). Woken by the release message, not by polling.
+    /// Attempts whose reply was lost are retried with the same owner token
+    /// and get their grant back; Redis outages are waited out within
+    /// `wait`, unless this node's peers judge it partitioned
+    /// ([`Error::Partitioned`]; only with peers configured).
     ///
     /// ```no_run
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -325,7 +325,9 @@ impl std::fmt::Debug for Permit {
 }
 
 impl Permit {
-    /// Fencing token of this grant (increasing per semaphore).
+    /// Fencing token of this grant: greater than every earlier grant's of
+    /// the same semaphore, also across a Redis restart without persistence
+    /// (never below the Redis server's clock in microseconds).
     ///
     /// ```no_run
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -437,9 +439,10 @@ impl Permit {
             // The lost first call released it.
             _ if retried && !lost_locally => Ok(()),
             _ if lost_locally => Err(self.lost_error("it expired before release")),
-            _ => Err(self.lost_error(
-                "it was no longer in Redis (deleted or lost in a Redis restart)",
-            )),
+            _ => {
+                Err(self
+                    .lost_error("it was no longer in Redis (deleted or lost in a Redis restart)"))
+            }
         }
     }
 

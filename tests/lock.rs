@@ -482,7 +482,10 @@ fn a_partitioned_node_stops_waiting_for_a_lock() {
 
 /// A string value straight from Redis (None when absent).
 fn get(server: &RedisServer, key: &str) -> Option<String> {
-    redis::cmd("GET").arg(key).query(&mut server.conn()).unwrap()
+    redis::cmd("GET")
+        .arg(key)
+        .query(&mut server.conn())
+        .unwrap()
 }
 
 fn exists(server: &RedisServer, key: &str) -> bool {

@@ -400,7 +400,11 @@ fn permit_fencing_tokens_keep_rising_across_a_redis_restart_without_persistence(
 fn extend_on_an_auto_extended_permit_keeps_room_for_renewals() {
     let server = RedisServer::start();
     let s = connect(&server, "shrink");
-    let sem = s.semaphore("one", 1).unwrap().ttl(2 * SEC).auto_extend(true);
+    let sem = s
+        .semaphore("one", 1)
+        .unwrap()
+        .ttl(2 * SEC)
+        .auto_extend(true);
     let p = sem.try_acquire().unwrap().unwrap();
     // Three heartbeats are 300 ms here: 150 ms could lapse between beats.
     let err = p.extend(Duration::from_millis(150)).unwrap_err();
