@@ -14,6 +14,14 @@
 //! outcome, or promotes one of them if the leader died (its lease expired)
 //! or gave up.
 //!
+//! Leadership is a fenced grant: [`Completer::fencing_token`] rises with
+//! every new leader of a job id (never below the Redis clock in
+//! microseconds, so also across a Redis restart without persistence). A
+//! claim whose reply was lost is retried with the same token and answers
+//! "lead" again with the same fencing token instead of waiting for its own
+//! lease to lapse. Unusable data in Redis is [`Error::CorruptData`] naming
+//! the key, with nothing changed.
+//!
 //! The stored outcome is also served to callers that arrive within
 //! `result_ttl` after completion: they get the result without running the
 //! job. Set it low if results go stale fast.
@@ -35,7 +43,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::keys::FanoutKeys;
 use crate::lease::{Lease, LeaseTarget};
-use crate::lock::validate_ttl;
+use crate::lock::{grant_start, once_more_if_lost, validate_ttl};
 use crate::runtime::Runtime;
 use crate::scripts::{invoke, lua_script};
 use crate::subscriber::{SubEvent, Subscription};
@@ -222,14 +230,27 @@ impl Fanout {
     {
         // Threads of this handle asking for the same job share one driver:
         // it alone claims, waits or leads in Redis; the others wait here.
+        // Saturating: a timeout of Duration::MAX waits forever.
+        let deadline = Deadline::after(timeout);
         let flights = self.swarm.feature_state::<LocalFlights>();
         let (flight, driver) = flights.join(job_id);
         if !driver {
-            return match flight.wait_until(Deadline::after(timeout)) {
+            let timed_out = || Err(FanoutError::Timeout { waited: timeout });
+            return match flight.wait_until(deadline) {
                 Some(FlightEnd::Done(bytes)) => decode::<T, E>(job_id, &bytes),
-                // The driver gave up (its own timeout, an error): go on alone.
-                Some(FlightEnd::Abandoned) => self.run_alone(job_id, timeout, job),
-                None => Err(FanoutError::Timeout { waited: timeout }),
+                // The driver gave up (its own timeout, an error): go on alone
+                // for the rest of this caller's timeout, not a fresh one.
+                Some(FlightEnd::Abandoned) => {
+                    let left = deadline.remaining().unwrap_or(Duration::MAX);
+                    if left.is_zero() {
+                        return timed_out();
+                    }
+                    match self.run_alone(job_id, left, job) {
+                        Err(FanoutError::Timeout { .. }) => timed_out(),
+                        other => other,
+                    }
+                }
+                None => timed_out(),
             };
         }
         let result = catch_unwind(AssertUnwindSafe(|| self.run_alone(job_id, timeout, job)));
@@ -317,13 +338,22 @@ impl Fanout {
             sub,
             ready: None,
         };
-        match waiter.claim()? {
-            Claim::Done(r) => {
+        // A lost reply is asked once more with the same token (the claim is
+        // idempotent); if that fails too, a leadership the first call may
+        // have taken is given back so nobody waits out its lease.
+        match once_more_if_lost(|| waiter.claim()) {
+            Ok(Claim::Done(r)) => {
                 waiter.ready = Some(r);
                 Ok(Push::Wait(waiter))
             }
-            Claim::Lead(sent) => Ok(Push::Lead(waiter.into_completer(sent))),
-            Claim::Wait(_) => Ok(Push::Wait(waiter)),
+            Ok(Claim::Lead { fence, since }) => Ok(Push::Lead(waiter.into_completer(fence, since))),
+            Ok(Claim::Wait(_)) => Ok(Push::Wait(waiter)),
+            Err(e) => {
+                if e.is_unavailable() {
+                    waiter.step_down();
+                }
+                Err(e)
+            }
         }
     }
 }
@@ -348,7 +378,11 @@ pub enum Waited<T, E> {
 
 enum Claim<T, E> {
     Done(std::result::Result<T, FanoutError<E>>),
-    Lead(Instant),
+    /// Leadership with its fencing token, judged from `since`.
+    Lead {
+        fence: u64,
+        since: Instant,
+    },
     Wait(Option<Duration>),
 }
 
@@ -408,8 +442,13 @@ where
         let deadline = Deadline::after(timeout);
         let recheck = self.fanout.swarm.config().wait_recheck();
         let mut leader_left: Option<Duration> = None;
+        // Whether the last claim's reply was lost (it may have made us leader).
+        let mut unknown = false;
         loop {
             if deadline.has_passed() {
+                if unknown {
+                    self.step_down();
+                }
                 return Err(FanoutError::Timeout { waited: timeout });
             }
             let mut nap = deadline.nap(recheck);
@@ -425,17 +464,22 @@ where
                 // lost; timeout = bounded re-check. All: claim again.
                 _ => {}
             }
+            unknown = false;
             match self.claim() {
                 Ok(Claim::Done(r)) => return Ok(Waited::Done(r)),
-                Ok(Claim::Lead(sent)) => {
+                Ok(Claim::Lead { fence, since }) => {
                     log::info!(
                         "fan-out `{}`: leader gone, this caller takes over",
                         self.job_id
                     );
-                    return Ok(Waited::Promoted(self.into_completer(sent)));
+                    return Ok(Waited::Promoted(self.into_completer(fence, since)));
                 }
                 Ok(Claim::Wait(left)) => leader_left = left,
-                Err(e) if e.is_unavailable() => leader_left = None,
+                Err(e) if e.is_unavailable() => {
+                    // Asked again with the same token at the next round.
+                    unknown = true;
+                    leader_left = None;
+                }
                 Err(e) => return Err(e.into()),
             }
         }
@@ -485,6 +529,7 @@ where
                 .prepare()
                 .key(&self.keys.leader)
                 .key(&self.keys.result)
+                .key(&self.keys.fence)
                 .arg(&self.token)
                 .arg(millis(self.fanout.leader_lease)),
             &mut *conn,
@@ -507,7 +552,25 @@ where
                     outcome => Ok(Claim::Done(outcome)),
                 }
             }
-            "lead" => Ok(Claim::Lead(sent)),
+            "lead" => {
+                let field = |i: usize, what: &str| -> Result<i64> {
+                    let text: String = match reply.get(i) {
+                        Some(v) => {
+                            redis::from_redis_value_ref(v).map_err(|e| corrupt(&e.to_string()))?
+                        }
+                        None => return Err(corrupt(&format!("no {what}"))),
+                    };
+                    text.parse::<i64>()
+                        .map_err(|e| corrupt(&format!("{what} {text:?}: {e}")))
+                };
+                let fence = u64::try_from(field(1, "fencing token")?)
+                    .map_err(|_| Error::corrupt(&self.keys.fence, "negative fencing counter"))?;
+                let left = field(2, "lease left")?;
+                Ok(Claim::Lead {
+                    fence,
+                    since: grant_start(sent, self.fanout.leader_lease, left),
+                })
+            }
             "wait" => {
                 let left: String = match reply.get(1) {
                     Some(v) => {
@@ -523,7 +586,18 @@ where
         }
     }
 
-    fn into_completer(self, sent: Instant) -> Completer<T, E> {
+    /// Gives back a leadership a claim with a lost reply may have taken
+    /// (best effort; otherwise it lapses after the lease).
+    fn step_down(&self) {
+        if let Err(e) = abandon(&self.fanout.swarm, &self.keys, &self.token) {
+            log::warn!(
+                "fan-out `{}`: could not give back a claim whose reply was lost: {e} (it lapses after the lease)",
+                self.job_id
+            );
+        }
+    }
+
+    fn into_completer(self, fence: u64, since: Instant) -> Completer<T, E> {
         let swarm = &self.fanout.swarm;
         let lease = swarm.lease(
             format!("fan-out leader of `{}`", self.job_id),
@@ -532,13 +606,14 @@ where
                 token: self.token.clone(),
             },
             self.fanout.leader_lease,
-            sent,
+            since,
         );
         Completer {
             fanout: self.fanout,
             job_id: self.job_id,
             keys: self.keys,
             token: self.token,
+            fence,
             lease: Some(lease),
             _types: std::marker::PhantomData,
         }
@@ -662,6 +737,7 @@ pub struct Completer<T, E> {
     job_id: String,
     keys: FanoutKeys,
     token: String,
+    fence: u64,
     lease: Option<Lease>,
     _types: std::marker::PhantomData<fn() -> (T, E)>,
 }
@@ -670,6 +746,7 @@ impl<T, E> std::fmt::Debug for Completer<T, E> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Completer")
             .field("job_id", &self.job_id)
+            .field("fencing_token", &self.fence)
             .finish()
     }
 }
@@ -691,6 +768,25 @@ where
     /// ```
     pub fn is_leader(&self) -> bool {
         self.lease.as_ref().is_some_and(|l| !l.is_lost())
+    }
+
+    /// The fencing token of this leadership: greater than every earlier
+    /// leader's of the same job id (never below the Redis server's clock in
+    /// microseconds, so also across a Redis restart without persistence).
+    /// Hand it to whatever the job writes to, so a leader that lost its
+    /// lease cannot overwrite its successor's work.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
+    /// if let redswarm::Push::Lead(c) = swarm.fanout_options().push::<u32, String>("job")? {
+    ///     assert!(c.fencing_token() > 0);
+    ///     c.complete(Ok(5))?;
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn fencing_token(&self) -> u64 {
+        self.fence
     }
 
     /// Shares `result` with every waiter and returns it to the caller. If
@@ -777,17 +873,7 @@ impl<T, E> Drop for Completer<T, E> {
         if self.lease.take().is_none() {
             return; // completed
         }
-        let r = self.fanout.swarm.store().conn().and_then(|mut c| {
-            invoke::<i64>(
-                FANOUT_ABANDON
-                    .prepare()
-                    .key(&self.keys.leader)
-                    .arg(&self.token)
-                    .arg(&self.keys.done),
-                &mut *c,
-            )
-        });
-        match r {
+        match abandon(&self.fanout.swarm, &self.keys, &self.token) {
             Ok(_) => log::info!("fan-out `{}`: leader stepped down without an outcome", self.job_id),
             Err(e) => log::warn!(
                 "fan-out `{}`: could not step down ({e}); a waiter takes over when the lease lapses",
@@ -795,4 +881,18 @@ impl<T, E> Drop for Completer<T, E> {
             ),
         }
     }
+}
+
+/// Steps down as leader of a job if `token` leads it (compare-and-delete)
+/// and tells the waiters to claim again. 1 if it led, else 0.
+fn abandon(swarm: &Runtime, keys: &FanoutKeys, token: &str) -> Result<i64> {
+    let mut conn = swarm.store().conn()?;
+    invoke(
+        FANOUT_ABANDON
+            .prepare()
+            .key(&keys.leader)
+            .arg(token)
+            .arg(&keys.done),
+        &mut *conn,
+    )
 }

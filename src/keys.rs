@@ -27,17 +27,19 @@
 //! | `{ns:nodes}:info:<node>` | hash | host, pid, started, peer address of a node |
 //! | `{ns}:wake:<node>` | channel | wakes this node's pub/sub thread to (un)subscribe |
 //! | `{ns:lock:<name>}` | string | owner token of the lock, with a PX TTL |
-//! | `{ns:lock:<name>}:fence` | string | fencing counter, never expires |
+//! | `{ns:lock:<name>}:fence` | string | fencing counter, never expires; never below the Redis clock in µs |
 //! | `{ns:lock:<name>}:queue` | zset | FIFO waiters (fair mode): token → arrival number |
 //! | `{ns:lock:<name>}:tickets` | hash | fair-mode waiter token → ticket deadline; `#seq` arrival counter |
 //! | `{ns:lock:<name>}:released` | channel | published on release |
 //! | `{ns:sem:<name>}:holders` | zset | permit id → lease deadline |
-//! | `{ns:sem:<name>}:fence` | string | fencing counter |
+//! | `{ns:sem:<name>}:fence` | string | fencing counter, as for locks |
+//! | `{ns:sem:<name>}:grants` | hash | permit id → its fencing token (live permits) |
 //! | `{ns:sem:<name>}:queue` | zset | FIFO waiters (fair mode): permit id → arrival number |
 //! | `{ns:sem:<name>}:tickets` | hash | fair-mode waiter → ticket deadline; `#seq` arrival counter |
 //! | `{ns:sem:<name>}:released` | channel | published on release |
 //! | `{ns:fanout:<id>}` | string | leader token with lease |
 //! | `{ns:fanout:<id>}:result` | string | serialized outcome, kept briefly |
+//! | `{ns:fanout:<id>}:fence` | string | leadership fencing counter, kept a day after the last grant |
 //! | `{ns:fanout:<id>}:done` | channel | published when the outcome is stored |
 //! | `{ns:paired:<id>}` | string | paired task: the holder's owner token, `PX` lease |
 //! | `{ns:paired:<id>}:record` | hash | paired task record: state, attempt, max, fence, owner, node, payload, reason, times; kept for the retention once finished |
@@ -207,6 +209,8 @@ pub struct SemaphoreKeys {
     pub queue: String,
     /// Waiter ticket deadlines and arrival counter (fair mode).
     pub tickets: String,
+    /// Permit id → its fencing token, so a retried grant returns the same one.
+    pub grants: String,
     /// Release notification channel.
     pub released: String,
 }
@@ -218,6 +222,8 @@ pub struct FanoutKeys {
     pub leader: String,
     /// Stored outcome.
     pub result: String,
+    /// Leadership fencing counter.
+    pub fence: String,
     /// Completion channel.
     pub done: String,
 }
@@ -359,6 +365,7 @@ impl Keys {
             fence: format!("{base}:fence"),
             queue: format!("{base}:queue"),
             tickets: format!("{base}:tickets"),
+            grants: format!("{base}:grants"),
             released: format!("{base}:released"),
         })
     }
@@ -375,6 +382,7 @@ impl Keys {
         let base = self.tag("fanout", "job id", id)?;
         Ok(FanoutKeys {
             result: format!("{base}:result"),
+            fence: format!("{base}:fence"),
             done: format!("{base}:done"),
             leader: base,
         })

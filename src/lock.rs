@@ -5,9 +5,16 @@
 //!   compare the owner token inside the script, so nobody can release or
 //!   extend a lock they do not hold, and extend never re-creates an expired
 //!   lock.
-//! - Every grant increments a per-name fencing counter that never expires;
-//!   pass [`LockGuard::fencing_token`] to the resource you protect and have
-//!   it reject tokens lower than the highest it has seen.
+//! - Every grant takes the next token of a per-name fencing counter that
+//!   never expires and never goes below the Redis server clock in
+//!   microseconds, so tokens keep rising across a Redis restart that lost
+//!   the counter; pass [`LockGuard::fencing_token`] to the resource you
+//!   protect and have it reject tokens lower than the highest it has seen.
+//! - Grants are idempotent: a call whose reply was lost (timeout, dropped
+//!   connection) is retried with the same owner token, and the script hands
+//!   back the same grant and fencing token instead of waiting on itself.
+//!   Scripts check everything they read before their first write; unusable
+//!   data is [`Error::CorruptData`] naming the key, with nothing changed.
 //! - Waiters subscribe to the lock's release channel *before* trying, then
 //!   sleep until a release message, a `Reconnected` notice, the owner's
 //!   remaining TTL or `wait_recheck`, whichever comes first: no polling loop,
@@ -18,6 +25,7 @@
 //!   `SET NX PX` and is faster under low contention; under heavy contention
 //!   any waiter may win, so one can starve.
 
+use std::cell::Cell;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
@@ -150,7 +158,11 @@ impl LockOptions {
     }
 
     /// Takes the lock if it is free right now (in fair mode: if nobody is
-    /// queued ahead); `None` otherwise.
+    /// queued ahead); `None` otherwise. If the reply is lost (timeout,
+    /// dropped connection) the call is made once more with the same owner
+    /// token, which returns the grant if the first call made one; if that
+    /// fails too, the lock is given back by token (when Redis answers) before
+    /// the error is returned, so no orphaned lock waits out its TTL.
     ///
     /// ```no_run
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -161,20 +173,27 @@ impl LockOptions {
     pub fn try_lock(&self) -> Result<Option<LockGuard>> {
         let keys = self.validate()?;
         let token = random_id();
-        match self.try_once(&keys, &token)? {
-            Attempt::Granted { fence, sent } => Ok(Some(self.guard(keys, token, fence, sent))),
-            Attempt::Busy { .. } => {
+        match once_more_if_lost(|| self.try_once(&keys, &token)) {
+            Ok(Attempt::Granted { fence, sent }) => Ok(Some(self.guard(keys, token, fence, sent))),
+            Ok(Attempt::Busy { .. }) => {
                 if self.fair {
                     leave_queue(&self.swarm, &keys, &token);
                 }
                 Ok(None)
+            }
+            Err(e) => {
+                self.give_up(&keys, &token, e.is_unavailable());
+                Err(e)
             }
         }
     }
 
     /// Blocks until the lock is taken or `wait` passes
     /// ([`Error::Timeout`]; `Duration::MAX` waits forever). Woken by the
-    /// release message, not by polling.
+    /// release message, not by polling. Attempts whose reply was lost are
+    /// retried with the same owner token and get their grant back; Redis
+    /// outages are waited out within `wait`, unless this node's peers judge
+    /// it partitioned ([`Error::Partitioned`]; only with peers configured).
     ///
     /// ```no_run
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -185,6 +204,8 @@ impl LockOptions {
     pub fn lock(&self, wait: Duration) -> Result<LockGuard> {
         let keys = self.validate()?;
         let token = random_id();
+        // Whether the last attempt's outcome is unknown (its reply was lost).
+        let unknown = Cell::new(false);
         let granted = wait_for_grant(
             &self.swarm,
             &keys.released,
@@ -192,7 +213,9 @@ impl LockOptions {
             self.fair.then_some(token.as_str()),
             || format!("lock `{}`", self.name),
             || {
-                Ok(match self.try_once(&keys, &token)? {
+                let attempt = self.try_once(&keys, &token);
+                unknown.set(attempt.as_ref().is_err_and(Error::is_unavailable));
+                Ok(match attempt? {
                     Attempt::Granted { fence, sent } => Ok((fence, sent)),
                     Attempt::Busy { owner_ttl } => Err(owner_ttl),
                 })
@@ -201,11 +224,27 @@ impl LockOptions {
         match granted {
             Ok((fence, sent)) => Ok(self.guard(keys, token, fence, sent)),
             Err(e) => {
-                if self.fair {
-                    leave_queue(&self.swarm, &keys, &token);
-                }
+                self.give_up(&keys, &token, unknown.get());
                 Err(e)
             }
+        }
+    }
+
+    /// Cleanup after a failed `try_lock`/`lock`: leave the fair queue, and
+    /// give back a grant the last attempt may have made (`maybe_granted`:
+    /// its reply was lost). Best effort: if Redis is unreachable the grant
+    /// lapses after its TTL.
+    fn give_up(&self, keys: &LockKeys, token: &str, maybe_granted: bool) {
+        if maybe_granted {
+            if let Err(e) = release_token(&self.swarm, keys, token) {
+                log::warn!(
+                    "lock `{}`: could not give back a grant whose reply was lost: {e} (it lapses after its TTL)",
+                    self.name
+                );
+            }
+        }
+        if self.fair {
+            leave_queue(&self.swarm, keys, token);
         }
     }
 
@@ -260,6 +299,34 @@ pub(crate) fn validate_ttl(swarm: &Runtime, ttl: Duration, auto_extend: bool) ->
     Ok(())
 }
 
+/// Runs one grant call; if its reply was lost (Redis unreachable, a timeout
+/// or a dropped connection: the script may have run), runs it once more. The
+/// grant scripts are idempotent for their token, so the second call returns
+/// the grant the first one made, if any.
+pub(crate) fn once_more_if_lost<T>(mut call: impl FnMut() -> Result<T>) -> Result<T> {
+    match call() {
+        Err(e) if e.is_unavailable() => {
+            log::debug!("grant call failed ({e}); asking once more with the same token");
+            call()
+        }
+        other => other,
+    }
+}
+
+/// The instant to judge a grant's lease from: a call sent at `sent` found
+/// the grant with `left_ms` of its `ttl` left (all of it when new; less when
+/// a retry found the grant its lost first call made). Redis's expiry is no
+/// earlier than `sent + left`, so the lease counts as started `ttl - left`
+/// before `sent`.
+pub(crate) fn grant_start(sent: Instant, ttl: Duration, left_ms: i64) -> Instant {
+    let left = u64::try_from(left_ms)
+        .map(Duration::from_millis)
+        .unwrap_or(ttl)
+        .min(ttl);
+    // Only fails within `ttl` of boot, where the monotonic clock starts.
+    sent.checked_sub(ttl - left).unwrap_or(sent)
+}
+
 /// One acquire attempt (one script call).
 pub(crate) fn attempt(
     swarm: &Runtime,
@@ -286,9 +353,10 @@ pub(crate) fn attempt(
         &mut *conn,
     )?;
     match reply.as_slice() {
-        [1, fence, ..] => {
+        [1, fence, left, ..] => {
             let fence = u64::try_from(*fence)
                 .map_err(|_| Error::corrupt(&keys.fence, "negative fencing counter"))?;
+            let sent = grant_start(sent, ttl, *left);
             if let Some((wanted, timeout)) = replicas {
                 // WAIT on the connection that wrote: how many replicas have
                 // the grant? It blocks up to `timeout`, so widen the read
@@ -337,7 +405,9 @@ pub(crate) fn attempt(
 /// sleeping until a release message, a reconnect, the holder's remaining
 /// TTL (what `attempt` returns when busy) or `wait_recheck`. Redis blips
 /// count as "busy" until `wait` runs out ([`Error::Timeout`]), unless this
-/// node is partitioned ([`Error::Partitioned`]).
+/// node is partitioned ([`Error::Partitioned`]) by the verdict of its
+/// peers. A node with no peers configured has nobody to ask: a missed beat
+/// is a Redis outage to wait out, not a partition.
 pub(crate) fn wait_for_grant<T>(
     swarm: &Runtime,
     channel: &str,
@@ -356,7 +426,7 @@ pub(crate) fn wait_for_grant<T>(
             Err(e) if e.is_unavailable() => {
                 // Cut off from Redis and from enough peers: waiting longer
                 // cannot help; say so instead of timing out later.
-                if let state @ PartitionState::Partitioned { .. } = swarm.partition_state() {
+                if let Some(state) = partitioned(swarm) {
                     return Err(Error::Partitioned(format!("{} ({state:?}): {e}", what())));
                 }
                 None
@@ -375,6 +445,19 @@ pub(crate) fn wait_for_grant<T>(
         }
         wait_for_release(&sub, nap, me);
     }
+}
+
+/// The partition verdict a waiter acts on: [`PartitionState::Partitioned`]
+/// only counts when this node has peers to judge by (a peer listener
+/// configured, or peers known). Without any, the heartbeat's verdict after a
+/// missed beat says nothing about a partition; the outage is waited out.
+fn partitioned(swarm: &Runtime) -> Option<PartitionState> {
+    let state = swarm.partition_state();
+    if state.may_work() {
+        return None;
+    }
+    let has_peers = swarm.config().peer_listen().is_some() || !swarm.known_peers().is_empty();
+    has_peers.then_some(state)
 }
 
 /// Sleeps until a release message that concerns us, a reconnect, or `nap`.
@@ -450,6 +533,7 @@ pub struct LockGuard {
     keys: LockKeys,
     token: String,
     fence: u64,
+    auto_extend: bool,
     lease: Option<Lease>,
 }
 
@@ -490,6 +574,7 @@ impl LockGuard {
             keys,
             token,
             fence,
+            auto_extend,
             lease: Some(lease),
         }
     }
@@ -516,7 +601,10 @@ impl LockGuard {
 
     /// The fencing token of this acquisition: strictly greater than every
     /// earlier acquisition's of the same name, never reused (the counter
-    /// survives the lock key's expiry).
+    /// survives the lock key's expiry, and never goes below the Redis
+    /// server's clock in microseconds, so it keeps rising across a Redis
+    /// restart without persistence — unless the Redis host's clock was
+    /// stepped backwards across that restart).
     ///
     /// ```no_run
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -564,7 +652,10 @@ impl LockGuard {
 
     /// Sets the lock's expiry to now + `ttl` (Redis clock). Fails with
     /// [`Error::LeaseLost`] if the lock expired or is held by someone else;
-    /// never re-creates it.
+    /// never re-creates it. On an auto-extended guard `ttl` must leave room
+    /// for renewals (three heartbeat intervals, as for
+    /// [`LockOptions::ttl`]), else [`Error::InvalidInput`] and nothing
+    /// changes: a shorter TTL could lapse between two beats.
     ///
     /// ```no_run
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -578,7 +669,7 @@ impl LockGuard {
             .lease
             .as_ref()
             .ok_or_else(|| self.lost_error("already released"))?;
-        validate_ttl(&self.swarm, ttl, false)?;
+        validate_ttl(&self.swarm, ttl, self.auto_extend)?;
         let mut conn = self.swarm.conn()?;
         let sent = Instant::now();
         let r: i64 = invoke(
@@ -605,10 +696,12 @@ impl LockGuard {
         }
     }
 
-    /// Releases the lock and wakes waiters. Idempotent: releasing again, or
-    /// a retry after a lost reply, is `Ok`. Fails with
-    /// [`Error::LeaseLost`] if the lock had already passed to someone else
-    /// (it is left untouched) or expired while we believed we held it.
+    /// Releases the lock and wakes waiters. Idempotent: if the reply is lost
+    /// the call is retried once, and finding the lock already released then
+    /// is `Ok`. Fails with [`Error::LeaseLost`] if the lock had already
+    /// passed to someone else (it is left untouched) or was no longer in
+    /// Redis: it expired, or was deleted or lost in a Redis restart while we
+    /// believed we held it — whatever we did under it was not protected.
     ///
     /// ```no_run
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -629,10 +722,20 @@ impl LockGuard {
         };
         let lost_locally = lease.is_lost();
         drop(lease);
-        match release_token(&self.swarm, &self.keys, &self.token)? {
+        let mut retried = false;
+        let released = once_more_if_lost(|| {
+            let r = release_token(&self.swarm, &self.keys, &self.token);
+            retried |= r.is_err();
+            r
+        })?;
+        match released {
             1 => Ok(()),
-            0 if !lost_locally => Ok(()), // already released (e.g. a retried call)
-            0 => Err(self.lost_error("it expired before release")),
+            // The lost first call released it.
+            0 if retried && !lost_locally => Ok(()),
+            0 if lost_locally => Err(self.lost_error("it expired before release")),
+            0 => Err(self.lost_error(
+                "it was no longer in Redis (deleted, evicted or lost in a Redis restart)",
+            )),
             _ => Err(self.lost_error("another owner holds it now")),
         }
     }

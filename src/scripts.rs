@@ -6,10 +6,13 @@
 //! Redis server clock). Calls go through EVALSHA; when the server answers
 //! NOSCRIPT (after a restart, failover or `SCRIPT FLUSH`) the script is
 //! loaded and the call retried, for single calls and pipelines alike.
+//! A script that finds unusable data aborts before its first write with the
+//! error reply `CORRUPT <key>\t<reason>` (the prelude's `corrupt()`), which
+//! [`invoke`] turns into [`Error::CorruptData`].
 
 use redis::{ConnectionLike, FromRedisValue, Pipeline, Script, ScriptInvocation};
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 /// A named Lua script.
 pub(crate) struct LuaScript {
@@ -61,7 +64,24 @@ pub(crate) fn invoke<T: FromRedisValue>(
     inv: &ScriptInvocation<'_>,
     conn: &mut dyn ConnectionLike,
 ) -> Result<T> {
-    Ok(inv.invoke(conn)?)
+    inv.invoke(conn).map_err(script_error)
+}
+
+/// A script's `CORRUPT <key>\t<reason>` error reply as
+/// [`Error::CorruptData`]; any other error unchanged.
+pub(crate) fn script_error(e: redis::RedisError) -> Error {
+    if e.code() == Some("CORRUPT") {
+        if let Some((key, reason)) = e.detail().and_then(|d| d.split_once('\t')) {
+            // Redis 7 appends " script: <sha>, on @user_script:<line>." to
+            // errors raised inside a script.
+            let reason = match reason.rsplit_once(" script: ") {
+                Some((r, tail)) if tail.contains("@user_script") => r,
+                _ => reason,
+            };
+            return Error::corrupt(key, reason.trim_end());
+        }
+    }
+    e.into()
 }
 
 /// Runs a pipeline of script invocations; on NOSCRIPT loads `scripts` and

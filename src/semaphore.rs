@@ -7,10 +7,17 @@
 //! never more than `permits` live holders at any instant. Waiters are woken
 //! by a release message, bounded by the earliest permit's expiry and
 //! `wait_recheck`. Fair mode admits waiters in arrival order. Every grant
-//! carries a fencing token (one counter per semaphore).
+//! carries a fencing token (one counter per semaphore, never below the
+//! Redis clock in microseconds, as for locks).
+//!
+//! Grants are idempotent per permit id: a call whose reply was lost is
+//! retried with the same id and gets the same permit and fencing token
+//! back. Scripts check everything they read before their first write;
+//! unusable data is [`Error::CorruptData`] naming the key.
 //!
 //! All users of one semaphore name must pass the same `permits`.
 
+use std::cell::Cell;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
@@ -18,7 +25,7 @@ use crossbeam_channel::Receiver;
 use crate::error::{Error, Result};
 use crate::keys::SemaphoreKeys;
 use crate::lease::{Lease, LeaseLost, LeaseTarget};
-use crate::lock::{validate_ttl, wait_for_grant};
+use crate::lock::{grant_start, once_more_if_lost, validate_ttl, wait_for_grant};
 use crate::runtime::Runtime;
 use crate::scripts::{invoke, lua_script};
 use crate::util::{millis, random_id};
@@ -109,7 +116,10 @@ impl Semaphore {
         self
     }
 
-    /// Takes a permit if one is free now.
+    /// Takes a permit if one is free now. A lost reply is retried once with
+    /// the same permit id (which returns the permit if the first call
+    /// granted it); if that fails too, the permit is given back by id (when
+    /// Redis answers) before the error is returned.
     ///
     /// ```no_run
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -121,13 +131,17 @@ impl Semaphore {
     pub fn try_acquire(&self) -> Result<Option<Permit>> {
         validate_ttl(&self.swarm, self.ttl, self.auto_extend)?;
         let id = random_id();
-        match self.attempt(&id)? {
-            Ok(p) => Ok(Some(p)),
-            Err(_) => {
+        match once_more_if_lost(|| self.attempt(&id)) {
+            Ok(Ok(p)) => Ok(Some(p)),
+            Ok(Err(_)) => {
                 if self.fair {
                     self.leave_queue(&id);
                 }
                 Ok(None)
+            }
+            Err(e) => {
+                self.give_up(&id, e.is_unavailable());
+                Err(e)
             }
         }
     }
@@ -144,18 +158,42 @@ impl Semaphore {
     pub fn acquire(&self, wait: Duration) -> Result<Permit> {
         validate_ttl(&self.swarm, self.ttl, self.auto_extend)?;
         let id = random_id();
+        // Whether the last attempt's outcome is unknown (its reply was lost).
+        let unknown = Cell::new(false);
         let granted = wait_for_grant(
             &self.swarm,
             &self.keys.released,
             wait,
             None,
             || format!("a permit of semaphore `{}`", self.name),
-            || self.attempt(&id),
+            || {
+                let attempt = self.attempt(&id);
+                unknown.set(attempt.as_ref().is_err_and(Error::is_unavailable));
+                attempt
+            },
         );
-        if granted.is_err() && self.fair {
-            self.leave_queue(&id);
+        if granted.is_err() {
+            self.give_up(&id, unknown.get());
         }
         granted
+    }
+
+    /// Cleanup after a failed `try_acquire`/`acquire`: give back a permit
+    /// the last attempt may have granted (`maybe_granted`: its reply was
+    /// lost) and leave the fair queue. Best effort: if Redis is unreachable
+    /// the permit lapses after its TTL.
+    fn give_up(&self, id: &str, maybe_granted: bool) {
+        if maybe_granted {
+            if let Err(e) = release_permit(&self.swarm, &self.keys, id) {
+                log::warn!(
+                    "semaphore `{}`: could not give back a permit whose reply was lost: {e} (it lapses after its TTL)",
+                    self.name
+                );
+            }
+        }
+        if self.fair {
+            self.leave_queue(id);
+        }
     }
 
     /// Live permits right now (by Redis's clock).
@@ -196,6 +234,7 @@ impl Semaphore {
                 .key(&self.keys.fence)
                 .key(&self.keys.queue)
                 .key(&self.keys.tickets)
+                .key(&self.keys.grants)
                 .arg(id)
                 .arg(self.permits)
                 .arg(millis(self.ttl))
@@ -204,9 +243,10 @@ impl Semaphore {
             &mut *conn,
         )?;
         match reply.as_slice() {
-            [1, fence, ..] => {
+            [1, fence, left, ..] => {
                 let fence = u64::try_from(*fence)
                     .map_err(|_| Error::corrupt(&self.keys.fence, "negative fencing counter"))?;
+                let sent = grant_start(sent, self.ttl, *left);
                 let what = format!("permit of semaphore `{}`", self.name);
                 let target = LeaseTarget::Member {
                     zset: self.keys.holders.clone(),
@@ -223,6 +263,7 @@ impl Semaphore {
                     keys: self.keys.clone(),
                     id: id.to_string(),
                     fence,
+                    auto_extend: self.auto_extend,
                     lease: Some(lease),
                 }))
             }
@@ -271,6 +312,7 @@ pub struct Permit {
     keys: SemaphoreKeys,
     id: String,
     fence: u64,
+    auto_extend: bool,
     lease: Option<Lease>,
 }
 
@@ -284,7 +326,9 @@ impl std::fmt::Debug for Permit {
 }
 
 impl Permit {
-    /// Fencing token of this grant (increasing per semaphore).
+    /// Fencing token of this grant: greater than every earlier grant's of
+    /// the same semaphore, also across a Redis restart without persistence
+    /// (never below the Redis server's clock in microseconds).
     ///
     /// ```no_run
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -327,6 +371,8 @@ impl Permit {
     }
 
     /// Extends the permit to now + `ttl`; [`Error::LeaseLost`] if it expired.
+    /// On an auto-extended permit `ttl` must leave room for renewals (three
+    /// heartbeat intervals), else [`Error::InvalidInput`] and nothing changes.
     ///
     /// ```no_run
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -340,7 +386,7 @@ impl Permit {
             .lease
             .as_ref()
             .ok_or_else(|| self.lost_error("already released"))?;
-        validate_ttl(&self.swarm, ttl, false)?;
+        validate_ttl(&self.swarm, ttl, self.auto_extend)?;
         let mut conn = self.swarm.conn()?;
         let sent = Instant::now();
         let r: i64 = invoke(
@@ -360,8 +406,11 @@ impl Permit {
         }
     }
 
-    /// Gives the permit back. Idempotent; [`Error::LeaseLost`] if it had
-    /// expired while we believed we held it.
+    /// Gives the permit back. Idempotent: if the reply is lost the call is
+    /// retried once, and finding the permit already gone then is `Ok`.
+    /// [`Error::LeaseLost`] if the permit was no longer live in Redis: it
+    /// expired, or was deleted or lost in a Redis restart while we believed
+    /// we held it.
     ///
     /// ```no_run
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -380,19 +429,21 @@ impl Permit {
         };
         let lost_locally = lease.is_lost();
         drop(lease);
-        let mut conn = self.swarm.store().conn()?;
-        let r: i64 = invoke(
-            SEM_RELEASE
-                .prepare()
-                .key(&self.keys.holders)
-                .arg(&self.id)
-                .arg(&self.keys.released),
-            &mut *conn,
-        )?;
-        if r == 1 || !lost_locally {
-            Ok(())
-        } else {
-            Err(self.lost_error("it expired before release"))
+        let mut retried = false;
+        let released = once_more_if_lost(|| {
+            let r = release_permit(&self.swarm, &self.keys, &self.id);
+            retried |= r.is_err();
+            r
+        })?;
+        match released {
+            1 => Ok(()),
+            // The lost first call released it.
+            _ if retried && !lost_locally => Ok(()),
+            _ if lost_locally => Err(self.lost_error("it expired before release")),
+            _ => {
+                Err(self
+                    .lost_error("it was no longer in Redis (deleted or lost in a Redis restart)"))
+            }
         }
     }
 
@@ -402,6 +453,21 @@ impl Permit {
             reason: reason.to_string(),
         }
     }
+}
+
+/// Gives permit `id` back (1: it was live; 0: already gone) and wakes
+/// waiters.
+fn release_permit(swarm: &Runtime, keys: &SemaphoreKeys, id: &str) -> Result<i64> {
+    let mut conn = swarm.store().conn()?;
+    invoke(
+        SEM_RELEASE
+            .prepare()
+            .key(&keys.holders)
+            .key(&keys.grants)
+            .arg(id)
+            .arg(&keys.released),
+        &mut *conn,
+    )
 }
 
 impl Drop for Permit {

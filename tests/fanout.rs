@@ -8,7 +8,7 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use redswarm::{Config, Error, FanoutError, Push, Redswarm, Waited};
-use support::RedisServer;
+use support::{FaultProxy, RedisServer};
 
 const SEC: Duration = Duration::from_secs(1);
 
@@ -410,6 +410,183 @@ fn bad_ids_oversized_and_unserializable_results_are_clear_errors() {
         matches!(r, Err(FanoutError::Redswarm(Error::Serialization(_)))),
         "{r:?}"
     );
+}
+
+fn run(server: &RedisServer, args: &[&str]) {
+    let mut cmd = redis::cmd(args[0]);
+    for a in &args[1..] {
+        cmd.arg(*a);
+    }
+    let _: redis::Value = cmd.query(&mut server.conn()).unwrap();
+}
+
+fn exists(server: &RedisServer, key: &str) -> bool {
+    redis::cmd("EXISTS")
+        .arg(key)
+        .query::<i64>(&mut server.conn())
+        .unwrap()
+        == 1
+}
+
+#[track_caller]
+fn assert_corrupt<T: std::fmt::Debug>(r: Result<T, FanoutError<String>>, key: &str) {
+    match r {
+        Err(FanoutError::Redswarm(Error::CorruptData { key: k, reason })) => {
+            assert_eq!(k, key, "{reason}")
+        }
+        other => panic!("expected CorruptData naming {key}, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_claim_whose_reply_is_lost_still_leads_and_runs_the_job_once() {
+    let server = RedisServer::start();
+    let proxy = FaultProxy::start(server.addr());
+    let s = Redswarm::connect(config(proxy.url(), "lostclaim")).unwrap();
+    // Load the scripts first, so the watched call runs the claim (no
+    // NOSCRIPT round).
+    let _ = s.fanout("warm-up", 5 * SEC, || -> Result<u32, String> { Ok(0) });
+    proxy.drop_reply_to(b"{lostclaim:fanout:job}\r\n");
+    let runs = AtomicU64::new(0);
+    let v = s
+        .fanout("job", 10 * SEC, || -> Result<u32, String> {
+            runs.fetch_add(1, Ordering::SeqCst);
+            Ok(7)
+        })
+        .unwrap();
+    assert_eq!(v, 7);
+    assert_eq!(proxy.dropped_replies(), 1);
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    assert!(
+        !exists(&server, "{lostclaim:fanout:job}"),
+        "the leader stepped down"
+    );
+}
+
+#[test]
+fn fan_out_leaders_are_fenced_and_a_lost_claim_reply_keeps_the_token() {
+    let server = RedisServer::start();
+    let proxy = FaultProxy::start(server.addr());
+    let s = Redswarm::connect(config(proxy.url(), "fencedclaim")).unwrap();
+    let f = s.fanout_options().result_ttl(Duration::from_millis(1));
+    let lead = |id: &str| match f.push::<u32, String>(id).unwrap() {
+        Push::Lead(c) => c,
+        Push::Wait(_) => panic!("nobody else leads `{id}`"),
+    };
+    let first = lead("job");
+    let t1 = first.fencing_token();
+    assert!(t1 > 0);
+    first.complete(Ok(1)).unwrap();
+    assert!(support::wait_until(5 * SEC, || !exists(
+        &server,
+        "{fencedclaim:fanout:job}:result"
+    )));
+    proxy.drop_reply_to(b"{fencedclaim:fanout:job}\r\n");
+    let second = lead("job");
+    assert_eq!(proxy.dropped_replies(), 1);
+    assert!(second.fencing_token() > t1);
+    let counter: u64 = redis::cmd("GET")
+        .arg("{fencedclaim:fanout:job}:fence")
+        .query(&mut server.conn())
+        .unwrap();
+    assert_eq!(second.fencing_token(), counter, "one grant, one token");
+    second.complete(Ok(2)).unwrap();
+}
+
+#[test]
+fn fan_out_leadership_tokens_keep_rising_across_a_redis_restart_without_persistence() {
+    let mut server = RedisServer::start();
+    let s = connect(&server, "restart");
+    let f = s.fanout_options();
+    let t1 = match f.push::<u32, String>("job").unwrap() {
+        Push::Lead(c) => {
+            let t = c.fencing_token();
+            drop(c); // steps down without an outcome
+            t
+        }
+        Push::Wait(_) => panic!("nobody else leads"),
+    };
+    server.restart();
+    let mut t2 = None;
+    assert!(
+        support::wait_until(10 * SEC, || {
+            if let Ok(Push::Lead(c)) = f.push::<u32, String>("job") {
+                t2 = Some(c.fencing_token());
+            }
+            t2.is_some()
+        }),
+        "no leadership after the restart"
+    );
+    let t2 = t2.unwrap();
+    assert!(t2 > t1, "token {t2} after the restart, {t1} before");
+}
+
+#[test]
+fn corrupt_fanout_data_is_an_error_naming_the_key_and_nothing_is_written() {
+    let server = RedisServer::start();
+    let s = connect(&server, "corrupt");
+    let job = |id: &str| s.fanout(id, SEC, || -> Result<u32, String> { Ok(1) });
+
+    // The leader key is a hash.
+    run(&server, &["HSET", "{corrupt:fanout:l}", "leader", "x"]);
+    assert_corrupt(job("l"), "{corrupt:fanout:l}");
+
+    // The outcome key is a hash.
+    run(&server, &["HSET", "{corrupt:fanout:r}:result", "ok", "1"]);
+    assert_corrupt(job("r"), "{corrupt:fanout:r}:result");
+    assert!(!exists(&server, "{corrupt:fanout:r}"), "a leader was set");
+
+    // The outcome is not the expected JSON.
+    run(&server, &["SET", "{corrupt:fanout:j}:result", "not json"]);
+    assert_corrupt(job("j"), "{corrupt:fanout:j}:result");
+
+    // The fencing counter is not a number: nobody is made leader.
+    run(&server, &["SET", "{corrupt:fanout:f}:fence", "seven"]);
+    assert_corrupt(job("f"), "{corrupt:fanout:f}:fence");
+    assert!(!exists(&server, "{corrupt:fanout:f}"), "orphaned leader");
+}
+
+#[test]
+fn a_follower_whose_driver_gives_up_waits_only_its_own_timeout() {
+    let server = RedisServer::start();
+    let s = connect(&server, "twice");
+    // A leader elsewhere holds the job longer than anyone here waits.
+    run(
+        &server,
+        &["SET", "{twice:fanout:job}", "someone-else", "PX", "60000"],
+    );
+    let timeout = 5 * SEC;
+    let driver = {
+        let s = s.clone();
+        std::thread::spawn(move || s.fanout("job", timeout, || -> Result<u32, String> { Ok(1) }))
+    };
+    // The driver has subscribed to the job's channel: it drives, and the
+    // next caller of this handle follows it.
+    assert!(support::wait_until(10 * SEC, || {
+        let (_, n): (String, u64) = redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg("{twice:fanout:job}:done")
+            .query(&mut server.conn())
+            .unwrap();
+        n == 1
+    }));
+    let started = Instant::now();
+    let r = s.fanout("job", timeout, || -> Result<u32, String> { Ok(2) });
+    let waited = started.elapsed();
+    assert!(
+        matches!(r, Err(FanoutError::Timeout { waited }) if waited == timeout),
+        "{r:?}"
+    );
+    // The driver gives up within the follower's timeout; a follower that
+    // then started over would wait up to twice as long.
+    assert!(
+        waited < timeout + 3 * SEC,
+        "waited {waited:?} with a timeout of {timeout:?}"
+    );
+    assert!(matches!(
+        driver.join().unwrap(),
+        Err(FanoutError::Timeout { .. })
+    ));
 }
 
 #[test]

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use redswarm::{Config, Error, Redswarm};
-use support::RedisServer;
+use redswarm::{Config, Error, Health, Redswarm};
+use support::{FaultProxy, RedisServer};
 
 fn connect(server: &RedisServer, ns: &str) -> Redswarm {
     connect_with(server, ns, |b| b)
@@ -19,8 +19,16 @@ fn connect_with(
     ns: &str,
     f: impl FnOnce(redswarm::ConfigBuilder) -> redswarm::ConfigBuilder,
 ) -> Redswarm {
+    connect_url(&server.url(), ns, f)
+}
+
+fn connect_url(
+    url: &str,
+    ns: &str,
+    f: impl FnOnce(redswarm::ConfigBuilder) -> redswarm::ConfigBuilder,
+) -> Redswarm {
     let b = Config::builder()
-        .url(server.url())
+        .url(url)
         .namespace(ns)
         .heartbeat_interval(Duration::from_millis(100))
         .command_timeout(Duration::from_millis(100))
@@ -454,7 +462,11 @@ fn a_lock_can_require_replica_acknowledgement() {
 #[test]
 fn a_partitioned_node_stops_waiting_for_a_lock() {
     let server = RedisServer::start();
-    let a = connect(&server, "partitioned");
+    // A peer mesh is configured (nobody else answers): losing Redis is a
+    // partition verdict, not just an outage.
+    let a = connect_with(&server, "partitioned", |b| {
+        b.peer_listen("127.0.0.1:0".parse().unwrap())
+    });
     let _held = a.try_lock("res", 60 * SEC).unwrap().unwrap();
     server.pause();
     let started = Instant::now();
@@ -466,6 +478,268 @@ fn a_partitioned_node_stops_waiting_for_a_lock() {
         "gave up after {:?}",
         started.elapsed()
     );
+}
+
+/// A string value straight from Redis (None when absent).
+fn get(server: &RedisServer, key: &str) -> Option<String> {
+    redis::cmd("GET")
+        .arg(key)
+        .query(&mut server.conn())
+        .unwrap()
+}
+
+fn exists(server: &RedisServer, key: &str) -> bool {
+    redis::cmd("EXISTS")
+        .arg(key)
+        .query::<i64>(&mut server.conn())
+        .unwrap()
+        == 1
+}
+
+fn run(server: &RedisServer, args: &[&str]) {
+    let mut cmd = redis::cmd(args[0]);
+    for a in &args[1..] {
+        cmd.arg(*a);
+    }
+    let _: redis::Value = cmd.query(&mut server.conn()).unwrap();
+}
+
+#[track_caller]
+fn assert_corrupt<T: std::fmt::Debug>(r: redswarm::Result<T>, key: &str) {
+    match r {
+        Err(Error::CorruptData { key: k, reason }) => assert_eq!(k, key, "{reason}"),
+        other => panic!("expected CorruptData naming {key}, got {other:?}"),
+    }
+}
+
+#[test]
+fn try_lock_whose_reply_is_lost_gets_the_same_grant_and_leaves_no_orphan() {
+    let server = RedisServer::start();
+    let proxy = FaultProxy::start(server.addr());
+    let a = connect_url(&proxy.url(), "lostreply", |b| b);
+    // Load the script first, so the watched call runs it (no NOSCRIPT round).
+    drop(a.try_lock("warm-up", SEC).unwrap());
+    proxy.drop_reply_to(b"{lostreply:lock:res}\r\n");
+    let g = a
+        .try_lock("res", 60 * SEC)
+        .unwrap()
+        .expect("the grant whose reply was lost");
+    assert_eq!(proxy.dropped_replies(), 1);
+    // One grant, one fencing token: the retry got the first call's back.
+    let counter = get(&server, "{lostreply:lock:res}:fence").unwrap();
+    assert_eq!(g.fencing_token().to_string(), counter);
+    g.release().unwrap();
+    assert!(
+        a.try_lock("res", SEC).unwrap().is_some(),
+        "nothing left orphaned"
+    );
+}
+
+#[test]
+fn lock_whose_reply_is_lost_does_not_wait_on_itself() {
+    let server = RedisServer::start();
+    let proxy = FaultProxy::start(server.addr());
+    let a = connect_url(&proxy.url(), "lostwait", |b| b);
+    drop(a.try_lock("warm-up", SEC).unwrap());
+    for (name, fair) in [("plain", false), ("fair", true)] {
+        proxy.drop_reply_to(format!("{{lostwait:lock:{name}}}\r\n").as_bytes());
+        // The TTL (60 s) is longer than the wait (20 s): waiting on our own
+        // grant would time out.
+        let g = a
+            .lock_options(name)
+            .ttl(60 * SEC)
+            .fair(fair)
+            .lock(20 * SEC)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(proxy.dropped_replies() >= 1, "{name}: no reply was dropped");
+        let counter = get(&server, &format!("{{lostwait:lock:{name}}}:fence")).unwrap();
+        assert_eq!(g.fencing_token().to_string(), counter, "{name}");
+        assert!(!exists(&server, &format!("{{lostwait:lock:{name}}}:queue")));
+        g.release().unwrap();
+    }
+    assert_eq!(proxy.dropped_replies(), 2);
+}
+
+#[test]
+fn corrupt_lock_data_is_an_error_naming_the_key_and_nothing_is_written() {
+    let server = RedisServer::start();
+    let a = connect(&server, "corrupt");
+    let k = |name: &str, suffix: &str| format!("{{corrupt:lock:{name}}}{suffix}");
+
+    // The fencing counter is not a number: no grant, the counter untouched.
+    run(&server, &["SET", &k("f1", ":fence"), "seven"]);
+    assert_corrupt(a.try_lock("f1", 60 * SEC), &k("f1", ":fence"));
+    assert_corrupt(a.lock("f1", 60 * SEC, 5 * SEC), &k("f1", ":fence"));
+    assert!(!exists(&server, &k("f1", "")), "orphaned grant");
+    assert_eq!(get(&server, &k("f1", ":fence")).as_deref(), Some("seven"));
+
+    // The fencing counter is of the wrong type.
+    run(&server, &["HSET", &k("f2", ":fence"), "n", "1"]);
+    assert_corrupt(a.try_lock("f2", 60 * SEC), &k("f2", ":fence"));
+    assert!(!exists(&server, &k("f2", "")), "orphaned grant");
+
+    // The owner key is a hash.
+    run(&server, &["HSET", &k("o", ""), "owner", "x"]);
+    assert_corrupt(a.try_lock("o", 60 * SEC), &k("o", ""));
+    assert!(!exists(&server, &k("o", ":fence")));
+
+    // Fair mode: the waiter queue is a string.
+    let fair = |name: &str| a.lock_options(name).fair(true).ttl(60 * SEC).try_lock();
+    run(&server, &["SET", &k("q", ":queue"), "x"]);
+    assert_corrupt(fair("q"), &k("q", ":queue"));
+    assert!(!exists(&server, &k("q", "")));
+    assert!(!exists(&server, &k("q", ":tickets")));
+
+    // Fair mode: the tickets are a list.
+    run(&server, &["RPUSH", &k("t", ":tickets"), "x"]);
+    assert_corrupt(fair("t"), &k("t", ":tickets"));
+    assert!(!exists(&server, &k("t", "")));
+    assert!(!exists(&server, &k("t", ":queue")));
+
+    // Fair mode: the arrival counter is not a number.
+    run(&server, &["HSET", &k("s", ":tickets"), "#seq", "many"]);
+    assert_corrupt(fair("s"), &k("s", ":tickets"));
+    assert!(!exists(&server, &k("s", ":queue")));
+
+    // Fair mode: a queued waiter's ticket deadline is not a number.
+    run(&server, &["ZADD", &k("d", ":queue"), "1", "w"]);
+    run(&server, &["HSET", &k("d", ":tickets"), "w", "soon"]);
+    assert_corrupt(fair("d"), &k("d", ":tickets"));
+    assert!(!exists(&server, &k("d", "")));
+    let queued: i64 = redis::cmd("ZCARD")
+        .arg(k("d", ":queue"))
+        .query(&mut server.conn())
+        .unwrap();
+    assert_eq!(queued, 1, "the queue was changed");
+
+    // Release with a corrupt queue leaves the lock as it was (no DEL
+    // followed by a failure).
+    let g = fair("r").unwrap().unwrap();
+    run(&server, &["SET", &k("r", ":queue"), "x"]);
+    assert_corrupt(g.release(), &k("r", ":queue"));
+    assert!(exists(&server, &k("r", "")), "released halfway");
+
+    // Extend of a lock whose owner key became a hash.
+    let g = a.try_lock("e", 60 * SEC).unwrap().unwrap();
+    run(&server, &["DEL", &k("e", "")]);
+    run(&server, &["HSET", &k("e", ""), "owner", "x"]);
+    assert_corrupt(g.extend(60 * SEC), &k("e", ""));
+}
+
+/// Takes lock `name` as soon as the handle works again (after a restart).
+fn lock_when_back(a: &Redswarm, name: &str) -> redswarm::LockGuard {
+    let mut got = None;
+    assert!(
+        support::wait_until(Duration::from_secs(10), || {
+            got = a.try_lock(name, 5 * SEC).ok().flatten();
+            got.is_some()
+        }),
+        "no lock after the restart"
+    );
+    got.unwrap()
+}
+
+fn fencing_tokens_rise_across_a_restart(aof: bool) {
+    let mut server = RedisServer::builder().aof(aof).start();
+    let a = connect(&server, "restart");
+    let mut highest = 0;
+    for _ in 0..3 {
+        let g = a.try_lock("res", 5 * SEC).unwrap().unwrap();
+        assert!(g.fencing_token() > highest);
+        highest = g.fencing_token();
+        g.release().unwrap();
+    }
+    server.restart();
+    for _ in 0..3 {
+        let g = lock_when_back(&a, "res");
+        assert!(
+            g.fencing_token() > highest,
+            "token {} after the restart, {highest} before (aof: {aof})",
+            g.fencing_token()
+        );
+        highest = g.fencing_token();
+        g.release().unwrap();
+    }
+}
+
+#[test]
+fn fencing_tokens_keep_rising_across_a_redis_restart_without_persistence() {
+    fencing_tokens_rise_across_a_restart(false);
+}
+
+#[test]
+fn fencing_tokens_keep_rising_across_a_redis_restart_with_aof() {
+    fencing_tokens_rise_across_a_restart(true);
+}
+
+#[test]
+fn a_node_without_peers_waits_out_a_redis_outage_for_a_lock() {
+    let server = RedisServer::start();
+    // Attempts fail fast during the outage (no long pool checkout).
+    let cfg = |b: redswarm::ConfigBuilder| {
+        b.wait_recheck(Duration::from_millis(200))
+            .pool_timeout(Duration::from_millis(300))
+            .connect_timeout(Duration::from_millis(300))
+    };
+    let a = connect_with(&server, "outage", cfg);
+    let b = connect_with(&server, "outage", cfg);
+    let held = b.try_lock("res", 60 * SEC).unwrap().unwrap();
+    let waiter = {
+        let a = a.clone();
+        std::thread::spawn(move || a.lock("res", SEC, 30 * SEC).map(|g| g.fencing_token()))
+    };
+    server.pause();
+    // Beats are missed, and the waiter keeps re-trying through several
+    // re-checks of the outage.
+    assert!(support::wait_until(10 * SEC, || matches!(
+        a.health(),
+        Health::LostRedis { .. }
+    )));
+    std::thread::sleep(Duration::from_millis(1500));
+    server.resume();
+    assert!(support::wait_until(10 * SEC, || a.health() == Health::Healthy));
+    let t = held.fencing_token();
+    held.release().unwrap();
+    let got = waiter.join().unwrap();
+    assert!(got.unwrap() > t);
+}
+
+#[test]
+fn extend_on_an_auto_extended_lock_keeps_room_for_renewals() {
+    let server = RedisServer::start();
+    let a = connect(&server, "shrink");
+    let g = a
+        .lock_options("res")
+        .ttl(2 * SEC)
+        .auto_extend(true)
+        .try_lock()
+        .unwrap()
+        .unwrap();
+    // Three heartbeats are 300 ms here: 150 ms could lapse between beats.
+    let err = g.extend(Duration::from_millis(150)).unwrap_err();
+    assert!(
+        matches!(err, Error::InvalidInput { what: "ttl", .. }),
+        "{err}"
+    );
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg("{shrink:lock:res}")
+        .query(&mut server.conn())
+        .unwrap();
+    assert!(pttl > 300, "the TTL was changed to {pttl} ms");
+    g.extend(SEC).unwrap();
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(g.is_held());
+}
+
+#[test]
+fn release_of_a_lock_gone_from_redis_is_lease_lost() {
+    let server = RedisServer::start();
+    let a = connect(&server, "gone");
+    let g = a.try_lock("res", 60 * SEC).unwrap().unwrap();
+    // An operator, an eviction or a Redis restart without persistence.
+    run(&server, &["DEL", "{gone:lock:res}"]);
+    let err = g.release().unwrap_err();
+    assert!(matches!(err, Error::LeaseLost { .. }), "{err}");
 }
 
 /// 2^64 ms + 5 ms: used to wrap to a 5 ms TTL.

@@ -8,16 +8,20 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use redswarm::{Config, Error, Redswarm};
-use support::RedisServer;
+use support::{FaultProxy, RedisServer};
 
 fn connect(server: &RedisServer, ns: &str) -> Redswarm {
     connect_with_recheck(server, ns, Duration::from_secs(1))
 }
 
 fn connect_with_recheck(server: &RedisServer, ns: &str, recheck: Duration) -> Redswarm {
+    connect_url(&server.url(), ns, recheck)
+}
+
+fn connect_url(url: &str, ns: &str, recheck: Duration) -> Redswarm {
     Redswarm::connect(
         Config::builder()
-            .url(server.url())
+            .url(url)
             .namespace(ns)
             .wait_recheck(recheck)
             .heartbeat_interval(Duration::from_millis(100))
@@ -235,6 +239,195 @@ fn fair_semaphore_admits_in_arrival_order() {
         w.join().unwrap();
     }
     assert_eq!(*order.lock(), vec![0, 1, 2, 3]);
+}
+
+fn run(server: &RedisServer, args: &[&str]) {
+    let mut cmd = redis::cmd(args[0]);
+    for a in &args[1..] {
+        cmd.arg(*a);
+    }
+    let _: redis::Value = cmd.query(&mut server.conn()).unwrap();
+}
+
+fn zcard(server: &RedisServer, key: &str) -> i64 {
+    redis::cmd("ZCARD")
+        .arg(key)
+        .query(&mut server.conn())
+        .unwrap()
+}
+
+fn exists(server: &RedisServer, key: &str) -> bool {
+    redis::cmd("EXISTS")
+        .arg(key)
+        .query::<i64>(&mut server.conn())
+        .unwrap()
+        == 1
+}
+
+#[track_caller]
+fn assert_corrupt<T: std::fmt::Debug>(r: redswarm::Result<T>, key: &str) {
+    match r {
+        Err(Error::CorruptData { key: k, reason }) => assert_eq!(k, key, "{reason}"),
+        other => panic!("expected CorruptData naming {key}, got {other:?}"),
+    }
+}
+
+#[test]
+fn try_acquire_whose_reply_is_lost_gets_the_same_permit_and_leaves_no_orphan() {
+    let server = RedisServer::start();
+    let proxy = FaultProxy::start(server.addr());
+    let s = connect_url(&proxy.url(), "lostsem", SEC);
+    let sem = s.semaphore("pool", 2).unwrap().ttl(60 * SEC);
+    // Load the script first, so the watched call runs it (no NOSCRIPT round).
+    drop(sem.try_acquire().unwrap());
+    proxy.drop_reply_to(b"{lostsem:sem:pool}:holders\r\n");
+    let p = sem
+        .try_acquire()
+        .unwrap()
+        .expect("the permit whose reply was lost");
+    assert_eq!(proxy.dropped_replies(), 1);
+    assert_eq!(sem.holders().unwrap(), 1, "one permit, not two");
+    let counter: u64 = redis::cmd("GET")
+        .arg("{lostsem:sem:pool}:fence")
+        .query(&mut server.conn())
+        .unwrap();
+    assert_eq!(p.fencing_token(), counter);
+    p.release().unwrap();
+    assert_eq!(sem.holders().unwrap(), 0, "nothing left orphaned");
+}
+
+#[test]
+fn acquire_whose_reply_is_lost_does_not_wait_on_itself() {
+    let server = RedisServer::start();
+    let proxy = FaultProxy::start(server.addr());
+    let s = connect_url(&proxy.url(), "lostsemwait", SEC);
+    for (name, fair) in [("plain", false), ("fair", true)] {
+        // The TTL (60 s) is longer than the wait (20 s): waiting for our own
+        // permit to lapse would time out.
+        let sem = s.semaphore(name, 1).unwrap().ttl(60 * SEC).fair(fair);
+        drop(sem.try_acquire().unwrap());
+        proxy.drop_reply_to(format!("{{lostsemwait:sem:{name}}}:holders\r\n").as_bytes());
+        let p = sem
+            .acquire(20 * SEC)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(proxy.dropped_replies() >= 1, "{name}: no reply was dropped");
+        assert_eq!(sem.holders().unwrap(), 1, "{name}");
+        p.release().unwrap();
+    }
+    assert_eq!(proxy.dropped_replies(), 2);
+}
+
+#[test]
+fn corrupt_semaphore_data_is_an_error_naming_the_key_and_nothing_is_written() {
+    let server = RedisServer::start();
+    let s = connect(&server, "corrupt");
+    let k = |name: &str, suffix: &str| format!("{{corrupt:sem:{name}}}:{suffix}");
+    let sem = |name: &str| s.semaphore(name, 2).unwrap().ttl(60 * SEC);
+
+    // The holders set is a string.
+    run(&server, &["SET", &k("h", "holders"), "x"]);
+    assert_corrupt(sem("h").try_acquire(), &k("h", "holders"));
+    assert_corrupt(sem("h").holders(), &k("h", "holders"));
+    assert!(!exists(&server, &k("h", "fence")));
+
+    // The fencing counter is not a number: no permit is left behind.
+    run(&server, &["SET", &k("f", "fence"), "seven"]);
+    assert_corrupt(sem("f").try_acquire(), &k("f", "fence"));
+    assert_corrupt(sem("f").acquire(5 * SEC), &k("f", "fence"));
+    assert_eq!(zcard(&server, &k("f", "holders")), 0, "orphaned permit");
+
+    // The fencing counter is of the wrong type.
+    run(&server, &["RPUSH", &k("l", "fence"), "1"]);
+    assert_corrupt(sem("l").try_acquire(), &k("l", "fence"));
+    assert_eq!(zcard(&server, &k("l", "holders")), 0, "orphaned permit");
+
+    // The grants record is a string.
+    run(&server, &["SET", &k("g", "grants"), "x"]);
+    assert_corrupt(sem("g").try_acquire(), &k("g", "grants"));
+    assert_eq!(zcard(&server, &k("g", "holders")), 0, "orphaned permit");
+
+    // Fair mode: the queue is a string, the tickets a list, a ticket bad.
+    run(&server, &["SET", &k("q", "queue"), "x"]);
+    assert_corrupt(sem("q").fair(true).try_acquire(), &k("q", "queue"));
+    assert!(!exists(&server, &k("q", "tickets")));
+    run(&server, &["RPUSH", &k("t", "tickets"), "x"]);
+    assert_corrupt(sem("t").fair(true).try_acquire(), &k("t", "tickets"));
+    assert!(!exists(&server, &k("t", "queue")));
+    run(&server, &["ZADD", &k("d", "queue"), "1", "w"]);
+    run(&server, &["HSET", &k("d", "tickets"), "w", "soon"]);
+    assert_corrupt(sem("d").fair(true).try_acquire(), &k("d", "tickets"));
+    assert_eq!(zcard(&server, &k("d", "queue")), 1, "the queue was changed");
+    assert_eq!(zcard(&server, &k("d", "holders")), 0, "orphaned permit");
+
+    // Release with a corrupt grants record leaves the permit as it was.
+    let p = sem("r").try_acquire().unwrap().unwrap();
+    run(&server, &["DEL", &k("r", "grants")]);
+    run(&server, &["SET", &k("r", "grants"), "x"]);
+    assert_corrupt(p.release(), &k("r", "grants"));
+    assert_eq!(zcard(&server, &k("r", "holders")), 1, "released halfway");
+}
+
+#[test]
+fn permit_fencing_tokens_keep_rising_across_a_redis_restart_without_persistence() {
+    let mut server = RedisServer::start();
+    let s = connect(&server, "restart");
+    let sem = s.semaphore("s", 3).unwrap().ttl(5 * SEC);
+    let mut highest = 0;
+    for _ in 0..3 {
+        let p = sem.try_acquire().unwrap().unwrap();
+        assert!(p.fencing_token() > highest);
+        highest = p.fencing_token();
+        p.release().unwrap();
+    }
+    server.restart();
+    let mut got = None;
+    assert!(
+        support::wait_until(10 * SEC, || {
+            got = sem.try_acquire().ok().flatten();
+            got.is_some()
+        }),
+        "no permit after the restart"
+    );
+    let p = got.unwrap();
+    assert!(
+        p.fencing_token() > highest,
+        "token {} after the restart, {highest} before",
+        p.fencing_token()
+    );
+}
+
+#[test]
+fn extend_on_an_auto_extended_permit_keeps_room_for_renewals() {
+    let server = RedisServer::start();
+    let s = connect(&server, "shrink");
+    let sem = s
+        .semaphore("one", 1)
+        .unwrap()
+        .ttl(2 * SEC)
+        .auto_extend(true);
+    let p = sem.try_acquire().unwrap().unwrap();
+    // Three heartbeats are 300 ms here: 150 ms could lapse between beats.
+    let err = p.extend(Duration::from_millis(150)).unwrap_err();
+    assert!(
+        matches!(err, Error::InvalidInput { what: "ttl", .. }),
+        "{err}"
+    );
+    p.extend(SEC).unwrap();
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(p.is_held());
+    assert_eq!(sem.holders().unwrap(), 1);
+}
+
+#[test]
+fn release_of_a_permit_gone_from_redis_is_lease_lost() {
+    let server = RedisServer::start();
+    let s = connect(&server, "gone");
+    let sem = s.semaphore("one", 1).unwrap().ttl(60 * SEC);
+    let p = sem.try_acquire().unwrap().unwrap();
+    // An operator, or a Redis restart without persistence.
+    run(&server, &["DEL", "{gone:sem:one}:holders"]);
+    let err = p.release().unwrap_err();
+    assert!(matches!(err, Error::LeaseLost { .. }), "{err}");
 }
 
 #[test]

@@ -264,6 +264,40 @@ fn proxy_blackhole_swallows_and_pass_works_again() {
 }
 
 #[test]
+fn proxy_drop_reply_to_loses_one_reply_after_the_server_acted() {
+    let server = RedisServer::start();
+    let proxy = FaultProxy::start(server.addr());
+    let mut c = short_conn(&proxy.url());
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    proxy.drop_reply_to(b"lost-reply-key");
+    // Other requests pass while the needle waits.
+    assert_eq!(ping(&mut c).unwrap(), "PONG");
+    let err = redis::cmd("INCR")
+        .arg("lost-reply-key")
+        .query::<i64>(&mut c)
+        .unwrap_err();
+    assert!(err.is_connection_dropped() || err.is_io_error(), "{err:?}");
+    assert_eq!(proxy.dropped_replies(), 1);
+    // The server did the work.
+    let v: i64 = redis::cmd("GET")
+        .arg("lost-reply-key")
+        .query(&mut server.conn())
+        .unwrap();
+    assert_eq!(v, 1);
+    // One-shot: the next such request gets its reply.
+    let mut fresh = short_conn(&proxy.url());
+    fresh
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let v: i64 = redis::cmd("INCR")
+        .arg("lost-reply-key")
+        .query(&mut fresh)
+        .unwrap();
+    assert_eq!(v, 2);
+    assert_eq!(proxy.dropped_replies(), 1);
+}
+
+#[test]
 fn proxy_cut_breaks_existing_connections_and_pass_allows_new_ones() {
     let server = RedisServer::start();
     let proxy = FaultProxy::start(server.addr());

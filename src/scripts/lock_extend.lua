@@ -2,6 +2,8 @@
 -- expired lock and never touches someone else's.
 -- KEYS[1] = owner key   ARGV[1] = token   ARGV[2] = ttl ms
 -- Returns 1 extended, 0 not held by anyone, -1 held by someone else.
+-- Errors 'CORRUPT <key>\t<reason>' (nothing written) on unusable data.
+want_type(KEYS[1], 'string')
 local cur = redis.call('GET', KEYS[1])
 if cur == ARGV[1] then
   redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]))

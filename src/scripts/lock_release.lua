@@ -5,15 +5,17 @@
 -- mode, so only it retries) or '' (everyone may retry).
 -- Returns 1 released, 0 not held by anyone (expired or already released),
 --         -1 held by someone else (we lost it; nothing changed).
+-- Errors 'CORRUPT <key>\t<reason>' (before any write) on unusable data.
+want_type(KEYS[1], 'string')
 local cur = redis.call('GET', KEYS[1])
-if cur == ARGV[1] then
-  redis.call('DEL', KEYS[1])
-  -- Wake a live waiter: drop heads whose tickets lapsed first.
-  fair_prune(KEYS[2], KEYS[3], now_ms())
-  local head = redis.call('ZRANGE', KEYS[2], 0, 0)[1] or ''
-  redis.call('PUBLISH', ARGV[2], head)
-  return 1
-elseif not cur then
+if cur ~= ARGV[1] then
+  if cur then return -1 end
   return 0
 end
-return -1
+-- Wake a live waiter: heads whose tickets lapsed are dropped first.
+local gone = fair_check(KEYS[2], KEYS[3], now_ms())
+redis.call('DEL', KEYS[1])
+fair_drop(KEYS[2], KEYS[3], gone)
+local head = redis.call('ZRANGE', KEYS[2], 0, 0)[1] or ''
+redis.call('PUBLISH', ARGV[2], head)
+return 1

@@ -5,7 +5,7 @@
 //! threads read with a short timeout so they notice mode changes and
 //! shutdown promptly.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
@@ -65,6 +65,11 @@ struct Shared {
     /// under this lock, so no connection slips past a `cut()`.
     conns: Mutex<HashMap<u64, Pair>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    /// `drop_reply_to`: the request bytes to watch for (one-shot).
+    drop_needle: Mutex<Option<Vec<u8>>>,
+    /// Connections whose next reply is to be dropped.
+    drop_armed: Mutex<HashSet<u64>>,
+    dropped: AtomicU64,
 }
 
 impl Shared {
@@ -100,6 +105,10 @@ impl Shared {
 ///   until the mode changes.
 /// - [`refuse`](FaultProxy::refuse): existing connections keep forwarding,
 ///   new ones are closed as soon as they are accepted.
+/// - [`drop_reply_to`](FaultProxy::drop_reply_to) (one-shot, in any
+///   forwarding mode): the next request containing given bytes reaches the
+///   server, but its reply is thrown away and that connection closed — a
+///   reply lost in flight: the server did the work, the client never hears.
 ///
 /// Drop stops the accept thread, closes every connection and joins all
 /// threads.
@@ -125,6 +134,9 @@ impl FaultProxy {
             next_id: AtomicU64::new(0),
             conns: Mutex::new(HashMap::new()),
             threads: Mutex::new(Vec::new()),
+            drop_needle: Mutex::new(None),
+            drop_armed: Mutex::new(HashSet::new()),
+            dropped: AtomicU64::new(0),
         });
         let sh = shared.clone();
         let accept = std::thread::Builder::new()
@@ -186,6 +198,21 @@ impl FaultProxy {
     /// Keep existing connections forwarding, close new ones at once.
     pub fn refuse(&self) {
         self.set_mode(Mode::Refuse);
+    }
+
+    /// Loses one reply: the next request (a chunk read from a client)
+    /// containing `needle` is forwarded, but the first reply bytes that
+    /// follow on that connection are discarded and the connection is closed
+    /// on both sides. The needle must fit in one request (it is matched per
+    /// chunk) and is forgotten once it matched.
+    pub fn drop_reply_to(&self, needle: &[u8]) {
+        *self.shared.drop_needle.lock() = Some(needle.to_vec());
+    }
+
+    /// How many replies [`drop_reply_to`](FaultProxy::drop_reply_to) has
+    /// dropped so far.
+    pub fn dropped_replies(&self) -> u64 {
+        self.shared.dropped.load(Ordering::SeqCst)
     }
 
     /// How many proxied connections are open right now.
@@ -273,11 +300,12 @@ fn handle(client: TcpStream, sh: &Arc<Shared>) {
     }
     let mut threads = sh.threads.lock();
     threads.retain(|h| !h.is_finished());
-    for (from, to, dir) in [(client, upstream, "up"), (upstream2, client2, "down")] {
+    for (from, to, up) in [(client, upstream, true), (upstream2, client2, false)] {
         let sh2 = sh.clone();
+        let dir = if up { "up" } else { "down" };
         let spawned = std::thread::Builder::new()
             .name(format!("fault-proxy-{id}-{dir}"))
-            .spawn(move || pump(from, to, id, sh2));
+            .spawn(move || pump(from, to, id, up, sh2));
         match spawned {
             Ok(h) => threads.push(h),
             Err(e) => {
@@ -290,9 +318,10 @@ fn handle(client: TcpStream, sh: &Arc<Shared>) {
     }
 }
 
-/// Copies `from` → `to` until either side closes, the connection is cut, or
-/// the proxy stops; then closes the whole connection.
-fn pump(mut from: TcpStream, mut to: TcpStream, id: u64, sh: Arc<Shared>) {
+/// Copies `from` → `to` (`up`: client to server) until either side closes,
+/// the connection is cut, a reply is dropped, or the proxy stops; then
+/// closes the whole connection.
+fn pump(mut from: TcpStream, mut to: TcpStream, id: u64, up: bool, sh: Arc<Shared>) {
     let _ = from.set_read_timeout(Some(POLL));
     let mut buf = vec![0u8; 16 * 1024];
     let mut held: Vec<u8> = Vec::new();
@@ -312,7 +341,7 @@ fn pump(mut from: TcpStream, mut to: TcpStream, id: u64, sh: Arc<Shared>) {
             }
             Mode::Pass | Mode::Refuse => {
                 if !held.is_empty() {
-                    if !delay(&sh) || to.write_all(&held).is_err() {
+                    if !delay(&sh) || !forward(&mut to, &held, id, up, &sh) {
                         break;
                     }
                     held.clear();
@@ -322,7 +351,7 @@ fn pump(mut from: TcpStream, mut to: TcpStream, id: u64, sh: Arc<Shared>) {
                         Mode::Blackhole => held.extend_from_slice(&buf[..n]),
                         Mode::Cut => break,
                         Mode::Pass | Mode::Refuse => {
-                            if !delay(&sh) || to.write_all(&buf[..n]).is_err() {
+                            if !delay(&sh) || !forward(&mut to, &buf[..n], id, up, &sh) {
                                 break;
                             }
                         }
@@ -338,6 +367,28 @@ fn pump(mut from: TcpStream, mut to: TcpStream, id: u64, sh: Arc<Shared>) {
     }
     let _ = from.shutdown(Shutdown::Both);
     let _ = to.shutdown(Shutdown::Both);
+}
+
+/// Writes `data` on, applying `drop_reply_to`: a request containing the
+/// needle arms its connection; the next reply on an armed connection is not
+/// written, and false (close the connection) is returned, as on a failed
+/// write.
+fn forward(to: &mut TcpStream, data: &[u8], id: u64, up: bool, sh: &Shared) -> bool {
+    if up {
+        let mut needle = sh.drop_needle.lock();
+        let hit = needle
+            .as_deref()
+            .is_some_and(|n| !n.is_empty() && data.windows(n.len()).any(|w| w == n));
+        if hit {
+            *needle = None;
+            // Armed before the request is written: its reply cannot overtake.
+            sh.drop_armed.lock().insert(id);
+        }
+    } else if sh.drop_armed.lock().remove(&id) {
+        sh.dropped.fetch_add(1, Ordering::SeqCst);
+        return false;
+    }
+    to.write_all(data).is_ok()
 }
 
 enum Got {
