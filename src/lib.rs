@@ -50,8 +50,8 @@ pub use semaphore::{Permit, Semaphore};
 pub use store::{ConnectionManager, PooledConnection};
 pub use subscriber::{Message, SubEvent, Subscription};
 pub use swarm::{
-    EventKind, Finished, FinishedHow, Monitor, MonitorStats, Queue, QueueCounts, StopReason,
-    SwarmWorker, TaskContext, TaskEvent, TaskInfo, TaskOptions, TaskOutcome, TaskSet, TaskState,
-    WorkerOptions,
+    EventKind, FailedBy, Finished, FinishedHow, Monitor, MonitorStats, Queue, QueueCounts,
+    StopReason, SwarmWorker, TaskContext, TaskEvent, TaskInfo, TaskOptions, TaskOutcome, TaskSet,
+    TaskState, WorkerOptions,
 };
 pub use threadpool::{JobHandle, ThreadPool};

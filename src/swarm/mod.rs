@@ -28,5 +28,8 @@ mod worker;
 pub use context::{StopReason, TaskContext};
 pub use monitor::{Monitor, MonitorStats};
 pub use queue::{EventStream, Queue, QueueCounts, TaskSet};
-pub use task::{EventKind, TaskEvent, TaskInfo, TaskOptions, TaskOutcome, TaskState};
+pub use task::{
+    EventKind, FailedBy, TaskEvent, TaskInfo, TaskOptions, TaskOutcome, TaskState,
+    DEFAULT_MAX_BACKOFF, DEFAULT_MAX_LOST_RUNS, MAX_BACKOFF_LIMIT,
+};
 pub use worker::{Finished, FinishedHow, SwarmWorker, WorkerOptions};

@@ -8,18 +8,61 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::handle::Redswarm;
 use crate::keys::QueueKeys;
-use crate::scripts::{invoke, lua_script, query_pipeline};
+use crate::scripts::{invoke, query_pipeline};
 use crate::subscriber::{SubEvent, Subscription};
-use crate::swarm::task::{TaskEvent, TaskInfo, TaskOptions};
+use crate::swarm::task::{saturating_millis, TaskEvent, TaskInfo, TaskOptions};
 use crate::util::{millis, random_id};
 
-lua_script!(pub(crate) QUEUE_PUSH, "queue_push.lua");
-lua_script!(pub(crate) QUEUE_CLAIM, "queue_claim.lua");
-lua_script!(pub(crate) QUEUE_FINISH, "queue_finish.lua");
-lua_script!(pub(crate) QUEUE_REAP, "queue_reap.lua");
-lua_script!(QUEUE_CANCEL, "queue_cancel.lua");
-lua_script!(QUEUE_REQUEUE_FAILED, "queue_requeue_failed.lua");
-lua_script!(QUEUE_DELETE, "queue_delete.lua");
+/// Declares a queue script: the prelude, then `queue_lib.lua` (validation
+/// before the first write, corrupt-task handling, fencing), then the script.
+macro_rules! queue_script {
+    ($vis:vis $name:ident, $file:literal) => {
+        $vis static $name: std::sync::LazyLock<crate::scripts::LuaScript> =
+            std::sync::LazyLock::new(|| {
+                crate::scripts::LuaScript::new(
+                    $file,
+                    concat!(
+                        include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/scripts/prelude.lua")),
+                        include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/scripts/queue_lib.lua")),
+                        include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/scripts/", $file))
+                    ),
+                )
+            });
+    };
+}
+
+queue_script!(pub(crate) QUEUE_PUSH, "queue_push.lua");
+queue_script!(pub(crate) QUEUE_CLAIM, "queue_claim.lua");
+queue_script!(pub(crate) QUEUE_UNCLAIM, "queue_unclaim.lua");
+queue_script!(pub(crate) QUEUE_FINISH, "queue_finish.lua");
+queue_script!(pub(crate) QUEUE_REAP, "queue_reap.lua");
+queue_script!(QUEUE_CANCEL, "queue_cancel.lua");
+queue_script!(QUEUE_REQUEUE_FAILED, "queue_requeue_failed.lua");
+queue_script!(QUEUE_DELETE, "queue_delete.lua");
+
+/// Runs a queue script; a `CORRUPT <key>\t<reason>` error reply (a script
+/// found a queue key of the wrong type and wrote nothing) becomes
+/// [`Error::CorruptData`] naming the key.
+pub(crate) fn queue_invoke<T: redis::FromRedisValue>(
+    inv: &redis::ScriptInvocation<'_>,
+    conn: &mut dyn redis::ConnectionLike,
+) -> Result<T> {
+    invoke(inv, conn).map_err(corrupt_reply)
+}
+
+/// Maps a script's `CORRUPT` error reply to [`Error::CorruptData`].
+pub(crate) fn corrupt_reply(e: Error) -> Error {
+    match &e {
+        Error::Redis(re) if re.code() == Some("CORRUPT") => {
+            let detail = re.detail().unwrap_or_default();
+            match detail.split_once('\t') {
+                Some((key, reason)) => Error::corrupt(key, reason),
+                None => Error::corrupt(detail, "rejected by a queue script"),
+            }
+        }
+        _ => e,
+    }
+}
 
 /// Largest task payload accepted (JSON bytes).
 const MAX_DATA_BYTES: usize = 4 << 20;
@@ -233,8 +276,10 @@ impl Queue {
                 })
                 .arg(opts.max_attempts)
                 .arg(opts.timeout.map(millis).unwrap_or(0))
-                .arg(opts.backoff.as_millis() as u64)
-                .arg(&self.keys.events);
+                .arg(saturating_millis(opts.backoff))
+                .arg(&self.keys.events)
+                .arg(opts.max_lost_runs)
+                .arg(saturating_millis(opts.max_backoff));
             pipe.invoke_script(&inv);
             ids.push(id);
         }
@@ -242,7 +287,8 @@ impl Queue {
             return Ok(ids);
         }
         let mut conn = self.swarm.conn()?;
-        let _: Vec<i64> = query_pipeline(&pipe, &[&QUEUE_PUSH], &mut *conn)?;
+        let _: Vec<i64> =
+            query_pipeline(&pipe, &[&QUEUE_PUSH], &mut *conn).map_err(corrupt_reply)?;
         Ok(ids)
     }
 
@@ -311,17 +357,27 @@ impl Queue {
         crate::keys::validate_name("task id", id)?;
         let key = self.keys.task(id);
         let mut conn = self.swarm.conn()?;
-        let h: HashMap<String, String> = redis::cmd("HGETALL").arg(&key).query(&mut *conn)?;
+        let h: HashMap<String, String> = match redis::cmd("HGETALL").arg(&key).query(&mut *conn) {
+            Ok(h) => h,
+            Err(e) if e.code() == Some("WRONGTYPE") => {
+                return Err(Error::corrupt(&key, "is not a task hash"))
+            }
+            Err(e) => return Err(e.into()),
+        };
         if h.is_empty() {
             return Ok(None);
         }
         TaskInfo::from_hash(&key, h).map(Some)
     }
 
-    /// Cancels a task: a queued one ends `cancelled` at once; a running one
-    /// is sent `cancel` and ends when its handler stops. Returns
-    /// `"cancelled"`, `"signalled"`, `"ended"` (already over) or
-    /// `"missing"`.
+    /// Cancels a task: a queued one ends `cancelled` at once. A running one
+    /// is marked in Redis and sent `cancel`; it ends `cancelled` when its
+    /// handler stops. The mark is what counts (the message only makes it
+    /// quicker): a worker that missed the message still finds it, and a
+    /// failure, a hand-back or a lost lease of a task marked so ends it
+    /// `cancelled` instead of running it again (a run that completes ends
+    /// `ok`). Returns `"cancelled"`, `"signalled"`, `"ended"` (already over)
+    /// or `"missing"`; [`Error::CorruptData`] if the record is unusable.
     ///
     /// ```no_run
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -332,7 +388,7 @@ impl Queue {
     pub fn cancel(&self, id: &str) -> Result<String> {
         crate::keys::validate_name("task id", id)?;
         let mut conn = self.swarm.conn()?;
-        invoke(
+        queue_invoke(
             QUEUE_CANCEL
                 .prepare()
                 .key(self.keys.task(id))
@@ -358,7 +414,8 @@ impl Queue {
         self.swarm.publish(&self.keys.task_control(id), message)
     }
 
-    /// Gives up to `max` failed tasks a fresh set of attempts.
+    /// Gives up to `max` failed tasks a fresh start: attempts, handler
+    /// failures and lost runs back to zero, due at once.
     ///
     /// ```no_run
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -371,7 +428,7 @@ impl Queue {
             return Ok(0);
         }
         let mut conn = self.swarm.conn()?;
-        invoke(
+        queue_invoke(
             QUEUE_REQUEUE_FAILED
                 .prepare()
                 .key(&self.keys.failed)
@@ -396,7 +453,7 @@ impl Queue {
     pub fn delete(&self, id: &str) -> Result<bool> {
         crate::keys::validate_name("task id", id)?;
         let mut conn = self.swarm.conn()?;
-        let n: i64 = invoke(
+        let n: i64 = queue_invoke(
             QUEUE_DELETE
                 .prepare()
                 .key(self.keys.task(id))
@@ -411,8 +468,13 @@ impl Queue {
         Ok(n == 1)
     }
 
-    /// Re-queues (or fails, after their last attempt) up to `batch` tasks
-    /// whose lease ran out. Returns (re-queued, failed).
+    /// Re-queues up to `batch` tasks whose lease ran out. Such a run was
+    /// lost with its worker, which is not the task's failure: it counts
+    /// toward [`TaskOptions::max_lost_runs`], not `max_attempts`, and only a
+    /// task that lost that many runs ends failed (a task whose cancellation
+    /// was requested ends cancelled; an unusable record ends failed as
+    /// corrupt). Returns (re-queued, failed); [`Error::CorruptData`] if a
+    /// queue key has the wrong type (nothing is changed then).
     ///
     /// ```no_run
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -422,7 +484,7 @@ impl Queue {
     /// ```
     pub fn reap_expired(&self, batch: usize) -> Result<(u64, u64)> {
         let mut conn = self.swarm.conn()?;
-        let (requeued, failed): (u64, u64) = invoke(
+        let (requeued, failed): (u64, u64) = queue_invoke(
             QUEUE_REAP
                 .prepare()
                 .key(&self.keys.running)
