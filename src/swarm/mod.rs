@@ -32,4 +32,6 @@ pub use task::{
     EventKind, FailedBy, TaskEvent, TaskInfo, TaskOptions, TaskOutcome, TaskState,
     DEFAULT_MAX_BACKOFF, DEFAULT_MAX_LOST_RUNS, MAX_BACKOFF_LIMIT,
 };
-pub use worker::{Finished, FinishedHow, SwarmWorker, WorkerOptions};
+pub use worker::{
+    Finished, FinishedHow, SwarmWorker, WorkerOptions, FINISHED_KEEP, SHUTDOWN_MARGIN,
+};
