@@ -22,6 +22,10 @@ const SEC: Duration = Duration::from_secs(1);
 const LEASE: Duration = Duration::from_millis(600);
 
 fn config(url: &str, ns: &str) -> Config {
+    builder(url, ns).build().unwrap()
+}
+
+fn builder(url: &str, ns: &str) -> redswarm::ConfigBuilder {
     Config::builder()
         .url(url)
         .namespace(ns)
@@ -32,8 +36,18 @@ fn config(url: &str, ns: &str) -> Config {
         .reconnect_min(Duration::from_millis(20))
         .reconnect_max(Duration::from_millis(200))
         .pool_size(24)
-        .build()
-        .unwrap()
+}
+
+/// A handle that answers peer pings, so that its peers can tell a Redis
+/// outage from being cut off.
+fn mesh_node(url: &str, ns: &str) -> Redswarm {
+    Redswarm::connect(
+        builder(url, ns)
+            .peer_listen("127.0.0.1:0".parse().unwrap())
+            .build()
+            .unwrap(),
+    )
+    .unwrap()
 }
 
 fn connect(server: &RedisServer, ns: &str) -> Redswarm {
@@ -606,8 +620,11 @@ fn a_claim_whose_reply_is_lost_is_recovered_and_costs_no_attempt() {
 fn a_claim_held_by_a_blackhole_is_recovered_when_it_heals_not_after_a_lease() {
     let server = RedisServer::start();
     let proxy = support::FaultProxy::start(server.addr());
-    let s = connect(&server, "held-claim");
-    let behind = Redswarm::connect(config(&proxy.url(), "held-claim")).unwrap();
+    // With a peer answering, the worker behind the blackhole knows Redis is
+    // out of reach but it is not cut off: it keeps claiming.
+    let s = mesh_node(&server.url(), "held-claim");
+    let behind = mesh_node(&proxy.url(), "held-claim");
+    assert!(support::wait_until(10 * SEC, || behind.known_peers().len() == 1));
     let q = s.queue("jobs").unwrap();
     let lease = 10 * SEC;
     let _w = SwarmWorker::start(&behind.queue("jobs").unwrap(), opts(1).lease(lease), |_| {
