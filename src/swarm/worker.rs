@@ -598,15 +598,17 @@ fn fetch_loop(shared: Arc<Shared>, pool: Arc<ThreadPool>) {
                 block_for_work(&shared, &mut blocking, wait.max(Duration::from_millis(1)));
             }
             Err(e) => {
-                if matches!(e, Error::CorruptData { .. }) {
-                    // The script wrote nothing.
-                    log::warn!("claim on queue `{}` refused: {e}", queue.name);
-                } else {
+                if matches!(e, Error::Redis(_)) {
+                    // Sent, but no answer: it may have been applied.
                     unconfirmed_since = Some(Instant::now());
                     log::warn!(
                         "claim on queue `{}` failed: {e}; retrying with the same claim token",
                         queue.name
                     );
+                } else {
+                    // Refused before any write (CorruptData), or never sent
+                    // (no connection).
+                    log::warn!("claim on queue `{}` failed: {e}", queue.name);
                 }
                 let _ = shared.shutdown_rx.recv_timeout(backoff);
                 backoff = (backoff * 2).min(cfg.reconnect_max);
@@ -760,11 +762,9 @@ fn claim(shared: &Shared, token: &str) -> Result<Claimed> {
                 .map_err(|e| corrupt(format!("{what}: {e}"))),
         }
     };
-    let millis_at = |i: usize| -> Option<Duration> {
-        let n: i64 = text(i, "wait").ok()?.parse().ok()?;
-        u64::try_from(n).ok().map(Duration::from_millis)
-    };
-    let failed = millis_at(9).unwrap_or_default().as_millis();
+    let count_at = |i: usize| -> Option<u64> { text(i, "count").ok()?.parse().ok() };
+    let millis_at = |i: usize| count_at(i).map(Duration::from_millis);
+    let failed = count_at(9).unwrap_or(0);
     if failed > 0 {
         log::warn!(
             "queue `{}`: {failed} task(s) with unusable records moved to the failed set",
@@ -772,7 +772,7 @@ fn claim(shared: &Shared, token: &str) -> Result<Claimed> {
         );
     }
     if get(0).is_none() {
-        if millis_at(8).is_some_and(|d| !d.is_zero()) {
+        if count_at(8).is_some_and(|spent| spent > 0) {
             return Ok(Claimed::Spent);
         }
         return Ok(Claimed::Nothing {
