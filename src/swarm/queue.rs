@@ -11,7 +11,7 @@ use crate::keys::QueueKeys;
 use crate::scripts::{invoke, query_pipeline};
 use crate::subscriber::{SubEvent, Subscription};
 use crate::swarm::task::{saturating_millis, TaskEvent, TaskInfo, TaskOptions};
-use crate::util::{millis, random_id};
+use crate::util::random_id;
 
 /// Declares a queue script: the prelude, then `queue_lib.lua` (validation
 /// before the first write, corrupt-task handling, fencing), then the script.
@@ -62,6 +62,16 @@ pub(crate) fn corrupt_reply(e: Error) -> Error {
         }
         _ => e,
     }
+}
+
+/// Longest delay, timeout or backoff stored with a task, in ms (2^53 − 1,
+/// some 285,000 years): the largest integer Redis's Lua numbers hold
+/// exactly. Longer ones are stored as this, which means the same: never.
+const MAX_TASK_MILLIS: u64 = (1 << 53) - 1;
+
+/// A task duration in whole ms, saturating at [`MAX_TASK_MILLIS`].
+fn task_millis(d: Duration) -> u64 {
+    saturating_millis(d).min(MAX_TASK_MILLIS)
 }
 
 /// Largest task payload accepted (JSON bytes).
@@ -272,14 +282,14 @@ impl Queue {
                 .arg(if opts.delay.is_zero() {
                     0
                 } else {
-                    millis(opts.delay)
+                    task_millis(opts.delay).max(1)
                 })
                 .arg(opts.max_attempts)
-                .arg(opts.timeout.map(millis).unwrap_or(0))
-                .arg(saturating_millis(opts.backoff))
+                .arg(opts.timeout.map(|t| task_millis(t).max(1)).unwrap_or(0))
+                .arg(task_millis(opts.backoff))
                 .arg(&self.keys.events)
                 .arg(opts.max_lost_runs)
-                .arg(saturating_millis(opts.max_backoff));
+                .arg(task_millis(opts.max_backoff));
             pipe.invoke_script(&inv);
             ids.push(id);
         }
