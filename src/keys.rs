@@ -55,7 +55,8 @@
 //! | `{ns:queue:<q>}:failed` | zset | tasks ended `failed` by end time |
 //! | `{ns:queue:<q>}:marker` | list | wake-up markers workers block on (`BLPOP`) |
 //! | `{ns:queue:<q>}:seq` | string | arrival counter |
-//! | `{ns:queue:<q>}:task:<id>` | hash | the task record: state, data, attempts, fence, times, worker, error, result |
+//! | `{ns:queue:<q>}:task:<id>` | hash | the task record: state, data, attempts, failures, lost runs, fence, claim token, times, worker, error, result |
+//! | `{ns:queue:<q>}:claim:<token>` | string | the task a worker's claim took (`""` once handed back), kept a few leases (`PX`) |
 //! | `{ns:queue:<q>}:events` | channel | every task event of the queue (JSON) |
 //! | `{ns:queue:<q>}:task:<id>:events` | channel | one task's events (JSON) |
 //! | `{ns:queue:<q>}:task:<id>:control` | channel | control messages to a running task (`cancel`) |
@@ -504,6 +505,19 @@ impl QueueKeys {
     /// ```
     pub fn task_control(&self, id: &str) -> String {
         format!("{}:task:{id}:control", self.base)
+    }
+
+    /// A worker's claim token → the task it claimed, kept a few leases so a
+    /// claim whose reply was lost can be recovered.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let k = redswarm::keys::Keys::new("ns").queue("q")?;
+    /// assert_eq!(k.claim("c1"), "{ns:queue:q}:claim:c1");
+    /// # Ok(()) }
+    /// ```
+    pub fn claim(&self, token: &str) -> String {
+        format!("{}:claim:{token}", self.base)
     }
 }
 

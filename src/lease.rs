@@ -11,7 +11,7 @@
 //! Redis cannot delay it: the scheduler never waits on the network.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -143,6 +143,8 @@ pub(crate) struct LeaseState {
     /// For leases kept through a Redis outage while enough peers answer
     /// (task claims: the swarm's partition rule): the node's verdict.
     tolerate_outage: Option<Arc<Mutex<PartitionState>>>,
+    /// Set by [`Lease::ending`]: a loss is expected, not worth a warning.
+    ending: AtomicBool,
 }
 
 impl LeaseState {
@@ -168,6 +170,7 @@ impl LeaseState {
             lost: Mutex::new(None),
             watchers: Mutex::new(Vec::new()),
             tolerate_outage,
+            ending: AtomicBool::new(false),
         }
     }
 
@@ -185,7 +188,11 @@ impl LeaseState {
         if lost.is_some() {
             return;
         }
-        log::warn!("lease on {} lost: {reason}", self.what);
+        if self.ending.load(Ordering::Relaxed) {
+            log::debug!("lease on {} lost while ending: {reason}", self.what);
+        } else {
+            log::warn!("lease on {} lost: {reason}", self.what);
+        }
         *lost = Some(reason.to_string());
         let note = LeaseLost {
             what: self.what.clone(),
@@ -243,6 +250,13 @@ impl Lease {
             return true;
         }
         false
+    }
+
+    /// The holder is ending the lease itself (a finished task being
+    /// reported): a renewal refused from now on is expected (the finish may
+    /// land first), so a loss is logged at debug level, not as a warning.
+    pub(crate) fn ending(&self) {
+        self.state.ending.store(true, Ordering::Relaxed);
     }
 
     /// Adds `tx` to the receivers of the loss notice.

@@ -60,9 +60,9 @@ pub use semaphore::{Permit, Semaphore};
 pub use store::PooledConnection;
 pub use subscriber::{Message, SubEvent, Subscription};
 pub use swarm::{
-    EventKind, Finished, FinishedHow, Monitor, MonitorStats, Queue, QueueCounts, StopReason,
-    SwarmWorker, TaskContext, TaskEvent, TaskInfo, TaskOptions, TaskOutcome, TaskSet, TaskState,
-    WorkerOptions,
+    EventKind, FailedBy, Finished, FinishedHow, Monitor, MonitorStats, Queue, QueueCounts,
+    StopReason, SwarmWorker, TaskContext, TaskEvent, TaskInfo, TaskOptions, TaskOutcome, TaskSet,
+    TaskState, WorkerOptions,
 };
 pub use threadpool::{JobHandle, ThreadPool};
 pub use util::MAX_TTL;

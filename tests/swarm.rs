@@ -22,6 +22,10 @@ const SEC: Duration = Duration::from_secs(1);
 const LEASE: Duration = Duration::from_millis(600);
 
 fn config(url: &str, ns: &str) -> Config {
+    builder(url, ns).build().unwrap()
+}
+
+fn builder(url: &str, ns: &str) -> redswarm::ConfigBuilder {
     Config::builder()
         .url(url)
         .namespace(ns)
@@ -32,8 +36,18 @@ fn config(url: &str, ns: &str) -> Config {
         .reconnect_min(Duration::from_millis(20))
         .reconnect_max(Duration::from_millis(200))
         .pool_size(24)
-        .build()
-        .unwrap()
+}
+
+/// A handle that answers peer pings, so that its peers can tell a Redis
+/// outage from being cut off.
+fn mesh_node(url: &str, ns: &str) -> Redswarm {
+    Redswarm::connect(
+        builder(url, ns)
+            .peer_listen("127.0.0.1:0".parse().unwrap())
+            .build()
+            .unwrap(),
+    )
+    .unwrap()
 }
 
 fn connect(server: &RedisServer, ns: &str) -> Redswarm {
@@ -87,7 +101,7 @@ fn tasks_run_and_end_ok_with_their_results() {
         assert_eq!(t.state, TaskState::End(TaskOutcome::Ok));
         assert_eq!(t.result, Some(json!({ "double": i * 2 })));
         assert_eq!(t.attempts, 1);
-        assert_eq!(t.fencing_token, 1);
+        assert!(t.fencing_token > 0);
         assert_eq!(t.worker.as_deref(), Some(s.node_id()));
     }
     let c = q.counts().unwrap();
@@ -95,6 +109,12 @@ fn tasks_run_and_end_ok_with_their_results() {
     let done: Vec<_> = w.finished().try_iter().collect();
     assert_eq!(done.len(), 20);
     assert!(done.iter().all(|f| f.how == FinishedHow::Completed));
+    for f in &done {
+        assert_eq!(
+            q.get(&f.id).unwrap().unwrap().fencing_token,
+            f.fencing_token
+        );
+    }
 }
 
 #[test]
@@ -294,6 +314,7 @@ fn graceful_shutdown_hands_unfinished_tasks_back_at_once() {
     )
     .unwrap();
     wait_running(&q, &id);
+    let first_fence = q.get(&id).unwrap().unwrap().fencing_token;
     assert_eq!(w.shutdown(), 1);
     let t = q.get(&id).unwrap().unwrap();
     assert_eq!(t.state, TaskState::Queued);
@@ -305,7 +326,7 @@ fn graceful_shutdown_hands_unfinished_tasks_back_at_once() {
     let t = wait_ended(&q, &id, 5 * SEC);
     assert_eq!(t.state, TaskState::End(TaskOutcome::Ok));
     assert!(started.elapsed() < 5 * SEC);
-    assert_eq!(t.fencing_token, 2);
+    assert!(t.fencing_token > first_fence);
 }
 
 /// Child role: a worker process. Env: CHILD_URL, CHILD_NS, CHILD_MODE
@@ -384,15 +405,20 @@ fn a_task_of_a_worker_killed_with_sigkill_completes_elsewhere_after_its_lease() 
     let id = q.push(&"x").unwrap();
     let mut child = spawn_worker(&server, "sigkill", "forever");
     wait_running(&q, &id);
-    let victim = q.get(&id).unwrap().unwrap().worker;
+    let first = q.get(&id).unwrap().unwrap();
     child.kill().unwrap();
     child.wait().unwrap();
     let _w = SwarmWorker::start(&q, opts(1), |ctx| Ok(json!(ctx.fencing_token()))).unwrap();
     let t = wait_ended(&q, &id, 10 * SEC);
     assert_eq!(t.state, TaskState::End(TaskOutcome::Ok));
     assert_eq!(t.attempts, 2);
-    assert_eq!(t.fencing_token, 2);
-    assert_ne!(t.worker, victim);
+    assert_eq!(
+        (t.failures, t.lost_runs),
+        (0, 1),
+        "a lost run is not a failure"
+    );
+    assert!(t.fencing_token > first.fencing_token);
+    assert_ne!(t.worker, first.worker);
 }
 
 #[test]
@@ -409,7 +435,7 @@ fn a_worker_paused_past_its_lease_loses_the_task_and_its_late_completion_is_reje
     let _w = SwarmWorker::start(&q, opts(1), |ctx| Ok(json!(ctx.fencing_token()))).unwrap();
     let t = wait_ended(&q, &id, 10 * SEC);
     assert_eq!(t.state, TaskState::End(TaskOutcome::Ok));
-    assert_eq!(t.fencing_token, 2);
+    assert_eq!(t.attempts, 2);
     signal(&child, "CONT");
     assert!(
         support::wait_until(10 * SEC, || !lines.lock().is_empty()),
@@ -422,7 +448,10 @@ fn a_worker_paused_past_its_lease_loses_the_task_and_its_late_completion_is_reje
     assert!(stale_fence < t.fencing_token);
     assert_eq!(parts[4], "Rejected", "{line}");
     // The stale run changed nothing.
-    assert_eq!(q.get(&id).unwrap().unwrap().result, Some(json!(2)));
+    assert_eq!(
+        q.get(&id).unwrap().unwrap().result,
+        Some(json!(t.fencing_token))
+    );
     child.kill().unwrap();
     child.wait().unwrap();
 }
@@ -528,6 +557,759 @@ fn end_to_end_2000_tasks_on_4_worker_processes_with_random_kills() {
     }
     assert_eq!(ended.len(), 2000);
     assert!(kills >= 1, "the run ended before any worker was killed");
+}
+
+// ---- outages, lost replies and corrupt data ----
+
+fn redis_cmd<T: redis::FromRedisValue>(server: &RedisServer, args: &[&str]) -> T {
+    let mut c = server.conn();
+    let mut cmd = redis::cmd(args[0]);
+    for a in &args[1..] {
+        cmd.arg(*a);
+    }
+    cmd.query(&mut c).unwrap()
+}
+
+/// Ids of the clients blocked in (or last running) `BLPOP`.
+fn blpop_clients(server: &RedisServer) -> Vec<String> {
+    let list: String = redis_cmd(server, &["CLIENT", "LIST"]);
+    list.lines()
+        .filter(|l| l.contains(" cmd=blpop"))
+        .filter_map(|l| l.split_whitespace().find_map(|f| f.strip_prefix("id=")))
+        .map(str::to_string)
+        .collect()
+}
+
+fn blpop_calls(server: &RedisServer) -> u64 {
+    let info: String = redis_cmd(server, &["INFO", "commandstats"]);
+    info.lines()
+        .find_map(|l| l.strip_prefix("cmdstat_blpop:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_claim_whose_reply_is_lost_is_recovered_and_costs_no_attempt() {
+    let server = RedisServer::start();
+    let proxy = support::FaultProxy::start(server.addr());
+    let s = connect(&server, "lost-reply");
+    let behind = Redswarm::connect(config(&proxy.url(), "lost-reply")).unwrap();
+    let q = s.queue("jobs").unwrap();
+    let _w = SwarmWorker::start(&behind.queue("jobs").unwrap(), opts(1), |ctx| {
+        Ok(json!(ctx.fencing_token()))
+    })
+    .unwrap();
+    assert!(support::wait_until(10 * SEC, || !blpop_clients(&server).is_empty()));
+    // Every reply now comes back after the command timeout: the claim runs
+    // in Redis, its reply is lost.
+    proxy.set_latency(Duration::from_millis(150));
+    let id = q
+        .push_with(&"x", &TaskOptions::new().max_attempts(1))
+        .unwrap();
+    wait_running(&q, &id);
+    proxy.pass();
+    let t = wait_ended(&q, &id, 10 * SEC);
+    assert_eq!(t.state, TaskState::End(TaskOutcome::Ok), "{t:?}");
+    assert_eq!(t.attempts, 1, "the lost reply cost an attempt");
+    assert_eq!((t.failures, t.lost_runs), (0, 0));
+    assert_eq!(t.result, Some(json!(t.fencing_token)));
+}
+
+#[test]
+fn a_claim_held_by_a_blackhole_is_recovered_when_it_heals_not_after_a_lease() {
+    let server = RedisServer::start();
+    let proxy = support::FaultProxy::start(server.addr());
+    // With a peer answering, the worker behind the blackhole knows Redis is
+    // out of reach but it is not cut off: it keeps claiming.
+    let s = mesh_node(&server.url(), "held-claim");
+    let behind = mesh_node(&proxy.url(), "held-claim");
+    assert!(support::wait_until(10 * SEC, || behind.known_peers().len() == 1));
+    let q = s.queue("jobs").unwrap();
+    let lease = 10 * SEC;
+    let _w = SwarmWorker::start(&behind.queue("jobs").unwrap(), opts(1).lease(lease), |_| {
+        Ok(Value::Null)
+    })
+    .unwrap();
+    let once = TaskOptions::new().max_attempts(1);
+    // Due soon: the idle worker's wait ends then, while the network is down,
+    // and it claims through the blackhole.
+    let tick = q
+        .push_with(&"tick", &once.clone().delay(Duration::from_millis(800)))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    proxy.blackhole();
+    let id = q.push_with(&"x", &once).unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let healed = Instant::now();
+    proxy.pass();
+    for id in [&tick, &id] {
+        let t = wait_ended(&q, id, 10 * SEC);
+        assert_eq!(t.state, TaskState::End(TaskOutcome::Ok), "{t:?}");
+        assert_eq!(t.attempts, 1, "{t:?}");
+    }
+    assert!(
+        healed.elapsed() < lease / 2,
+        "the held claims were left to their lease"
+    );
+}
+
+/// Pushes a task and sets (or, with `None`, deletes) one field of its record.
+fn push_tampered(server: &RedisServer, q: &Queue, field: &str, value: Option<&str>) -> String {
+    let id = q
+        .push_with(
+            &json!({ "tamper": field }),
+            &TaskOptions::new().max_attempts(2),
+        )
+        .unwrap();
+    let key = server_key(q, &id);
+    match value {
+        Some(v) => redis_cmd::<i64>(server, &["HSET", &key, field, v]),
+        None => redis_cmd::<i64>(server, &["HDEL", &key, field]),
+    };
+    id
+}
+
+fn server_key(q: &Queue, id: &str) -> String {
+    q.keys().task(id)
+}
+
+fn assert_failed_as_corrupt(server: &RedisServer, q: &Queue, id: &str, field: &str) {
+    // Read raw: the record keeps the bad field (Queue::get refuses it).
+    let key = server_key(q, id);
+    let mut last = Vec::new();
+    let ended = support::wait_until(10 * SEC, || {
+        last = redis_cmd::<Vec<Option<String>>>(
+            server,
+            &["HMGET", &key, "state", "outcome", "failed_by", "error"],
+        );
+        last.first() == Some(&Some("end".to_string()))
+    });
+    assert!(ended, "{field}: task did not end: {last:?}");
+    assert_eq!(last[1].as_deref(), Some("failed"), "{field}: {last:?}");
+    assert_eq!(last[2].as_deref(), Some("corrupt"), "{field}: {last:?}");
+    let error = last[3].clone().unwrap_or_default();
+    assert!(
+        error.contains(&key) && error.contains(field),
+        "{field}: the reason names neither the key nor the field: {error}"
+    );
+    assert!(q
+        .list(TaskSet::Failed, 100)
+        .unwrap()
+        .iter()
+        .any(|f| f == id));
+}
+
+#[test]
+fn tampered_task_fields_fail_that_task_as_corrupt_and_the_worker_goes_on() {
+    let server = RedisServer::start();
+    let s = connect(&server, "tamper");
+    let q = s.queue("jobs").unwrap();
+    // Read by the claim.
+    let at_claim: Vec<(&str, Option<&str>)> = vec![
+        ("attempts", Some("x")),
+        ("max_attempts", Some("-1")),
+        ("max_attempts", None),
+        ("fence", Some("1e999")),
+        ("fence", None),
+        ("timeout_ms", Some("soon")),
+        ("state", Some("bogus")),
+        ("data", Some("{not json")),
+    ];
+    let mut cases: Vec<(String, &str)> = at_claim
+        .iter()
+        .map(|(f, v)| (push_tampered(&server, &q, f, *v), *f))
+        .collect();
+    // Read when a delayed task comes due.
+    let delayed = q
+        .push_with(
+            &"later",
+            &TaskOptions::new().delay(Duration::from_millis(100)),
+        )
+        .unwrap();
+    redis_cmd::<i64>(
+        &server,
+        &["HSET", &server_key(&q, &delayed), "pscore", "high"],
+    );
+    cases.push((delayed, "pscore"));
+    // Read when a handler's failure is reported: tampered while it runs.
+    let mut at_finish = Vec::new();
+    for (field, value) in [
+        ("backoff_ms", None),
+        ("max_backoff_ms", Some("x")),
+        ("failures", Some("-3")),
+    ] {
+        let id = q
+            .push_with(
+                &json!({ "fail_after_tampering": field, "value": value }),
+                &TaskOptions::new(),
+            )
+            .unwrap();
+        at_finish.push((id, field));
+    }
+    let good = q.push_many(&[1, 2, 3]).unwrap();
+    let url = server.url();
+    let w = SwarmWorker::start(&q, opts(2), move |ctx| {
+        if let Some(field) = ctx.data()["fail_after_tampering"].as_str() {
+            let mut c = redis::Client::open(url.as_str())
+                .unwrap()
+                .get_connection()
+                .unwrap();
+            let key = format!("{{tamper:queue:jobs}}:task:{}", ctx.id());
+            let _: i64 = match ctx.data()["value"].as_str() {
+                Some(v) => redis::cmd("HSET")
+                    .arg(&key)
+                    .arg(field)
+                    .arg(v)
+                    .query(&mut c)
+                    .unwrap(),
+                None => redis::cmd("HDEL")
+                    .arg(&key)
+                    .arg(field)
+                    .query(&mut c)
+                    .unwrap(),
+            };
+            return Err("boom".into());
+        }
+        Ok(Value::Null)
+    })
+    .unwrap();
+    for (id, field) in cases
+        .iter()
+        .map(|(i, f)| (i.as_str(), *f))
+        .chain(at_finish.iter().map(|(i, f)| (i.as_str(), *f)))
+    {
+        assert_failed_as_corrupt(&server, &q, id, field);
+    }
+    for id in &good {
+        assert_eq!(
+            wait_ended(&q, id, 10 * SEC).state,
+            TaskState::End(TaskOutcome::Ok)
+        );
+    }
+    drop(w);
+    // Read by the reaper: a running task whose worker is gone.
+    for (field, value) in [("lost", "many"), ("max_lost", "0")] {
+        let id = push_tampered(&server, &q, field, Some(value));
+        let key = server_key(&q, &id);
+        let base = format!("{{{}:queue:jobs}}", s.config().namespace());
+        redis_cmd::<i64>(&server, &["ZREM", &format!("{base}:ready"), &id]);
+        redis_cmd::<i64>(&server, &["ZADD", &format!("{base}:running"), "1", &id]);
+        redis_cmd::<i64>(&server, &["HSET", &key, "state", "running"]);
+        assert_eq!(q.reap_expired(10).unwrap(), (0, 1), "{field}");
+        assert_failed_as_corrupt(&server, &q, &id, field);
+    }
+    // Read by cancel: the record is refused, not guessed at.
+    let id = push_tampered(&server, &q, "state", Some("bogus"));
+    assert!(matches!(
+        q.cancel(&id),
+        Err(redswarm::Error::CorruptData { .. })
+    ));
+    let c = q.counts().unwrap();
+    assert_eq!(
+        c.pending(),
+        1,
+        "only the task with a bogus state is left: {c:?}"
+    );
+}
+
+#[test]
+fn a_queue_key_of_the_wrong_type_is_corrupt_data_and_loses_no_task() {
+    let server = RedisServer::start();
+    let s = connect(&server, "wrongtype");
+    let q = s.queue("jobs").unwrap();
+    let running = "{wrongtype:queue:jobs}:running";
+    redis_cmd::<()>(&server, &["SET", running, "not a zset"]);
+    let ids = q.push_many(&[1, 2, 3, 4, 5]).unwrap();
+    let w = SwarmWorker::start(&q, opts(2), |_| Ok(Value::Null)).unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    match q.reap_expired(10) {
+        Err(redswarm::Error::CorruptData { key, reason }) => {
+            assert_eq!(key, running);
+            assert!(reason.contains("string"), "{reason}");
+        }
+        other => panic!("expected CorruptData, got {other:?}"),
+    }
+    let ready = q.list(TaskSet::Ready, 10).unwrap();
+    assert_eq!(ready.len(), 5, "tasks were lost: {ready:?}");
+    // Repaired, the same worker runs them all.
+    redis_cmd::<i64>(&server, &["DEL", running]);
+    for id in &ids {
+        assert_eq!(
+            wait_ended(&q, id, 10 * SEC).state,
+            TaskState::End(TaskOutcome::Ok)
+        );
+    }
+    drop(w);
+}
+
+#[test]
+fn fencing_tokens_keep_rising_across_a_redis_restart_that_lost_everything() {
+    let mut server = RedisServer::start(); // no persistence
+    let s = connect(&server, "fence-restart");
+    let q = s.queue("jobs").unwrap();
+    let _w = SwarmWorker::start(&q, opts(1), |_| Ok(Value::Null)).unwrap();
+    let before = wait_ended(&q, &q.push(&"a").unwrap(), 10 * SEC).fencing_token;
+    server.restart();
+    let mut after = None;
+    assert!(support::wait_until(20 * SEC, || {
+        if after.is_none() {
+            after = q.push(&"b").ok();
+        }
+        after
+            .as_ref()
+            .is_some_and(|id| q.get(id).ok().flatten().is_some_and(|t| t.state.is_end()))
+    }));
+    let t = q.get(after.as_ref().unwrap()).unwrap().unwrap();
+    assert!(
+        t.fencing_token > before,
+        "{} after the restart, {before} before",
+        t.fencing_token
+    );
+}
+
+#[test]
+fn a_run_lost_with_its_worker_does_not_use_up_max_attempts() {
+    let server = RedisServer::start();
+    let s = connect(&server, "lost-run");
+    let q = s.queue("jobs").unwrap();
+    let id = q
+        .push_with(&"x", &TaskOptions::new().max_attempts(1))
+        .unwrap();
+    let mut child = spawn_worker(&server, "lost-run", "forever");
+    wait_running(&q, &id);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let _w = SwarmWorker::start(&q, opts(1), |_| Ok(json!("done"))).unwrap();
+    let t = wait_ended(&q, &id, 10 * SEC);
+    assert_eq!(t.state, TaskState::End(TaskOutcome::Ok), "{t:?}");
+    assert_eq!((t.attempts, t.failures, t.lost_runs), (2, 0, 1));
+}
+
+#[test]
+fn a_task_that_keeps_killing_its_workers_ends_failed_by_lost_runs() {
+    let server = RedisServer::start();
+    let s = connect(&server, "poison");
+    let q = s.queue("jobs").unwrap();
+    let id = q
+        .push_with(&"x", &TaskOptions::new().max_lost_runs(2))
+        .unwrap();
+    let m = Monitor::start(&q, Duration::from_millis(100)).unwrap();
+    for round in 1..=2u32 {
+        let mut child = spawn_worker(&server, "poison", "forever");
+        assert!(
+            support::wait_until(10 * SEC, || q
+                .get(&id)
+                .unwrap()
+                .is_some_and(|t| t.state == TaskState::Running && t.attempts == round)),
+            "round {round} never ran"
+        );
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    let t = wait_ended(&q, &id, 10 * SEC);
+    assert_eq!(t.state, TaskState::End(TaskOutcome::Failed), "{t:?}");
+    assert_eq!(t.failed_by, Some(redswarm::FailedBy::LostRuns));
+    assert_eq!((t.lost_runs, t.failures), (2, 0));
+    assert!(t.error.unwrap_or_default().contains("lost"));
+    m.stop();
+}
+
+#[test]
+fn a_worker_without_peers_keeps_its_task_through_redis_restarts() {
+    let mut server = RedisServer::builder().aof(true).start();
+    let s = connect(&server, "restarts");
+    let q = s.queue("jobs").unwrap();
+    let id = q
+        .push_with(&"x", &TaskOptions::new().max_attempts(1))
+        .unwrap();
+    let runs = Arc::new(AtomicU64::new(0));
+    let r = runs.clone();
+    let _w = SwarmWorker::start(&q, opts(1).lease(3 * SEC), move |ctx| {
+        r.fetch_add(1, Ordering::SeqCst);
+        if ctx.sleep(Duration::from_millis(2500)) {
+            Ok(json!("slept"))
+        } else {
+            Err(format!("stopped: {:?}", ctx.stop_reason()))
+        }
+    })
+    .unwrap();
+    wait_running(&q, &id);
+    for _ in 0..3 {
+        server.restart();
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let t = wait_ended(&q, &id, 20 * SEC);
+    assert_eq!(t.state, TaskState::End(TaskOutcome::Ok), "{t:?}");
+    assert_eq!(t.attempts, 1);
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn a_result_finished_during_a_redis_outage_is_reported_when_redis_returns() {
+    let mut server = RedisServer::builder().aof(true).start();
+    let s = connect(&server, "late-report");
+    let q = s.queue("jobs").unwrap();
+    let id = q.push(&"x").unwrap();
+    let (go_tx, go) = crossbeam_channel::bounded::<()>(1);
+    let runs = Arc::new(AtomicU64::new(0));
+    let r = runs.clone();
+    let w = SwarmWorker::start(&q, opts(1).lease(3 * SEC), move |_| {
+        if r.fetch_add(1, Ordering::SeqCst) == 0 {
+            let _ = go.recv_timeout(30 * SEC);
+        }
+        Ok(json!("first run"))
+    })
+    .unwrap();
+    let finished = w.finished();
+    wait_running(&q, &id);
+    server.kill();
+    go_tx.send(()).unwrap();
+    std::thread::sleep(SEC);
+    server.restart();
+    let t = wait_ended(&q, &id, 20 * SEC);
+    assert_eq!(t.state, TaskState::End(TaskOutcome::Ok), "{t:?}");
+    assert_eq!(
+        t.attempts, 1,
+        "the result was thrown away and the task ran again"
+    );
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    let f = finished.recv_timeout(10 * SEC).unwrap();
+    assert_eq!(f.how, FinishedHow::Completed);
+}
+
+#[test]
+fn a_worker_stopped_and_continued_keeps_its_blocking_connection() {
+    let server = RedisServer::start();
+    let s = connect(&server, "eintr");
+    let q = s.queue("jobs").unwrap();
+    let mut child = spawn_worker(&server, "eintr", "quick");
+    let lines = collect_lines(&mut child);
+    assert!(support::wait_until(10 * SEC, || blpop_clients(&server)
+        .len()
+        == 1));
+    let before = blpop_clients(&server);
+    signal(&child, "STOP");
+    std::thread::sleep(Duration::from_millis(300));
+    signal(&child, "CONT");
+    std::thread::sleep(Duration::from_millis(500));
+    let id = q.push(&"x").unwrap();
+    assert_eq!(
+        wait_ended(&q, &id, 10 * SEC).state,
+        TaskState::End(TaskOutcome::Ok)
+    );
+    assert!(support::wait_until(5 * SEC, || !lines.lock().is_empty()));
+    assert!(support::wait_until(5 * SEC, || blpop_clients(&server)
+        .len()
+        == 1));
+    assert_eq!(
+        blpop_clients(&server),
+        before,
+        "the interrupted wait reconnected instead of retrying"
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[test]
+fn a_worker_never_claims_more_tasks_than_it_has_threads() {
+    let server = RedisServer::start();
+    let s = connect(&server, "slots");
+    let q = s.queue("jobs").unwrap();
+    let ids = q.push_many(&[1, 2, 3]).unwrap();
+    let w = SwarmWorker::start(&q, opts(1), |ctx| {
+        ctx.sleep(Duration::from_millis(400));
+        Ok(Value::Null)
+    })
+    .unwrap();
+    let mut most = 0;
+    let mut most_local = 0;
+    let until = Instant::now() + Duration::from_millis(1500);
+    while Instant::now() < until {
+        most = most.max(q.counts().unwrap().running);
+        most_local = most_local.max(w.running());
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(
+        (most, most_local),
+        (1, 1),
+        "claimed more than it has threads"
+    );
+    for id in &ids {
+        wait_ended(&q, id, 10 * SEC);
+    }
+}
+
+#[test]
+fn shutdown_returns_within_grace_plus_margin_when_a_handler_ignores_its_stop() {
+    let server = RedisServer::start();
+    let s = connect(&server, "stubborn");
+    let q = s.queue("jobs").unwrap();
+    let id = q.push(&"x").unwrap();
+    let grace = Duration::from_millis(200);
+    let w = SwarmWorker::start(&q, opts(1).grace(grace), |_| {
+        std::thread::sleep(20 * SEC); // ignores every stop signal
+        Ok(Value::Null)
+    })
+    .unwrap();
+    wait_running(&q, &id);
+    let started = Instant::now();
+    let handed_back = w.shutdown();
+    let took = started.elapsed();
+    assert!(
+        took < grace + redswarm::swarm::SHUTDOWN_MARGIN + 2 * SEC,
+        "shutdown took {took:?}"
+    );
+    assert_eq!(handed_back, 1);
+    let t = q.get(&id).unwrap().unwrap();
+    assert_eq!((t.state, t.attempts), (TaskState::Queued, 0));
+    drop(w);
+}
+
+#[test]
+fn finished_keeps_only_the_latest_reports_when_nobody_reads_them() {
+    let server = RedisServer::start();
+    let s = connect(&server, "finished");
+    let q = s.queue("jobs").unwrap();
+    let keep = redswarm::swarm::FINISHED_KEEP;
+    let ids = q.push_many(&(0..keep + 100).collect::<Vec<_>>()).unwrap();
+    let w = SwarmWorker::start(&q, opts(4), |_| Ok(Value::Null)).unwrap();
+    assert!(support::wait_until(60 * SEC, || q.counts().unwrap().ended
+        as usize
+        == ids.len()));
+    let kept: Vec<_> = w.finished().try_iter().collect();
+    assert_eq!(kept.len(), keep);
+}
+
+#[test]
+fn an_idle_worker_blocks_until_work_comes_instead_of_polling() {
+    let server = RedisServer::start();
+    let s = connect(&server, "idle");
+    let q = s.queue("jobs").unwrap();
+    let _w = SwarmWorker::start(&q, opts(2), |_| Ok(Value::Null)).unwrap();
+    assert!(support::wait_until(10 * SEC, || blpop_clients(&server)
+        .len()
+        == 1));
+    let before = blpop_calls(&server);
+    std::thread::sleep(3 * SEC);
+    let woke = blpop_calls(&server) - before;
+    assert!(woke <= 1, "the idle worker woke {woke} times in 3 s");
+    // And a push still wakes it at once.
+    let id = q.push(&"x").unwrap();
+    assert_eq!(
+        wait_ended(&q, &id, 5 * SEC).state,
+        TaskState::End(TaskOutcome::Ok)
+    );
+}
+
+#[test]
+fn a_cancel_whose_message_the_worker_missed_still_ends_the_task_cancelled() {
+    let server = RedisServer::start();
+    let s = connect(&server, "missed-cancel");
+    let q = s.queue("jobs").unwrap();
+    let id = q
+        .push_with(&"x", &TaskOptions::new().max_attempts(3))
+        .unwrap();
+    let runs = Arc::new(AtomicU64::new(0));
+    let r = runs.clone();
+    let _w = SwarmWorker::start(&q, opts(1), move |ctx| {
+        r.fetch_add(1, Ordering::SeqCst);
+        if ctx.sleep(Duration::from_millis(2500)) {
+            Err("boom".into())
+        } else {
+            Err(format!("stopped: {:?}", ctx.stop_reason()))
+        }
+    })
+    .unwrap();
+    wait_running(&q, &id);
+    // Drop every pub/sub connection, then cancel before they are back: the
+    // worker never hears the `cancel` message.
+    redis_cmd::<i64>(&server, &["CLIENT", "KILL", "TYPE", "pubsub"]);
+    let said = q.cancel(&id).unwrap();
+    assert!(matches!(said.as_str(), "signalled" | "unheard"), "{said}");
+    let t = wait_ended(&q, &id, 10 * SEC);
+    assert_eq!(t.state, TaskState::End(TaskOutcome::Cancelled), "{t:?}");
+    assert_eq!(t.attempts, 1);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "a cancelled task ran again");
+}
+
+#[test]
+fn retries_back_off_with_a_cap_and_jitter() {
+    let server = RedisServer::start();
+    let s = connect(&server, "backoff");
+    let q = s.queue("jobs").unwrap();
+    let _w = SwarmWorker::start(&q, opts(2), |_| Err("broken".into())).unwrap();
+    // A 10 s backoff capped at 300 ms: three runs well within 5 s.
+    let capped = q
+        .push_with(
+            &"capped",
+            &TaskOptions::new()
+                .max_attempts(3)
+                .backoff(10 * SEC)
+                .max_backoff(Duration::from_millis(300)),
+        )
+        .unwrap();
+    let t = wait_ended(&q, &capped, 5 * SEC);
+    assert_eq!(
+        (t.state, t.failures),
+        (TaskState::End(TaskOutcome::Failed), 3)
+    );
+    assert_eq!(t.failed_by, Some(redswarm::FailedBy::Handler));
+    // Durations beyond any use mean "never", not a corrupt record.
+    let huge = q
+        .push_with(
+            &"huge",
+            &TaskOptions::new()
+                .max_attempts(2)
+                .backoff(Duration::MAX)
+                .timeout(Duration::MAX)
+                .max_backoff(Duration::from_millis(100)),
+        )
+        .unwrap();
+    let t = wait_ended(&q, &huge, 5 * SEC);
+    assert_eq!(t.failed_by, Some(redswarm::FailedBy::Handler), "{t:?}");
+    // The 30th failure with the default cap: between half an hour and an hour.
+    let id = q
+        .push_with(
+            &"late",
+            &TaskOptions::new().max_attempts(100).delay(60 * SEC),
+        )
+        .unwrap();
+    let key = server_key(&q, &id);
+    redis_cmd::<i64>(&server, &["HSET", &key, "attempts", "29", "failures", "29"]);
+    // Due now; the marker wakes the idle worker.
+    redis_cmd::<i64>(&server, &["ZADD", "{backoff:queue:jobs}:delayed", "0", &id]);
+    redis_cmd::<i64>(&server, &["LPUSH", "{backoff:queue:jobs}:marker", "1"]);
+    let mut t = None;
+    let retrying = support::wait_until(10 * SEC, || {
+        t = q.get(&id).unwrap();
+        t.as_ref()
+            .is_some_and(|t| t.attempts == 30 && t.state == TaskState::Queued)
+    });
+    let t = t.unwrap();
+    assert!(retrying, "{t:?}");
+    let wait = t.run_at_ms.expect("a run-at") - t.updated_ms;
+    assert!(
+        (1_800_000..=3_600_000).contains(&wait),
+        "retry in {wait} ms"
+    );
+}
+
+#[test]
+fn outages_leave_every_task_ok_and_every_rerun_with_a_higher_fence() {
+    let mut server = RedisServer::builder().aof(true).start();
+    let proxy = support::FaultProxy::start(server.addr());
+    let direct = connect(&server, "outage");
+    let behind = Redswarm::connect(config(&proxy.url(), "outage")).unwrap();
+    let q = direct.queue("jobs").unwrap();
+    let runs: Arc<Mutex<Vec<(String, u64, Instant)>>> = Arc::default();
+    let handler = |runs: Arc<Mutex<Vec<(String, u64, Instant)>>>| {
+        move |ctx: &redswarm::TaskContext| {
+            runs.lock()
+                .push((ctx.id().to_string(), ctx.fencing_token(), Instant::now()));
+            ctx.sleep(Duration::from_millis(25));
+            Ok(json!(ctx.fencing_token()))
+        }
+    };
+    let ids = q.push_many(&(0..400).collect::<Vec<u32>>()).unwrap();
+    let wa = SwarmWorker::start(
+        &behind.queue("jobs").unwrap(),
+        opts(4),
+        handler(runs.clone()),
+    )
+    .unwrap();
+    let wb = SwarmWorker::start(&q, opts(4), handler(runs.clone())).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    server.restart(); // kill -9, AOF always
+    std::thread::sleep(Duration::from_millis(300));
+    proxy.blackhole(); // one worker cut off for longer than its leases
+    std::thread::sleep(Duration::from_millis(1500));
+    proxy.pass();
+    assert!(
+        support::wait_until(60 * SEC, || q.counts().is_ok_and(|c| c.pending() == 0)),
+        "tasks stuck: {:?}",
+        q.counts()
+    );
+    let c = q.counts().unwrap();
+    assert_eq!((c.failed, c.ended), (0, 400), "{c:?}");
+    for id in &ids {
+        let t = q.get(id).unwrap().unwrap();
+        assert_eq!(t.state, TaskState::End(TaskOutcome::Ok), "{t:?}");
+        assert_eq!(t.result, Some(json!(t.fencing_token)), "{t:?}");
+    }
+    let mut by_task: HashMap<String, Vec<(Instant, u64)>> = HashMap::new();
+    for (id, fence, at) in runs.lock().iter() {
+        by_task.entry(id.clone()).or_default().push((*at, *fence));
+    }
+    let mut reruns = 0;
+    for (id, mut r) in by_task {
+        r.sort();
+        reruns += r.len() - 1;
+        assert!(
+            r.windows(2).all(|w| w[1].1 > w[0].1),
+            "task {id}: a rerun without a higher fence: {r:?}"
+        );
+    }
+    log::info!("{reruns} reruns");
+    drop((wa, wb));
+}
+
+/// Records warnings (the child role below counts false lease-loss warnings).
+struct WarningLog(Mutex<Vec<String>>);
+
+impl log::Log for WarningLog {
+    fn enabled(&self, m: &log::Metadata) -> bool {
+        m.level() <= log::Level::Warn
+    }
+    fn log(&self, r: &log::Record) {
+        if self.enabled(r.metadata()) {
+            self.0.lock().push(r.args().to_string());
+        }
+    }
+    fn flush(&self) {}
+}
+
+/// Child role: runs many short tasks and prints how many warnings said a
+/// task's lease was lost. Env: CHILD_URL.
+#[test]
+fn child_counting_lease_warnings() {
+    let Ok(url) = std::env::var("CHILD_LEASE_URL") else {
+        return;
+    };
+    let logger: &'static WarningLog = Box::leak(Box::new(WarningLog(Mutex::new(Vec::new()))));
+    log::set_logger(logger).unwrap();
+    log::set_max_level(log::LevelFilter::Warn);
+    let swarm = Redswarm::connect(config(&url, "warnings")).unwrap();
+    let q = swarm.queue("jobs").unwrap();
+    let ids = q.push_many(&(0..3000).collect::<Vec<u32>>()).unwrap();
+    let _w = SwarmWorker::start(&q, opts(8), |_| Ok(Value::Null)).unwrap();
+    assert!(support::wait_until(60 * SEC, || q.counts().unwrap().ended
+        as usize
+        == ids.len()));
+    let lost = logger
+        .0
+        .lock()
+        .iter()
+        .filter(|w| w.contains("lease") && w.contains("lost"))
+        .count();
+    println!("lease-warnings {lost}");
+}
+
+#[test]
+fn no_lease_lost_warning_for_tasks_that_finished_while_being_renewed() {
+    let server = RedisServer::start();
+    let out = support::child_role("child_counting_lease_warnings")
+        .env("CHILD_LEASE_URL", server.url())
+        .stdout(Stdio::piped())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .find_map(|l| l.split("lease-warnings ").nth(1))
+        .unwrap_or_else(|| panic!("the child did not report: {stdout}"));
+    assert_eq!(line.trim(), "0", "false lease-loss warnings");
 }
 
 #[test]

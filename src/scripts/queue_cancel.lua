@@ -1,25 +1,30 @@
--- queue_cancel: cancel a task. A queued or delayed task ends 'cancelled' at
--- once; a running one is sent a 'cancel' control message and ends when its
--- worker stops it (or, if the worker died, when the reaper finds it).
+-- queue_cancel: cancel a task. Cancellation is state: a queued or delayed
+-- task ends 'cancelled' at once; a running one gets `cancel_requested`,
+-- which the claim, finish, reap and hand-back scripts honour (a failure or
+-- hand-back then ends it 'cancelled', never a retry), and is sent a
+-- 'cancel' control message so its worker stops it sooner.
 -- KEYS[1] = task hash   KEYS[2] = ready zset   KEYS[3] = delayed zset   KEYS[4] = ended zset
 -- ARGV[1] = task id   ARGV[2] = queue events channel
--- Returns 'cancelled', 'signalled' (running), 'ended' (already over) or 'missing'.
+-- Returns 'cancelled', 'signalled' (running, and a subscriber heard the
+-- message), 'unheard' (running, nobody listens on its control channel),
+-- 'ended' (already over) or 'missing'.
+local key, ready, delayed, ended = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+want_type(ready, 'zset')
+want_type(delayed, 'zset')
+want_type(ended, 'zset')
+local task, why = load_task(key, {})
+if not task and not why then return 'missing' end
+if not task then corrupt(key, why) end
+if task.state == 'end' then return 'ended' end
 local now = now_ms()
-local state = redis.call('HGET', KEYS[1], 'state')
-if not state then return 'missing' end
-if state == 'end' then return 'ended' end
-if state == 'running' then
-  -- Remembered, so that if the worker dies instead of stopping, the reaper
-  -- ends the task cancelled rather than running it again.
-  redis.call('HSET', KEYS[1], 'cancel_requested', 1)
-  redis.call('PUBLISH', KEYS[1] .. ':control', 'cancel')
+if task.state == 'running' then
+  redis.call('HSET', key, 'cancel_requested', 1)
+  if redis.call('PUBLISH', key .. ':control', 'cancel') == 0 then return 'unheard' end
   return 'signalled'
 end
-redis.call('ZREM', KEYS[2], ARGV[1])
-redis.call('ZREM', KEYS[3], ARGV[1])
-redis.call('HSET', KEYS[1], 'state', 'end', 'outcome', 'cancelled', 'ended', now, 'updated', now)
-redis.call('ZADD', KEYS[4], now, ARGV[1])
-local ev = cjson.encode({task = ARGV[1], event = 'cancelled'})
-redis.call('PUBLISH', ARGV[2], ev)
-redis.call('PUBLISH', KEYS[1] .. ':events', ev)
+redis.call('ZREM', ready, ARGV[1])
+redis.call('ZREM', delayed, ARGV[1])
+redis.call('HSET', key, 'state', 'end', 'outcome', 'cancelled', 'ended', now, 'updated', now)
+redis.call('ZADD', ended, now, ARGV[1])
+publish_event(ARGV[2], key, {task = ARGV[1], event = 'cancelled'})
 return 'cancelled'

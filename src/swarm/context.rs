@@ -47,6 +47,10 @@ impl StopSignal {
         })
     }
 
+    pub(crate) fn reason(&self) -> Option<StopReason> {
+        *self.reason.lock()
+    }
+
     pub(crate) fn stop(&self, why: StopReason) {
         let mut r = self.reason.lock();
         if r.is_none() {

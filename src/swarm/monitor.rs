@@ -22,7 +22,8 @@ use crate::swarm::queue::Queue;
 pub struct MonitorStats {
     /// Tasks put back in the queue after their lease expired.
     pub requeued: u64,
-    /// Tasks failed because their last attempt's lease expired.
+    /// Tasks failed by a sweep: they lost `max_lost_runs` runs with their
+    /// workers, or their record was unusable.
     pub failed: u64,
     /// Sweeps done.
     pub sweeps: u64,
@@ -30,8 +31,8 @@ pub struct MonitorStats {
     pub dead_nodes: u64,
 }
 
-/// Sweeps a queue for expired task leases every `interval`; stops sweeping
-/// while this node is partitioned. Any number may run: each sweep is one
+/// Sweeps a queue for expired task leases every `interval` (see
+/// [`Queue::reap_expired`]); stops sweeping while this node is partitioned. Any number may run: each sweep is one
 /// atomic script, so two monitors never re-queue one task twice.
 ///
 /// ```no_run

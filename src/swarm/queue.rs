@@ -8,18 +8,71 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::keys::QueueKeys;
 use crate::runtime::Runtime;
-use crate::scripts::{invoke, lua_script, query_pipeline};
+use crate::scripts::{invoke, query_pipeline};
 use crate::subscriber::{SubEvent, Subscription};
-use crate::swarm::task::{TaskEvent, TaskInfo, TaskOptions};
-use crate::util::{millis, random_id, whole_millis, Deadline};
+use crate::swarm::task::{saturating_millis, TaskEvent, TaskInfo, TaskOptions};
+use crate::util::{random_id, Deadline};
 
-lua_script!(pub(crate) QUEUE_PUSH, "queue_push.lua");
-lua_script!(pub(crate) QUEUE_CLAIM, "queue_claim.lua");
-lua_script!(pub(crate) QUEUE_FINISH, "queue_finish.lua");
-lua_script!(pub(crate) QUEUE_REAP, "queue_reap.lua");
-lua_script!(QUEUE_CANCEL, "queue_cancel.lua");
-lua_script!(QUEUE_REQUEUE_FAILED, "queue_requeue_failed.lua");
-lua_script!(QUEUE_DELETE, "queue_delete.lua");
+/// Declares a queue script: the prelude, then `queue_lib.lua` (validation
+/// before the first write, corrupt-task handling, fencing), then the script.
+macro_rules! queue_script {
+    ($vis:vis $name:ident, $file:literal) => {
+        $vis static $name: std::sync::LazyLock<crate::scripts::LuaScript> =
+            std::sync::LazyLock::new(|| {
+                crate::scripts::LuaScript::new(
+                    $file,
+                    concat!(
+                        include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/scripts/prelude.lua")),
+                        include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/scripts/queue_lib.lua")),
+                        include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/scripts/", $file))
+                    ),
+                )
+            });
+    };
+}
+
+queue_script!(pub(crate) QUEUE_PUSH, "queue_push.lua");
+queue_script!(pub(crate) QUEUE_CLAIM, "queue_claim.lua");
+queue_script!(pub(crate) QUEUE_UNCLAIM, "queue_unclaim.lua");
+queue_script!(pub(crate) QUEUE_FINISH, "queue_finish.lua");
+queue_script!(pub(crate) QUEUE_REAP, "queue_reap.lua");
+queue_script!(QUEUE_CANCEL, "queue_cancel.lua");
+queue_script!(QUEUE_REQUEUE_FAILED, "queue_requeue_failed.lua");
+queue_script!(QUEUE_DELETE, "queue_delete.lua");
+
+/// Runs a queue script; a `CORRUPT <key>\t<reason>` error reply (a script
+/// found a queue key of the wrong type and wrote nothing) becomes
+/// [`Error::CorruptData`] naming the key.
+pub(crate) fn queue_invoke<T: redis::FromRedisValue>(
+    inv: &redis::ScriptInvocation<'_>,
+    conn: &mut dyn redis::ConnectionLike,
+) -> Result<T> {
+    invoke(inv, conn).map_err(corrupt_reply)
+}
+
+/// Maps a script's `CORRUPT` error reply to [`Error::CorruptData`].
+pub(crate) fn corrupt_reply(e: Error) -> Error {
+    match &e {
+        Error::Redis(re) if re.code() == Some("CORRUPT") => {
+            let detail = re.detail().unwrap_or_default();
+            match detail.split_once('\t') {
+                Some((key, reason)) => Error::corrupt(key, reason),
+                None => Error::corrupt(detail, "rejected by a queue script"),
+            }
+        }
+        _ => e,
+    }
+}
+
+/// Longest delay, timeout or backoff stored with a task, in ms (2^53 − 1,
+/// some 285,000 years): the largest integer Redis's Lua numbers hold
+/// exactly. Longer ones are stored as this, which means the same: never.
+const MAX_TASK_MILLIS: u64 = (1 << 53) - 1;
+
+/// A task duration in whole ms, saturating at [`MAX_TASK_MILLIS`].
+fn task_millis(d: Duration) -> u64 {
+    saturating_millis(d).min(MAX_TASK_MILLIS)
+}
 
 /// Largest task payload accepted (JSON bytes).
 const MAX_DATA_BYTES: usize = 4 << 20;
@@ -139,6 +192,19 @@ impl Queue {
         &self.name
     }
 
+    /// The queue's Redis keys (for inspection and tooling; see the layout
+    /// in [`crate::keys`]).
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
+    /// let task_hash = swarm.queue("q")?.keys().task("some-id");
+    /// # Ok(()) }
+    /// ```
+    pub fn keys(&self) -> &QueueKeys {
+        &self.keys
+    }
+
     /// The runtime this queue uses (for the worker and monitor).
     pub(crate) fn swarm(&self) -> &Runtime {
         &self.swarm
@@ -221,12 +287,14 @@ impl Queue {
                 .arg(if opts.delay.is_zero() {
                     0
                 } else {
-                    millis(opts.delay)
+                    task_millis(opts.delay).max(1)
                 })
                 .arg(opts.max_attempts)
-                .arg(opts.timeout.map(millis).unwrap_or(0))
-                .arg(whole_millis(opts.backoff))
-                .arg(&self.keys.events);
+                .arg(opts.timeout.map(|t| task_millis(t).max(1)).unwrap_or(0))
+                .arg(task_millis(opts.backoff))
+                .arg(&self.keys.events)
+                .arg(opts.max_lost_runs)
+                .arg(task_millis(opts.max_backoff));
             pipe.invoke_script(&inv);
             ids.push(id);
         }
@@ -234,7 +302,8 @@ impl Queue {
             return Ok(ids);
         }
         let mut conn = self.swarm.conn()?;
-        let _: Vec<i64> = query_pipeline(&pipe, &[&QUEUE_PUSH], &mut *conn)?;
+        let _: Vec<i64> =
+            query_pipeline(&pipe, &[&QUEUE_PUSH], &mut *conn).map_err(corrupt_reply)?;
         Ok(ids)
     }
 
@@ -303,21 +372,31 @@ impl Queue {
         crate::keys::validate_name("task id", id)?;
         let key = self.keys.task(id);
         let mut conn = self.swarm.conn()?;
-        let h: HashMap<String, String> = redis::cmd("HGETALL").arg(&key).query(&mut *conn)?;
+        let h: HashMap<String, String> = match redis::cmd("HGETALL").arg(&key).query(&mut *conn) {
+            Ok(h) => h,
+            Err(e) if e.code() == Some("WRONGTYPE") => {
+                return Err(Error::corrupt(&key, "is not a task hash"))
+            }
+            Err(e) => return Err(e.into()),
+        };
         if h.is_empty() {
             return Ok(None);
         }
         TaskInfo::from_hash(&key, h).map(Some)
     }
 
-    /// Cancels a task: a queued one ends `cancelled` at once; a running one
-    /// is sent `cancel` and ends when its handler stops. Returns
-    /// `"cancelled"`, `"signalled"` (running; a subscriber heard the
-    /// message), `"unheard"` (running, but nobody listens on its control
-    /// channel — its worker is gone or cut off from pub/sub — so nothing
-    /// stops the handler now; the request is recorded in the task, and if
-    /// its worker died the reaper ends it cancelled), `"ended"` (already
-    /// over) or `"missing"`.
+    /// Cancels a task: a queued one ends `cancelled` at once. A running one
+    /// is marked in Redis and sent `cancel`; it ends `cancelled` when its
+    /// handler stops. The mark is what counts (the message only makes it
+    /// quicker): a worker that missed the message still finds it, and a
+    /// failure, a hand-back or a lost lease of a task marked so ends it
+    /// `cancelled` instead of running it again (a run that completes ends
+    /// `ok`). Returns `"cancelled"`, `"signalled"` (running; a subscriber
+    /// heard the message), `"unheard"` (running, but nobody listens on its
+    /// control channel — its worker is gone or cut off from pub/sub; the
+    /// mark still ends the task cancelled when its run ends or its lease
+    /// lapses), `"ended"` (already over) or `"missing"`;
+    /// [`Error::CorruptData`] if the record is unusable.
     ///
     /// ```no_run
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -330,7 +409,7 @@ impl Queue {
     pub fn cancel(&self, id: &str) -> Result<String> {
         crate::keys::validate_name("task id", id)?;
         let mut conn = self.swarm.conn()?;
-        let outcome: String = invoke(
+        let outcome: String = queue_invoke(
             QUEUE_CANCEL
                 .prepare()
                 .key(self.keys.task(id))
@@ -341,20 +420,7 @@ impl Queue {
                 .arg(&self.keys.events),
             &mut *conn,
         )?;
-        drop(conn);
-        if outcome != "signalled" {
-            return Ok(outcome);
-        }
-        // The script does not return how many heard its `cancel`; ask again
-        // (a second `cancel` is harmless: stopping is idempotent) and count.
-        match self.swarm.publish(&self.keys.task_control(id), "cancel") {
-            Ok(0) => Ok("unheard".to_string()),
-            Ok(_) => Ok(outcome),
-            Err(e) => {
-                log::debug!("task {id}: cancel re-sent to count listeners failed: {e}");
-                Ok(outcome)
-            }
-        }
+        Ok(outcome)
     }
 
     /// Sends a control message (`cancel`, or your own) to a running task.
@@ -375,7 +441,8 @@ impl Queue {
         self.swarm.publish(&self.keys.task_control(id), message)
     }
 
-    /// Gives up to `max` failed tasks a fresh set of attempts.
+    /// Gives up to `max` failed tasks a fresh start: attempts, handler
+    /// failures and lost runs back to zero, due at once.
     ///
     /// ```no_run
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -388,7 +455,7 @@ impl Queue {
             return Ok(0);
         }
         let mut conn = self.swarm.conn()?;
-        invoke(
+        queue_invoke(
             QUEUE_REQUEUE_FAILED
                 .prepare()
                 .key(&self.keys.failed)
@@ -413,7 +480,7 @@ impl Queue {
     pub fn delete(&self, id: &str) -> Result<bool> {
         crate::keys::validate_name("task id", id)?;
         let mut conn = self.swarm.conn()?;
-        let n: i64 = invoke(
+        let n: i64 = queue_invoke(
             QUEUE_DELETE
                 .prepare()
                 .key(self.keys.task(id))
@@ -428,8 +495,13 @@ impl Queue {
         Ok(n == 1)
     }
 
-    /// Re-queues (or fails, after their last attempt) up to `batch` tasks
-    /// whose lease ran out. Returns (re-queued, failed).
+    /// Re-queues up to `batch` tasks whose lease ran out. Such a run was
+    /// lost with its worker, which is not the task's failure: it counts
+    /// toward [`TaskOptions::max_lost_runs`], not `max_attempts`, and only a
+    /// task that lost that many runs ends failed (a task whose cancellation
+    /// was requested ends cancelled; an unusable record ends failed as
+    /// corrupt). Returns (re-queued, failed); [`Error::CorruptData`] if a
+    /// queue key has the wrong type (nothing is changed then).
     ///
     /// ```no_run
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -439,7 +511,7 @@ impl Queue {
     /// ```
     pub fn reap_expired(&self, batch: usize) -> Result<(u64, u64)> {
         let mut conn = self.swarm.conn()?;
-        let (requeued, failed): (u64, u64) = invoke(
+        let (requeued, failed): (u64, u64) = queue_invoke(
             QUEUE_REAP
                 .prepare()
                 .key(&self.keys.running)

@@ -8,6 +8,21 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::util::check_ttl;
 
+/// Default [`TaskOptions::max_lost_runs`].
+pub const DEFAULT_MAX_LOST_RUNS: u32 = 10;
+
+/// Default [`TaskOptions::max_backoff`]: one hour.
+pub const DEFAULT_MAX_BACKOFF: Duration = Duration::from_secs(3600);
+
+/// Largest [`TaskOptions::max_backoff`] accepted: 365 days (keeps every
+/// run-at time an exact integer in Redis's Lua numbers).
+pub const MAX_BACKOFF_LIMIT: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// A duration in whole milliseconds, saturating at `u64::MAX`.
+pub(crate) fn saturating_millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// Per-task options for [`Queue::push_with`](crate::Queue::push_with).
 ///
 /// ```
@@ -16,8 +31,10 @@ use crate::util::check_ttl;
 ///     .priority(10)
 ///     .delay(Duration::from_secs(5))
 ///     .max_attempts(5)
+///     .max_lost_runs(20)
 ///     .timeout(Duration::from_secs(60))
-///     .backoff(Duration::from_millis(500));
+///     .backoff(Duration::from_millis(500))
+///     .max_backoff(Duration::from_secs(60));
 /// assert_eq!(opts.get_max_attempts(), 5);
 /// ```
 #[derive(Clone, Debug)]
@@ -25,8 +42,10 @@ pub struct TaskOptions {
     pub(crate) priority: u8,
     pub(crate) delay: Duration,
     pub(crate) max_attempts: u32,
+    pub(crate) max_lost_runs: u32,
     pub(crate) timeout: Option<Duration>,
     pub(crate) backoff: Duration,
+    pub(crate) max_backoff: Duration,
 }
 
 impl Default for TaskOptions {
@@ -35,14 +54,17 @@ impl Default for TaskOptions {
             priority: 0,
             delay: Duration::ZERO,
             max_attempts: 3,
+            max_lost_runs: DEFAULT_MAX_LOST_RUNS,
             timeout: None,
             backoff: Duration::from_secs(1),
+            max_backoff: DEFAULT_MAX_BACKOFF,
         }
     }
 }
 
 impl TaskOptions {
-    /// Defaults: priority 0, no delay, 3 attempts, no timeout, 1 s backoff.
+    /// Defaults: priority 0, no delay, 3 attempts, 10 lost runs, no
+    /// timeout, 1 s backoff capped at 1 h.
     ///
     /// ```
     /// assert_eq!(redswarm::TaskOptions::new().get_max_attempts(), 3);
@@ -72,13 +94,31 @@ impl TaskOptions {
         self
     }
 
-    /// Attempts before the task ends `failed` (counted at claim time).
+    /// Handler failures (an `Err`, a panic or a timeout) before the task
+    /// ends `failed` ([`FailedBy::Handler`]). Runs lost with their worker
+    /// (a crash, a pause or cut past the lease, a Redis outage) do not
+    /// count here; see [`TaskOptions::max_lost_runs`]. A hand-back at
+    /// shutdown counts nowhere.
     ///
     /// ```
     /// let o = redswarm::TaskOptions::new().max_attempts(1);
     /// ```
     pub fn max_attempts(mut self, n: u32) -> Self {
         self.max_attempts = n;
+        self
+    }
+
+    /// Runs lost with their worker (its lease expired: the worker died,
+    /// hung, or was paused or cut off past the lease) before the task ends
+    /// `failed` ([`FailedBy::LostRuns`]). The guard against a poison task
+    /// that kills every worker it touches; larger than `max_attempts` so
+    /// that outages do not fail healthy tasks. Default 10.
+    ///
+    /// ```
+    /// let o = redswarm::TaskOptions::new().max_lost_runs(50);
+    /// ```
+    pub fn max_lost_runs(mut self, n: u32) -> Self {
+        self.max_lost_runs = n;
         self
     }
 
@@ -93,14 +133,27 @@ impl TaskOptions {
         self
     }
 
-    /// Base delay before a retry; doubles with each failed attempt (at most
-    /// [`crate::MAX_TTL`], checked when pushed).
+    /// Base delay before a retry after a handler failure; doubles with
+    /// each failure, up to [`TaskOptions::max_backoff`]. The actual wait is
+    /// drawn between half and all of that (jitter, so that tasks failing
+    /// together do not retry together).
     ///
     /// ```
     /// let o = redswarm::TaskOptions::new().backoff(std::time::Duration::from_millis(100));
     /// ```
     pub fn backoff(mut self, d: Duration) -> Self {
         self.backoff = d;
+        self
+    }
+
+    /// The most a retry waits, however many failures came before
+    /// (default 1 h; at most [`MAX_BACKOFF_LIMIT`]).
+    ///
+    /// ```
+    /// let o = redswarm::TaskOptions::new().max_backoff(std::time::Duration::from_secs(60));
+    /// ```
+    pub fn max_backoff(mut self, d: Duration) -> Self {
+        self.max_backoff = d;
         self
     }
 
@@ -116,6 +169,18 @@ impl TaskOptions {
     pub(crate) fn validate(&self) -> Result<()> {
         if self.max_attempts == 0 {
             return Err(Error::invalid("max attempts", "must be at least 1"));
+        }
+        if self.max_lost_runs == 0 {
+            return Err(Error::invalid("max lost runs", "must be at least 1"));
+        }
+        if self.max_backoff.is_zero() || self.max_backoff > MAX_BACKOFF_LIMIT {
+            return Err(Error::invalid(
+                "max backoff",
+                format!(
+                    "{:?} is outside 1 ms ..= {MAX_BACKOFF_LIMIT:?}",
+                    self.max_backoff
+                ),
+            ));
         }
         if self.timeout.is_some_and(|t| t.is_zero()) {
             return Err(Error::invalid("task timeout", "must be greater than zero"));
@@ -143,6 +208,24 @@ pub enum TaskOutcome {
     Failed,
     /// Cancelled.
     Cancelled,
+}
+
+/// What ended a failed task.
+///
+/// ```
+/// let f = redswarm::FailedBy::LostRuns;
+/// assert_ne!(f, redswarm::FailedBy::Handler);
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailedBy {
+    /// Its handler failed (or timed out) `max_attempts` times.
+    Handler,
+    /// It lost `max_lost_runs` runs with their workers: a task that kills
+    /// (or hangs) every worker it touches.
+    LostRuns,
+    /// Its record in Redis was unusable (a field of the wrong form); the
+    /// error names the key and the field.
+    CorruptData,
 }
 
 /// Where a task is.
@@ -193,11 +276,24 @@ pub struct TaskInfo {
     pub data: serde_json::Value,
     /// Priority.
     pub priority: u8,
-    /// Attempts so far (counted at claim).
+    /// Runs started so far (counted at claim; a hand-back gives its run
+    /// back).
     pub attempts: u32,
-    /// Attempt limit.
+    /// Handler failures and timeouts so far; the task fails when they
+    /// reach `max_attempts`.
+    pub failures: u32,
+    /// Handler failure limit ([`TaskOptions::max_attempts`]).
     pub max_attempts: u32,
-    /// Fencing token of the latest claim.
+    /// Runs lost with their worker so far (its lease expired); the task
+    /// fails when they reach `max_lost_runs`.
+    pub lost_runs: u32,
+    /// Lost-run limit ([`TaskOptions::max_lost_runs`]).
+    pub max_lost_runs: u32,
+    /// For a failed task: which limit or problem ended it.
+    pub failed_by: Option<FailedBy>,
+    /// Fencing token of the latest claim: each claim's is higher than
+    /// every earlier one's, also across a Redis restart that lost data
+    /// (never below the Redis server time in µs).
     pub fencing_token: u64,
     /// Node of the latest claim.
     pub worker: Option<String>,
@@ -227,6 +323,23 @@ impl TaskInfo {
                 .map_err(|e| corrupt(format!("field `{f}`: {e}")))
         };
         let opt_num = |f: &str| h.get(f).and_then(|v| v.parse::<u64>().ok());
+        // Counters a later version added: absent on older records.
+        let count = |f: &str, default: u64| -> Result<u32> {
+            let n = match h.get(f) {
+                None => default,
+                Some(v) => v
+                    .parse::<u64>()
+                    .map_err(|e| corrupt(format!("field `{f}`: {e}")))?,
+            };
+            u32::try_from(n).map_err(|e| corrupt(format!("field `{f}`: {e}")))
+        };
+        let failed_by = match h.get("failed_by").map(String::as_str) {
+            None => None,
+            Some("handler") => Some(FailedBy::Handler),
+            Some("lost") => Some(FailedBy::LostRuns),
+            Some("corrupt") => Some(FailedBy::CorruptData),
+            Some(other) => return Err(corrupt(format!("field `failed_by` is {other:?}"))),
+        };
         let state = match (
             h.get("state").map(String::as_str),
             h.get("outcome").map(String::as_str),
@@ -253,8 +366,12 @@ impl TaskInfo {
             data,
             priority: u8::try_from(num("priority")?).map_err(|e| corrupt(e.to_string()))?,
             attempts: u32::try_from(num("attempts")?).map_err(|e| corrupt(e.to_string()))?,
+            failures: count("failures", 0)?,
             max_attempts: u32::try_from(num("max_attempts")?)
                 .map_err(|e| corrupt(e.to_string()))?,
+            lost_runs: count("lost", 0)?,
+            max_lost_runs: count("max_lost", u64::from(DEFAULT_MAX_LOST_RUNS))?,
+            failed_by,
             fencing_token: num("fence")?,
             worker: h.get("worker").cloned(),
             created_ms: num("created")?,

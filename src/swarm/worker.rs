@@ -1,27 +1,63 @@
 //! Swarm workers: N threads, a fetch loop that claims a task only when a
 //! thread is free, and a supervisor that tells tasks to stop when they are
-//! cancelled, time out, lose their lease or the node is partitioned.
+//! cancelled, time out, lose their lease or the node is cut off.
+//!
+//! Outages are not the task's fault, and a worker does not let them turn
+//! into failed or twice-run tasks:
+//! - a claim whose reply was lost is sent again with the same token and
+//!   returns the same grant (or, when the worker stops, is handed back by
+//!   token), so it is never left to a lease;
+//! - a result is reported until Redis takes it or proves the claim stale
+//!   (the report is fenced, so retrying is safe); the task's lease stays
+//!   registered meanwhile;
+//! - without peers to ask, losing Redis is no verdict: running tasks keep
+//!   going until their lease's local deadline (self-fencing), and a Redis
+//!   restart shorter than the lease costs nothing.
 
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, unbounded, Receiver, Sender};
-use parking_lot::Mutex;
+use crossbeam_channel::{bounded, Receiver, Sender};
+use parking_lot::{Condvar, Mutex};
 use redis::Value;
 
 use crate::error::{Error, Result};
+use crate::heartbeat::PartitionState;
 use crate::lease::{Lease, LeaseTarget};
 use crate::lock::validate_ttl;
-use crate::scripts::invoke;
 use crate::subscriber::SubEvent;
 use crate::swarm::context::{StopReason, StopSignal, TaskContext};
-use crate::swarm::queue::{Queue, QUEUE_CLAIM, QUEUE_FINISH};
+use crate::swarm::queue::{queue_invoke, Queue, QUEUE_CLAIM, QUEUE_FINISH, QUEUE_UNCLAIM};
+use crate::swarm::task::saturating_millis;
 use crate::threadpool::ThreadPool;
-use crate::util::{check_ttl, millis, panic_message, Deadline};
+use crate::util::{check_ttl, deadline_after, millis, panic_message, random_id};
+
+/// How much longer than the grace period [`SwarmWorker::shutdown`] may take:
+/// half of it for stopped handlers to return and report, the rest for
+/// handing back what still runs. Handlers that ignore their stop signal are
+/// not waited for beyond it.
+pub const SHUTDOWN_MARGIN: Duration = Duration::from_secs(2);
+
+/// How many finished attempts [`SwarmWorker::finished`] keeps unread; older
+/// ones are dropped to make room, so an unread channel costs no memory
+/// growth.
+pub const FINISHED_KEEP: usize = 1024;
+
+/// The longest an idle worker blocks on the wake-up list with nothing due:
+/// a safety net for wake-ups lost with a Redis restart that lost data.
+const IDLE_WAIT_CAP: Duration = Duration::from_secs(60);
+
+/// Claim tokens are remembered in Redis for this many leases, so a claim
+/// request held up by the network that long still finds its token.
+const CLAIM_TOKEN_LEASES: u32 = 3;
+
+/// `cancel` messages for tasks this worker does not (yet) know are kept
+/// this long: the message can overtake the claim's reply.
+const EARLY_CANCEL_KEEP: Duration = Duration::from_secs(5);
 
 /// How a finished task was reported.
 ///
@@ -38,13 +74,13 @@ pub enum FinishedHow {
     Failed(String),
     /// Ended cancelled.
     Cancelled,
-    /// Handed back to the queue (shutdown).
+    /// Handed back to the queue (shutdown, lost lease, cut off).
     HandedBack,
     /// Redis refused the report: the claim was stale (another attempt owns
     /// the task now) — the fencing token at work.
     Rejected,
-    /// Not reported: the lease was lost or Redis was unreachable; the task
-    /// is re-run after its lease expires.
+    /// Not reported: the worker shut down before Redis could take the
+    /// report; the task is re-run after its lease expires.
     Abandoned(String),
 }
 
@@ -104,7 +140,7 @@ impl WorkerOptions {
         WorkerOptions::default()
     }
 
-    /// Handler threads (and the most tasks run at once): 1 to
+    /// Handler threads, and exactly the most tasks claimed at once: 1 to
     /// [`ThreadPool::MAX_THREADS`](crate::ThreadPool::MAX_THREADS), checked
     /// by [`SwarmWorker::start`] ([`Error::InvalidConfig`] for `threads`).
     ///
@@ -128,8 +164,9 @@ impl WorkerOptions {
         self
     }
 
-    /// How long shutdown lets running tasks finish before handing them
-    /// back to the queue (`Duration::MAX`: as long as they take).
+    /// How long shutdown lets running tasks finish before telling them to
+    /// stop and handing them back to the queue; shutdown returns within
+    /// this plus [`SHUTDOWN_MARGIN`] (`Duration::MAX`: as long as they take).
     ///
     /// ```
     /// let o = redswarm::WorkerOptions::new().grace(std::time::Duration::from_secs(5));
@@ -140,7 +177,8 @@ impl WorkerOptions {
     }
 
     /// How often this worker also re-queues expired leases (self-healing
-    /// without a monitor).
+    /// without a monitor). An idle worker wakes for it only while some
+    /// task of the queue runs, when that task's lease could have ended.
     ///
     /// ```
     /// let o = redswarm::WorkerOptions::new().reap_every(std::time::Duration::from_secs(2));
@@ -161,16 +199,58 @@ struct Running {
     stop: Arc<StopSignal>,
     control: Sender<String>,
     lease: Lease,
+    /// The handler returned; its outcome is being reported.
+    finishing: bool,
+}
+
+#[derive(Default)]
+struct Tasks {
+    /// Claimed tasks by id, from the claim until their report is settled:
+    /// never more than `threads`.
+    map: HashMap<String, Running>,
+    /// `cancel` messages for ids not in `map` (yet), with when they came.
+    early_cancels: HashMap<String, Instant>,
 }
 
 struct Shared {
     queue: Queue,
     opts: WorkerOptions,
     handler: Box<Handler>,
-    running: Mutex<HashMap<String, Running>>,
+    tasks: Mutex<Tasks>,
+    /// Notified whenever a task leaves `tasks.map`.
+    slot_freed: Condvar,
     stopping: AtomicBool,
+    /// Disconnected when shutdown starts: wakes the fetch loop's sleeps.
+    shutdown_rx: Receiver<()>,
+    /// Reports still failing after this give up (set by shutdown).
+    give_up_at: Mutex<Option<Instant>>,
+    /// Tasks handed back by their own threads during shutdown.
+    handed_back: AtomicUsize,
     finished_tx: Sender<Finished>,
     finished_rx: Receiver<Finished>,
+    /// `CLIENT ID` of the fetch thread's blocking connection, to unblock it.
+    fetch_client: Mutex<Option<i64>>,
+}
+
+impl Shared {
+    fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
+    }
+
+    /// Keeps the latest [`FINISHED_KEEP`] reports: when the channel is full,
+    /// the oldest unread one makes room.
+    fn publish_finished(&self, mut f: Finished) {
+        loop {
+            match self.finished_tx.try_send(f) {
+                Ok(()) => return,
+                Err(crossbeam_channel::TrySendError::Full(back)) => {
+                    let _ = self.finished_rx.try_recv();
+                    f = back;
+                }
+                Err(crossbeam_channel::TrySendError::Disconnected(_)) => return,
+            }
+        }
+    }
 }
 
 /// A swarm worker; see the [module docs](crate::swarm).
@@ -189,9 +269,11 @@ struct Shared {
 /// ```
 pub struct SwarmWorker {
     shared: Arc<Shared>,
-    pool: Arc<ThreadPool>,
-    threads: Mutex<Vec<JoinHandle<()>>>,
-    stop_tx: Sender<()>,
+    pool: Mutex<Option<Arc<ThreadPool>>>,
+    fetch: Mutex<Option<JoinHandle<()>>>,
+    supervisor: Mutex<Option<JoinHandle<()>>>,
+    shutdown_tx: Mutex<Option<Sender<()>>>,
+    supervisor_stop: Sender<()>,
 }
 
 impl SwarmWorker {
@@ -232,34 +314,40 @@ impl SwarmWorker {
             opts.threads,
             opts.threads,
         )?);
-        let (finished_tx, finished_rx) = unbounded();
+        let (finished_tx, finished_rx) = bounded(FINISHED_KEEP);
+        let (shutdown_tx, shutdown_rx) = bounded::<()>(1);
         let shared = Arc::new(Shared {
             queue: queue.clone(),
             opts,
             handler: Box::new(handler),
-            running: Mutex::new(HashMap::new()),
+            tasks: Mutex::new(Tasks::default()),
+            slot_freed: Condvar::new(),
             stopping: AtomicBool::new(false),
+            shutdown_rx,
+            give_up_at: Mutex::new(None),
+            handed_back: AtomicUsize::new(0),
             finished_tx,
             finished_rx,
+            fetch_client: Mutex::new(None),
         });
         // Control messages for any task of this queue: one pattern
         // subscription per worker, routed to the running task by id.
         let control = queue
             .swarm
             .psubscribe(&format!("{}*:control", queue.keys.task_prefix()))?;
-        let (stop_tx, stop_rx) = bounded::<()>(2);
+        let (supervisor_stop, supervisor_stop_rx) = bounded::<()>(1);
         let fetch = {
-            let (shared, pool, stop_rx) = (shared.clone(), pool.clone(), stop_rx.clone());
+            let (shared, pool) = (shared.clone(), pool.clone());
             std::thread::Builder::new()
                 .name(format!("swarm-fetch-{}", queue.name))
-                .spawn(move || fetch_loop(shared, pool, stop_rx))
+                .spawn(move || fetch_loop(shared, pool))
                 .map_err(|e| Error::invalid("worker", format!("cannot spawn thread: {e}")))?
         };
         let supervisor = {
             let shared = shared.clone();
             std::thread::Builder::new()
                 .name(format!("swarm-supervisor-{}", queue.name))
-                .spawn(move || supervise(shared, control, stop_rx))
+                .spawn(move || supervise(shared, control, supervisor_stop_rx))
                 .map_err(|e| Error::invalid("worker", format!("cannot spawn thread: {e}")))?
         };
         log::info!(
@@ -270,13 +358,18 @@ impl SwarmWorker {
         );
         Ok(SwarmWorker {
             shared,
-            pool,
-            threads: Mutex::new(vec![fetch, supervisor]),
-            stop_tx,
+            pool: Mutex::new(Some(pool)),
+            fetch: Mutex::new(Some(fetch)),
+            supervisor: Mutex::new(Some(supervisor)),
+            shutdown_tx: Mutex::new(Some(shutdown_tx)),
+            supervisor_stop,
         })
     }
 
-    /// Every attempt this worker finished, as it finishes.
+    /// The attempts this worker finished, as they finish. The channel keeps
+    /// the latest [`FINISHED_KEEP`] unread ones (older ones make room), so
+    /// a worker nobody reads from does not grow; every clone reads the same
+    /// channel.
     ///
     /// ```no_run
     /// # fn demo(w: &redswarm::SwarmWorker) {
@@ -287,60 +380,130 @@ impl SwarmWorker {
         self.shared.finished_rx.clone()
     }
 
-    /// Tasks running right now.
+    /// Tasks claimed right now (running, or reporting their outcome); never
+    /// more than [`WorkerOptions::threads`].
     ///
     /// ```no_run
     /// # fn demo(w: &redswarm::SwarmWorker) { log::info!("{}", w.running()); }
     /// ```
     pub fn running(&self) -> usize {
-        self.shared.running.lock().len()
+        self.shared.tasks.lock().map.len()
     }
 
     /// Graceful shutdown: stop fetching, let running tasks finish within
-    /// the grace period, then tell the rest to stop and hand them back to
-    /// the queue at once (no waiting for lease expiry). Returns how many
-    /// were handed back. Waits for handlers to return.
+    /// the grace period, then tell the rest to stop; they hand their tasks
+    /// back to the queue at once (no waiting for lease expiry). Handlers
+    /// that ignore the stop signal are not waited for: their tasks are
+    /// handed back for them. Returns within the grace period plus
+    /// [`SHUTDOWN_MARGIN`] (what Redis could not be told by then is left to
+    /// the lease), with how many tasks were handed back.
     ///
     /// ```no_run
     /// # fn demo(w: redswarm::SwarmWorker) { let handed_back = w.shutdown(); }
     /// ```
     pub fn shutdown(&self) -> usize {
-        if self.shared.stopping.swap(true, Ordering::SeqCst) {
+        let shared = &self.shared;
+        if shared.stopping.swap(true, Ordering::SeqCst) {
             return 0;
         }
-        let _ = self.stop_tx.try_send(());
-        let _ = self.stop_tx.try_send(());
-        // Saturating: a grace of Duration::MAX waits as long as tasks run.
-        let deadline = Deadline::after(self.shared.opts.grace);
-        while !deadline.has_passed() && !self.shared.running.lock().is_empty() {
-            std::thread::sleep(Duration::from_millis(10));
+        // Saturating: a grace of Duration::MAX waits as long as tasks run
+        // (a century stands for "never").
+        let now = Instant::now();
+        let grace_end = deadline_after(now, shared.opts.grace)
+            .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600));
+        let hard_end = deadline_after(grace_end, SHUTDOWN_MARGIN).unwrap_or(grace_end);
+        *shared.give_up_at.lock() = Some(hard_end);
+        // Wake the fetch loop: its sleeps end, its blocking read is unblocked.
+        self.shutdown_tx.lock().take();
+        let fetch_client = *shared.fetch_client.lock();
+        if let Some(id) = fetch_client {
+            let s = shared.clone();
+            let _ = std::thread::Builder::new()
+                .name("swarm-unblock".into())
+                .spawn(move || unblock(&s, id));
         }
-        let left: Vec<(String, u64, Arc<StopSignal>)> = self
-            .shared
-            .running
+        wait_for_tasks(shared, grace_end);
+        for r in shared.tasks.lock().map.values() {
+            r.stop.stop(StopReason::ShuttingDown);
+        }
+        // Stopped handlers hand their tasks back themselves.
+        wait_for_tasks(
+            shared,
+            deadline_after(grace_end, SHUTDOWN_MARGIN / 2).unwrap_or(grace_end),
+        );
+        // The rest ignore the stop (or cannot report): hand them back here,
+        // on a helper thread so that an unreachable Redis cannot hold this
+        // call past its bound. Their late reports will be rejected as stale.
+        let left: Vec<(String, u64)> = shared
+            .tasks
             .lock()
+            .map
             .iter()
-            .map(|(id, r)| (id.clone(), r.fence, r.stop.clone()))
+            .filter(|(_, r)| !r.finishing)
+            .map(|(id, r)| (id.clone(), r.fence))
             .collect();
         let mut handed_back = 0;
-        for (id, fence, stop) in left {
-            stop.stop(StopReason::ShuttingDown);
-            match finish(&self.shared.queue, &id, fence, "handback", "") {
-                Ok(Some(_)) => {
-                    handed_back += 1;
-                    log::info!("task {id} handed back to the queue");
-                }
-                Ok(None) => {}
-                Err(e) => log::warn!(
-                    "task {id} not handed back ({e}); it is re-queued when its lease expires"
-                ),
+        if !left.is_empty() {
+            let (tx, rx) = bounded(1);
+            let q = shared.queue.clone();
+            let spawned = std::thread::Builder::new()
+                .name("swarm-handback".into())
+                .spawn(move || {
+                    let mut n = 0;
+                    for (id, fence) in left {
+                        if Instant::now() >= hard_end {
+                            break;
+                        }
+                        match finish(&q, &id, fence, "handback", "") {
+                            Ok(FinishReply::Applied { .. }) => {
+                                n += 1;
+                                log::info!("task {id} handed back to the queue (its handler ignored the stop)");
+                            }
+                            Ok(FinishReply::Stale(_)) => {}
+                            Err(e) => log::warn!(
+                                "task {id} not handed back ({e}); it is re-queued when its lease expires"
+                            ),
+                        }
+                    }
+                    let _ = tx.send(n);
+                });
+            if spawned.is_ok() {
+                handed_back += rx
+                    .recv_timeout(hard_end.saturating_duration_since(Instant::now()))
+                    .unwrap_or(0);
+            }
+            // Their leases end here: nobody renews a task handed back.
+            let mut tasks = shared.tasks.lock();
+            tasks.map.retain(|_, r| r.finishing);
+        }
+        wait_for_tasks(shared, hard_end);
+        let _ = self.supervisor_stop.try_send(());
+        let fetch = self.fetch.lock().take();
+        let supervisor = self.supervisor.lock().take();
+        let mut all_joined = true;
+        for t in [fetch, supervisor].into_iter().flatten() {
+            while !t.is_finished() && Instant::now() < hard_end {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if t.is_finished() {
+                let _ = t.join();
+            } else {
+                all_joined = false;
             }
         }
-        for t in self.threads.lock().drain(..) {
-            let _ = t.join();
+        if let Some(pool) = self.pool.lock().take() {
+            if all_joined && shared.tasks.lock().map.is_empty() && pool.idle() == pool.size() {
+                pool.join();
+            } else {
+                // A handler that ignores its stop holds a thread: join the
+                // pool in the background instead of waiting for it here.
+                let _ = std::thread::Builder::new()
+                    .name("swarm-pool-join".into())
+                    .spawn(move || drop(pool));
+            }
         }
-        self.pool.join();
-        log::info!("worker on queue `{}` stopped", self.shared.queue.name);
+        handed_back += shared.handed_back.load(Ordering::SeqCst);
+        log::info!("worker on queue `{}` stopped", shared.queue.name);
         handed_back
     }
 }
@@ -351,24 +514,63 @@ impl Drop for SwarmWorker {
     }
 }
 
-/// Claims tasks while threads are free; blocks on the queue's wake-up list
-/// (never polls) with a bounded timeout so delayed tasks coming due and
-/// shutdown are noticed.
-fn fetch_loop(shared: Arc<Shared>, pool: Arc<ThreadPool>, stop: Receiver<()>) {
+/// Waits until no task is claimed or `until` has passed.
+fn wait_for_tasks(shared: &Shared, until: Instant) {
+    let mut tasks = shared.tasks.lock();
+    while !tasks.map.is_empty() {
+        if shared.slot_freed.wait_until(&mut tasks, until).timed_out() {
+            return;
+        }
+    }
+}
+
+/// Waits (up to `timeout`) until fewer tasks are claimed than there are
+/// threads. A slot is taken at claim and freed when the task's report is
+/// settled, so a worker never holds a task it has no thread for.
+fn wait_for_slot(shared: &Shared, timeout: Duration) -> bool {
+    let mut tasks = shared.tasks.lock();
+    if tasks.map.len() < shared.opts.threads {
+        return true;
+    }
+    let _ = shared.slot_freed.wait_for(&mut tasks, timeout);
+    tasks.map.len() < shared.opts.threads
+}
+
+/// Whether the partition verdict says stop. Without peers to ask
+/// (`known == 0`), losing Redis is no verdict: a mere Redis restart must not
+/// make every worker drop its tasks. Leases then end by their local
+/// deadline (self-fencing), which is what makes keeping them safe.
+fn cut_off(state: PartitionState) -> bool {
+    matches!(state, PartitionState::Partitioned { known, .. } if known > 0)
+}
+
+/// Claims tasks while a slot is free; blocks on the queue's wake-up list
+/// (never polls) until a marker comes or the earliest delayed task is due.
+fn fetch_loop(shared: Arc<Shared>, pool: Arc<ThreadPool>) {
     let queue = &shared.queue;
     let cfg = queue.swarm.config().clone();
     let mut blocking: Option<redis::Connection> = None;
     let mut last_reap = Instant::now();
     let mut backoff = cfg.reconnect_min;
-    while !shared.stopping.load(Ordering::SeqCst) {
-        if !queue.swarm.partition_state().may_work() {
+    // A claim token is spent only by a grant. After a claim whose outcome is
+    // unknown (its reply was lost; the request may even reach Redis later,
+    // held up by the network) the same token is sent again: it returns the
+    // same grant instead of a second task.
+    let mut token = random_id();
+    let mut unconfirmed_since: Option<Instant> = None;
+    let token_ttl = Duration::from_millis(token_ttl_ms(&shared));
+    while !shared.stopping() {
+        if unconfirmed_since.is_some_and(|t| t.elapsed() >= token_ttl) {
+            // Redis has forgotten the token by now: nothing to recover.
+            token = random_id();
+            unconfirmed_since = None;
+        }
+        if cut_off(queue.swarm.partition_state()) {
             // Cut off: start nothing (the supervisor stops what runs).
-            if stop.recv_timeout(cfg.heartbeat_interval).is_ok() {
-                break;
-            }
+            let _ = shared.shutdown_rx.recv_timeout(cfg.heartbeat_interval);
             continue;
         }
-        if !pool.wait_idle(Duration::from_millis(200)) {
+        if !wait_for_slot(&shared, Duration::from_millis(200)) {
             continue;
         }
         if last_reap.elapsed() >= shared.opts.reap_every {
@@ -377,26 +579,99 @@ fn fetch_loop(shared: Arc<Shared>, pool: Arc<ThreadPool>, stop: Receiver<()>) {
                 log::debug!("opportunistic reap failed: {e}");
             }
         }
-        match claim(&shared) {
+        match claim(&shared, &token) {
             Ok(Claimed::Task(task)) => {
                 backoff = cfg.reconnect_min;
+                if unconfirmed_since.is_some() {
+                    log::info!(
+                        "task {} attempt {}: claim recovered after its reply was lost",
+                        task.id,
+                        task.attempt
+                    );
+                }
+                token = random_id();
+                unconfirmed_since = None;
                 start_task(&shared, &pool, task);
             }
-            Ok(Claimed::Nothing { next_delayed }) => {
+            Ok(Claimed::Spent) => {
                 backoff = cfg.reconnect_min;
-                let mut wait = Duration::from_millis(500);
+                token = random_id();
+                unconfirmed_since = None;
+            }
+            Ok(Claimed::Nothing {
+                next_delayed,
+                next_lease,
+            }) => {
+                backoff = cfg.reconnect_min;
+                let mut wait = IDLE_WAIT_CAP;
                 if let Some(d) = next_delayed {
-                    wait = wait.min(d.max(Duration::from_millis(1)));
+                    wait = wait.min(d);
                 }
-                block_for_work(&shared, &mut blocking, wait);
+                if let Some(l) = next_lease {
+                    // Wake to reap when a lease of the queue could end.
+                    let reap_due = shared.opts.reap_every.saturating_sub(last_reap.elapsed());
+                    wait = wait.min(l.max(reap_due));
+                }
+                if unconfirmed_since.is_some() {
+                    // A lost claim request may still reach Redis: look for
+                    // its grant every beat rather than after a lease.
+                    wait = wait.min(cfg.heartbeat_interval);
+                }
+                block_for_work(&shared, &mut blocking, wait.max(Duration::from_millis(1)));
             }
             Err(e) => {
-                log::warn!("claim on queue `{}` failed: {e}", queue.name);
-                if stop.recv_timeout(backoff).is_ok() {
-                    break;
+                if matches!(e, Error::Redis(_)) {
+                    // Sent, but no answer: it may have been applied.
+                    unconfirmed_since = Some(Instant::now());
+                    log::warn!(
+                        "claim on queue `{}` failed: {e}; retrying with the same claim token",
+                        queue.name
+                    );
+                } else {
+                    // Refused before any write (CorruptData), or never sent
+                    // (no connection).
+                    log::warn!("claim on queue `{}` failed: {e}", queue.name);
                 }
+                let _ = shared.shutdown_rx.recv_timeout(backoff);
                 backoff = (backoff * 2).min(cfg.reconnect_max);
             }
+        }
+    }
+    if unconfirmed_since.is_some() {
+        match unclaim(&shared, &token) {
+            Ok(true) => log::info!("a claim whose reply was lost was handed back"),
+            Ok(false) => {}
+            Err(e) => log::warn!(
+                "a claim whose reply was lost could not be handed back ({e}); its lease will end it"
+            ),
+        }
+    }
+}
+
+/// `EINTR` as the OS words it: what a blocked socket read fails with after
+/// the process was stopped and continued (SIGSTOP/SIGCONT) when the socket
+/// has a timeout. redis-rs does not expose the error kind, only its text.
+fn is_interrupted(e: &redis::RedisError) -> bool {
+    // 4 is EINTR on Linux, macOS and the BSDs.
+    let eintr = std::io::Error::from_raw_os_error(4).to_string();
+    e.is_io_error() && e.to_string().contains(&eintr)
+}
+
+/// `CLIENT UNBLOCK`s the fetch thread's blocked `BLPOP` (its reply becomes
+/// nil, which redis-rs skips if the read was given up).
+fn unblock(shared: &Shared, client: i64) -> bool {
+    let r = shared.queue.swarm.store().conn().and_then(|mut c| {
+        let n: i64 = redis::cmd("CLIENT")
+            .arg("UNBLOCK")
+            .arg(client)
+            .query(&mut *c)?;
+        Ok(n)
+    });
+    match r {
+        Ok(_) => true,
+        Err(e) => {
+            log::debug!("could not unblock the fetch connection: {e}");
+            false
         }
     }
 }
@@ -406,14 +681,25 @@ fn fetch_loop(shared: Arc<Shared>, pool: Arc<ThreadPool>, stop: Receiver<()>) {
 fn block_for_work(shared: &Shared, conn: &mut Option<redis::Connection>, wait: Duration) {
     let store = shared.queue.swarm.store();
     if conn.is_none() {
-        match store.dedicated.open() {
-            Ok(c) => *conn = Some(c),
+        let opened = store.dedicated.open().and_then(|mut c| {
+            let id: i64 = redis::cmd("CLIENT").arg("ID").query(&mut c)?;
+            Ok((c, id))
+        });
+        match opened {
+            Ok((c, id)) => {
+                *conn = Some(c);
+                *shared.fetch_client.lock() = Some(id);
+            }
             Err(e) => {
                 log::debug!("fetch connection: {e}");
-                std::thread::sleep(wait);
+                let pause = wait.min(store.config.reconnect_max);
+                let _ = shared.shutdown_rx.recv_timeout(pause);
                 return;
             }
         }
+    }
+    if shared.stopping() {
+        return;
     }
     let Some(c) = conn.as_mut() else { return };
     let secs = wait.as_secs_f64().max(0.01);
@@ -422,10 +708,23 @@ fn block_for_work(shared: &Shared, conn: &mut Option<redis::Connection>, wait: D
         .arg(&shared.queue.keys.marker)
         .arg(format!("{secs:.3}"))
         .query(c);
-    if let Err(e) = r {
-        log::debug!("wait for work: {e}");
-        *conn = None;
+    let Err(e) = r else { return };
+    if shared.stopping() {
+        return;
     }
+    let client = *shared.fetch_client.lock();
+    if is_interrupted(&e) {
+        // The process was stopped and continued. The connection is fine:
+        // end the BLPOP still blocked in Redis (a marker it would take
+        // must not be lost with a reply nobody reads) and carry on.
+        if client.is_some_and(|id| unblock(shared, id)) {
+            log::debug!("wait for work interrupted (SIGSTOP/SIGCONT?); retrying");
+            return;
+        }
+    }
+    log::debug!("wait for work: {e}");
+    *conn = None;
+    *shared.fetch_client.lock() = None;
 }
 
 struct ClaimedTask {
@@ -433,65 +732,123 @@ struct ClaimedTask {
     fence: u64,
     attempt: u32,
     timeout: Option<Duration>,
-    data: serde_json::Value,
+    /// The payload, or why it is unusable.
+    data: std::result::Result<serde_json::Value, String>,
     sent: Instant,
 }
 
 enum Claimed {
     Task(ClaimedTask),
-    Nothing { next_delayed: Option<Duration> },
+    Nothing {
+        next_delayed: Option<Duration>,
+        next_lease: Option<Duration>,
+    },
+    /// The token belonged to an earlier claim that is over: claim again.
+    Spent,
 }
 
-fn claim(shared: &Shared) -> Result<Claimed> {
+/// How long the claim token is remembered in Redis (ms).
+fn token_ttl_ms(shared: &Shared) -> u64 {
+    saturating_millis(shared.opts.lease.saturating_mul(CLAIM_TOKEN_LEASES)).max(1)
+}
+
+fn claim(shared: &Shared, token: &str) -> Result<Claimed> {
     let q = &shared.queue;
     let mut conn = q.swarm.conn()?;
     let sent = Instant::now();
-    let reply: Vec<Value> = invoke(
+    let reply: Vec<Value> = queue_invoke(
         QUEUE_CLAIM
             .prepare()
             .key(&q.keys.ready)
             .key(&q.keys.delayed)
             .key(&q.keys.running)
             .key(&q.keys.marker)
+            .key(q.keys.claim(token))
+            .key(&q.keys.failed)
+            .key(&q.keys.ended)
             .arg(q.keys.task_prefix())
             .arg(q.swarm.node_id())
             .arg(millis(shared.opts.lease))
-            .arg(&q.keys.events),
+            .arg(&q.keys.events)
+            .arg(token)
+            .arg(token_ttl_ms(shared)),
         &mut *conn,
     )?;
     let corrupt = |why: String| Error::corrupt(&q.keys.running, format!("claim reply: {why}"));
     let get = |i: usize| -> Option<&Value> { reply.get(i).filter(|v| !matches!(v, Value::Nil)) };
-    let next_delayed = get(6)
-        .and_then(|v| redis::from_redis_value_ref::<i64>(v).ok())
-        .and_then(|n| u64::try_from(n).ok())
-        .map(Duration::from_millis);
-    let Some(id) = get(0) else {
-        return Ok(Claimed::Nothing { next_delayed });
+    let text = |i: usize, what: &str| -> Result<String> {
+        let v = get(i).ok_or_else(|| corrupt(format!("missing {what}")))?;
+        match v {
+            Value::Int(n) => Ok(n.to_string()),
+            v => redis::from_redis_value_ref::<String>(v)
+                .map_err(|e| corrupt(format!("{what}: {e}"))),
+        }
     };
-    let s = |v: Option<&Value>, what: &str| -> Result<String> {
-        v.ok_or_else(|| corrupt(format!("missing {what}")))
-            .and_then(|v| {
-                redis::from_redis_value_ref::<String>(v).map_err(|e| corrupt(e.to_string()))
-            })
-    };
-    let id = s(Some(id), "id")?;
-    let fence: u64 = s(get(1), "fence")?
+    let count_at = |i: usize| -> Option<u64> { text(i, "count").ok()?.parse().ok() };
+    let millis_at = |i: usize| count_at(i).map(Duration::from_millis);
+    let failed = count_at(9).unwrap_or(0);
+    if failed > 0 {
+        log::warn!(
+            "queue `{}`: {failed} task(s) with unusable records moved to the failed set",
+            q.name
+        );
+    }
+    if get(0).is_none() {
+        if count_at(8).is_some_and(|spent| spent > 0) {
+            return Ok(Claimed::Spent);
+        }
+        return Ok(Claimed::Nothing {
+            next_delayed: millis_at(6),
+            next_lease: millis_at(7),
+        });
+    }
+    let id = text(0, "id")?;
+    let fence: u64 = text(1, "fence")?
         .parse()
         .map_err(|e| corrupt(format!("fence: {e}")))?;
-    let attempt: u32 = s(get(2), "attempts")?
+    let attempt: u32 = text(2, "attempts")?
         .parse()
         .map_err(|e| corrupt(format!("attempts: {e}")))?;
-    let timeout_ms: u64 = s(get(4), "timeout")?.parse().unwrap_or(0);
-    let data =
-        serde_json::from_str(&s(get(5), "data")?).map_err(|e| corrupt(format!("data: {e}")))?;
+    let timeout_ms: u64 = text(4, "timeout")?
+        .parse()
+        .map_err(|e| corrupt(format!("timeout: {e}")))?;
+    let data = text(5, "data")
+        .and_then(|d| serde_json::from_str(&d).map_err(|e| corrupt(format!("data: {e}"))));
     Ok(Claimed::Task(ClaimedTask {
+        data: data.map_err(|_| {
+            format!(
+                "corrupt data at `{}`: field `data` is not JSON",
+                q.keys.task(&id)
+            )
+        }),
         id,
         fence,
         attempt,
         timeout: (timeout_ms > 0).then(|| Duration::from_millis(timeout_ms)),
-        data,
         sent,
     }))
+}
+
+/// Hands back the claim made under `token` if it happened (its reply was
+/// lost); spends the token either way.
+fn unclaim(shared: &Shared, token: &str) -> Result<bool> {
+    let q = &shared.queue;
+    let mut conn = q.swarm.store().conn()?;
+    let n: i64 = queue_invoke(
+        QUEUE_UNCLAIM
+            .prepare()
+            .key(q.keys.claim(token))
+            .key(&q.keys.running)
+            .key(&q.keys.delayed)
+            .key(&q.keys.marker)
+            .key(&q.keys.ended)
+            .arg(q.keys.task_prefix())
+            .arg(token)
+            .arg(token_ttl_ms(shared))
+            .arg(&q.keys.events),
+        &mut *conn,
+    )?;
+    Ok(n == 1)
 }
 
 fn start_task(shared: &Arc<Shared>, pool: &ThreadPool, task: ClaimedTask) {
@@ -510,85 +867,188 @@ fn start_task(shared: &Arc<Shared>, pool: &ThreadPool, task: ClaimedTask) {
     );
     let stop = StopSignal::new();
     let (control_tx, control_rx) = bounded(64);
-    shared.running.lock().insert(
-        task.id.clone(),
-        Running {
-            attempt: task.attempt,
-            fence: task.fence,
-            started: Instant::now(),
-            timeout: task.timeout,
-            stop: stop.clone(),
-            control: control_tx,
-            lease,
-        },
-    );
+    {
+        let mut tasks = shared.tasks.lock();
+        if tasks.early_cancels.remove(&task.id).is_some() {
+            stop.stop(StopReason::Cancelled);
+        }
+        tasks.map.insert(
+            task.id.clone(),
+            Running {
+                attempt: task.attempt,
+                fence: task.fence,
+                started: Instant::now(),
+                timeout: task.timeout,
+                stop: stop.clone(),
+                control: control_tx,
+                lease,
+                finishing: false,
+            },
+        );
+    }
     let ctx = TaskContext {
         id: task.id.clone(),
-        data: task.data,
+        data: task
+            .data
+            .as_ref()
+            .cloned()
+            .unwrap_or(serde_json::Value::Null),
         attempt: task.attempt,
         fence: task.fence,
         queue: q.clone(),
         stop,
         control: control_rx,
     };
+    let unusable = task.data.err();
     let job_shared = shared.clone();
-    if let Err(e) = pool.execute(move || run_task(job_shared, ctx)) {
+    if let Err(e) = pool.execute(move || run_task(job_shared, ctx, unusable)) {
         // Only after shutdown; the claim is handed back.
         log::warn!("task {} not started: {e}", task.id);
-        shared.running.lock().remove(&task.id);
         let _ = finish(q, &task.id, task.fence, "handback", "");
+        shared.tasks.lock().map.remove(&task.id);
+        shared.slot_freed.notify_all();
     }
 }
 
-fn run_task(shared: Arc<Shared>, ctx: TaskContext) {
-    let outcome = catch_unwind(AssertUnwindSafe(|| (shared.handler)(&ctx)))
-        .unwrap_or_else(|p| Err(format!("handler panicked: {}", panic_message(p.as_ref()))));
-    let running = shared.running.lock().remove(&ctx.id);
-    let lease_lost = running.as_ref().is_none_or(|r| r.lease.is_lost());
-    let how = match (ctx.stop_reason(), &outcome) {
-        (Some(StopReason::ShuttingDown), _) => None, // already handed back
-        (Some(StopReason::Cancelled), _) => Some(("cancelled", String::new())),
-        (Some(StopReason::TimedOut), _) => Some(("failed", "timed out".to_string())),
-        (Some(StopReason::LeaseLost | StopReason::Partitioned), Err(_)) => None,
-        (_, Ok(v)) => Some(("ok", v.to_string())),
-        (_, Err(e)) => Some(("failed", e.clone())),
-    };
-    let finished_how = match how {
-        None => FinishedHow::Abandoned(format!("{:?}", ctx.stop_reason())),
-        Some((how, text)) => match finish(&shared.queue, &ctx.id, ctx.fence, how, &text) {
-            Ok(Some(event)) => match event.as_str() {
-                "completed" => FinishedHow::Completed,
-                "retrying" => FinishedHow::Retrying(text),
-                "failed" => FinishedHow::Failed(text),
-                "cancelled" => FinishedHow::Cancelled,
-                _ => FinishedHow::HandedBack,
-            },
-            Ok(None) => {
-                log::warn!(
-                    "task {} attempt {}: completion rejected (fencing token {} is stale{})",
-                    ctx.id,
-                    ctx.attempt,
-                    ctx.fence,
-                    if lease_lost { ", lease was lost" } else { "" }
-                );
-                FinishedHow::Rejected
+/// Runs the handler (unless the record is unusable) and reports the
+/// outcome until Redis takes it.
+fn run_task(shared: Arc<Shared>, ctx: TaskContext, unusable: Option<String>) {
+    let (how, text) = match unusable {
+        Some(why) => {
+            log::warn!("task {}: {why}", ctx.id);
+            ("corrupt", why)
+        }
+        None => {
+            let outcome =
+                catch_unwind(AssertUnwindSafe(|| (shared.handler)(&ctx))).unwrap_or_else(|p| {
+                    Err(format!("handler panicked: {}", panic_message(p.as_ref())))
+                });
+            match (ctx.stop_reason(), outcome) {
+                (Some(StopReason::Cancelled), _) => ("cancelled", String::new()),
+                (Some(StopReason::TimedOut), _) => ("failed", "timed out".to_string()),
+                // Stopped for a reason that is not the task's: it goes back
+                // to the queue at once if the claim is still ours (fenced).
+                (
+                    Some(
+                        StopReason::ShuttingDown | StopReason::LeaseLost | StopReason::Partitioned,
+                    ),
+                    Err(_),
+                ) => ("handback", String::new()),
+                (_, Ok(v)) => ("ok", v.to_string()),
+                (_, Err(e)) => ("failed", e),
             }
-            Err(e) => FinishedHow::Abandoned(e.to_string()),
-        },
+        }
     };
-    let _ = shared.finished_tx.send(Finished {
+    if let Some(r) = shared.tasks.lock().map.get_mut(&ctx.id) {
+        // The lease stays registered until the report lands; a renewal
+        // refused because the report landed first is no news.
+        r.finishing = true;
+        r.lease.ending();
+    }
+    let how = report(&shared, &ctx, how, &text);
+    if how == FinishedHow::HandedBack && shared.stopping() {
+        shared.handed_back.fetch_add(1, Ordering::SeqCst);
+    }
+    shared.tasks.lock().map.remove(&ctx.id);
+    shared.slot_freed.notify_all();
+    shared.publish_finished(Finished {
         id: ctx.id.clone(),
         attempt: ctx.attempt,
         fencing_token: ctx.fence,
-        how: finished_how,
+        how,
     });
 }
 
-/// Runs the finish script; `Ok(Some(event))` when applied, `Ok(None)` when
-/// the claim was stale.
-fn finish(queue: &Queue, id: &str, fence: u64, how: &str, text: &str) -> Result<Option<String>> {
+/// Reports an outcome until Redis takes it or proves the claim stale. The
+/// report is fenced and idempotent, so sending it again after a lost reply
+/// is safe. Gives up only when shutdown's bound is reached.
+fn report(shared: &Shared, ctx: &TaskContext, how: &str, text: &str) -> FinishedHow {
+    let cfg = shared.queue.swarm.config();
+    let mut delay = cfg.reconnect_min;
+    let mut failures = 0u32;
+    loop {
+        match finish(&shared.queue, &ctx.id, ctx.fence, how, text) {
+            Ok(FinishReply::Applied { event, error }) => {
+                if failures > 0 {
+                    log::info!(
+                        "task {} attempt {}: `{how}` reported after {failures} failed tries",
+                        ctx.id,
+                        ctx.attempt
+                    );
+                }
+                return match event.as_str() {
+                    "completed" => FinishedHow::Completed,
+                    "retrying" => FinishedHow::Retrying(error),
+                    "failed" => FinishedHow::Failed(error),
+                    "cancelled" => FinishedHow::Cancelled,
+                    _ => FinishedHow::HandedBack,
+                };
+            }
+            Ok(FinishReply::Stale(state)) => {
+                if how != "handback" {
+                    log::warn!(
+                        "task {} attempt {}: `{how}` rejected (fencing token {} is stale; the task is {state} now)",
+                        ctx.id,
+                        ctx.attempt,
+                        ctx.fence
+                    );
+                }
+                return FinishedHow::Rejected;
+            }
+            Err(e) => {
+                failures += 1;
+                let give_up = *shared.give_up_at.lock();
+                if give_up.is_some_and(|at| Instant::now() + delay >= at) {
+                    log::warn!(
+                        "task {} attempt {}: `{how}` not reported before shutdown ended ({e}); its lease will end it",
+                        ctx.id,
+                        ctx.attempt
+                    );
+                    return FinishedHow::Abandoned(e.to_string());
+                }
+                if failures == 1 {
+                    log::warn!(
+                        "task {} attempt {}: reporting `{how}` failed ({e}); retrying until Redis takes it",
+                        ctx.id,
+                        ctx.attempt
+                    );
+                } else {
+                    log::debug!("task {}: reporting `{how}` failed again: {e}", ctx.id);
+                }
+                std::thread::sleep(delay);
+                delay = (delay * 2).min(cfg.reconnect_max);
+            }
+        }
+    }
+}
+
+/// What the finish script answered.
+enum FinishReply {
+    /// Applied (now or by an earlier try of the same report): the event,
+    /// and the error text for a failure.
+    Applied { event: String, error: String },
+    /// The claim is stale: the task's current state.
+    Stale(String),
+}
+
+/// A fraction in [0, 1) for backoff jitter (`RandomState` is seeded per
+/// process and advanced per call; no `rand` dependency needed).
+fn jitter() -> f64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// Runs the finish script once.
+fn finish(queue: &Queue, id: &str, fence: u64, how: &str, text: &str) -> Result<FinishReply> {
     let mut conn = queue.swarm.store().conn()?;
-    let (applied, what): (i64, String) = invoke(
+    let reply: Vec<Value> = queue_invoke(
         QUEUE_FINISH
             .prepare()
             .key(queue.keys.task(id))
@@ -604,46 +1064,135 @@ fn finish(queue: &Queue, id: &str, fence: u64, how: &str, text: &str) -> Result<
             .arg(&queue.keys.events)
             .arg(queue.keep_ended)
             .arg(millis(queue.keep_ended_for))
-            .arg(queue.keys.task_prefix()),
+            .arg(queue.keys.task_prefix())
+            .arg(format!("{:.6}", jitter())),
         &mut *conn,
     )?;
-    Ok((applied == 1).then_some(what))
+    let corrupt = |why: &str| Error::corrupt(queue.keys.task(id), format!("finish reply: {why}"));
+    let text_at = |i: usize| -> Option<String> {
+        reply
+            .get(i)
+            .and_then(|v| redis::from_redis_value_ref::<String>(v).ok())
+    };
+    let applied = reply
+        .first()
+        .and_then(|v| redis::from_redis_value_ref::<i64>(v).ok())
+        .ok_or_else(|| corrupt("no status"))?;
+    let what = text_at(1).ok_or_else(|| corrupt("no event"))?;
+    Ok(if applied == 1 {
+        FinishReply::Applied {
+            event: what,
+            error: text_at(2).unwrap_or_default(),
+        }
+    } else {
+        FinishReply::Stale(what)
+    })
+}
+
+/// Looks up `cancel_requested` of the running tasks in Redis: the fallback
+/// for `cancel` messages this worker missed (pub/sub is lossy).
+fn recheck_cancels(shared: &Shared) {
+    let ids: Vec<String> = shared
+        .tasks
+        .lock()
+        .map
+        .iter()
+        .filter(|(_, r)| !r.finishing)
+        .map(|(id, _)| id.clone())
+        .collect();
+    if ids.is_empty() {
+        return;
+    }
+    let mut pipe = redis::pipe();
+    for id in &ids {
+        pipe.hget(shared.queue.keys.task(id), "cancel_requested");
+    }
+    let flags: Result<Vec<Option<String>>> = shared
+        .queue
+        .swarm
+        .store()
+        .conn()
+        .and_then(|mut c| Ok(pipe.query(&mut *c)?));
+    match flags {
+        Ok(flags) => {
+            let tasks = shared.tasks.lock();
+            for (id, flag) in ids.iter().zip(flags) {
+                if let (Some(_), Some(r)) = (flag, tasks.map.get(id)) {
+                    if r.stop.reason().is_none() {
+                        log::info!("task {id}: cancellation found in Redis");
+                    }
+                    r.stop.stop(StopReason::Cancelled);
+                }
+            }
+        }
+        Err(e) => log::debug!("cancellation re-check failed: {e}"),
+    }
 }
 
 /// Tells running tasks to stop when a control message, a timeout, a lost
-/// lease or a partition says so.
+/// lease or a partition verdict says so.
 fn supervise(shared: Arc<Shared>, control: crate::Subscription, stop: Receiver<()>) {
     let prefix = shared.queue.keys.task_prefix();
     let tick = Duration::from_millis(50);
+    let recheck_every = shared.queue.swarm.config().wait_recheck;
+    let mut last_recheck = Instant::now();
     loop {
         crossbeam_channel::select! {
             recv(stop) -> _ => return,
-            recv(control.receiver()) -> msg => {
-                if let Ok(SubEvent::Message(m)) = msg {
+            recv(control.receiver()) -> msg => match msg {
+                Ok(SubEvent::Message(m)) => {
                     let id = m.channel.strip_prefix(&prefix).and_then(|r| r.strip_suffix(":control"));
                     if let (Some(id), Some(message)) = (id, m.payload_str()) {
-                        if let Some(r) = shared.running.lock().get(id) {
-                            if message == "cancel" {
+                        let mut tasks = shared.tasks.lock();
+                        match tasks.map.get(id) {
+                            Some(r) if message == "cancel" => {
                                 log::info!("task {id}: cancel requested");
                                 r.stop.stop(StopReason::Cancelled);
-                            } else if r.control.try_send(message.to_string()).is_err() {
+                            }
+                            Some(r) if r.control.try_send(message.to_string()).is_err() => {
                                 log::warn!("task {id}: control message {message:?} dropped (handler not reading)");
                             }
+                            Some(_) => {}
+                            None if message == "cancel" => {
+                                // Possibly a task whose claim reply is still
+                                // on its way here.
+                                tasks.early_cancels.insert(id.to_string(), Instant::now());
+                            }
+                            None => {}
                         }
                     }
                 }
-            }
+                Ok(SubEvent::Reconnected) => {
+                    // Messages may have been missed meanwhile.
+                    recheck_cancels(&shared);
+                    last_recheck = Instant::now();
+                }
+                Err(_) => std::thread::sleep(tick),
+            },
             default(tick) => {}
         }
-        let may_work = shared.queue.swarm.partition_state().may_work();
-        for (id, r) in shared.running.lock().iter() {
-            if !may_work {
+        if last_recheck.elapsed() >= recheck_every {
+            recheck_cancels(&shared);
+            last_recheck = Instant::now();
+        }
+        let cut = cut_off(shared.queue.swarm.partition_state());
+        let mut tasks = shared.tasks.lock();
+        tasks
+            .early_cancels
+            .retain(|_, at| at.elapsed() < EARLY_CANCEL_KEEP);
+        for (id, r) in tasks.map.iter() {
+            if r.finishing {
+                continue;
+            }
+            if cut {
                 r.stop.stop(StopReason::Partitioned);
             } else if r.lease.is_lost() {
-                log::warn!(
-                    "task {id} attempt {}: lease lost, telling it to stop",
-                    r.attempt
-                );
+                if r.stop.reason().is_none() {
+                    log::warn!(
+                        "task {id} attempt {}: lease lost, telling it to stop",
+                        r.attempt
+                    );
+                }
                 r.stop.stop(StopReason::LeaseLost);
             } else if r.timeout.is_some_and(|t| r.started.elapsed() >= t) {
                 r.stop.stop(StopReason::TimedOut);
