@@ -14,7 +14,7 @@ use crate::keys::Keys;
 use crate::lease::{Lease, LeaseTarget};
 use crate::lock::{LockGuard, LockOptions};
 use crate::multilock::{MultiLockGuard, MultiLockOptions};
-use crate::peer::{PeerIdentity, PeerListener};
+use crate::peer::{advertise_addr, PeerIdentity, PeerListener};
 use crate::semaphore::Semaphore;
 use crate::store::{PooledConnection, Store};
 use crate::subscriber::{Subscriber, Subscription};
@@ -41,6 +41,10 @@ struct Inner {
     store: Arc<Store>,
     fanout_flights: LocalFlights,
     peers: Option<PeerListener>,
+    /// Told to peers in ping answers; the runtime rewrite connects it to
+    /// the heartbeat's view of Redis.
+    #[allow(dead_code)]
+    reaches_redis: Arc<AtomicBool>,
     subscriber: Subscriber,
     heartbeat: Heartbeat,
     down: AtomicBool,
@@ -92,6 +96,9 @@ impl Redswarm {
             .clone()
             .unwrap_or_else(crate::util::random_id);
         let store = Store::open(config, node_id)?;
+        // Whether this node's heartbeat reaches Redis, as its peer answers
+        // report it (the heartbeat keeps it current once wired to it).
+        let reaches_redis = Arc::new(AtomicBool::new(true));
         let peers = match store.config.peer_listen {
             Some(bind) => Some(PeerListener::start(
                 bind,
@@ -100,18 +107,28 @@ impl Redswarm {
                     node_id: store.node_id.clone(),
                     secret: store.config.peer_secret.clone(),
                 },
+                // Valid peers send their line at once; a bound this short
+                // keeps slow clients from holding slots.
                 store
                     .config
-                    .heartbeat_interval
-                    .max(Duration::from_millis(500)),
+                    .peer_timeout
+                    .clamp(Duration::from_millis(250), Duration::from_secs(1)),
+                reaches_redis.clone(),
             )?),
             None => None,
         };
-        let advertised = store
-            .config
-            .peer_advertise
-            .clone()
-            .or_else(|| peers.as_ref().map(|p| p.addr().to_string()));
+        let advertised = match &peers {
+            Some(listener) => {
+                let (host, port) = crate::peer::redis_endpoint(&store.config.url);
+                Some(advertise_addr(
+                    listener.addr(),
+                    store.config.peer_advertise.as_deref(),
+                    &host,
+                    port,
+                )?)
+            }
+            None => store.config.peer_advertise.clone(),
+        };
         let heartbeat = Heartbeat::start(store.clone(), advertised)?;
         let subscriber = match Subscriber::start(store.clone()) {
             Ok(s) => s,
@@ -131,6 +148,7 @@ impl Redswarm {
                 store,
                 fanout_flights: LocalFlights::default(),
                 peers,
+                reaches_redis,
                 subscriber,
                 heartbeat,
                 down: AtomicBool::new(false),

@@ -21,7 +21,7 @@ use redis::Value;
 
 use crate::error::{Error, Result};
 use crate::lease::{Lease, LeaseRegistry, LeaseState, LeaseTarget};
-use crate::peer::{ping_all, PeerIdentity};
+use crate::peer::{ping_all, PeerAddr, PeerIdentity};
 use crate::scripts::{lua_script, query_pipeline};
 use crate::store::Store;
 use crate::util::millis;
@@ -132,8 +132,8 @@ struct Shared {
     started_ms: u64,
     peer_addr: Option<String>,
     identity: PeerIdentity,
-    /// Peer-ping addresses of the other live nodes, as last read from Redis.
-    peers: Mutex<Vec<String>>,
+    /// Ids and peer-ping addresses of the other live nodes, as last read from Redis.
+    peers: Mutex<Vec<PeerAddr>>,
     beats: AtomicU64,
     partition: Arc<Mutex<PartitionState>>,
     partition_watchers: Mutex<Vec<Sender<PartitionState>>>,
@@ -283,7 +283,7 @@ impl Heartbeat {
 
     /// The peer addresses this node would ping now.
     pub(crate) fn known_peers(&self) -> Vec<String> {
-        self.shared.peers.lock().clone()
+        self.shared.peers.lock().iter().map(|p| p.addr.clone()).collect()
     }
 
     pub(crate) fn nodes(&self, alive: bool) -> Result<Vec<NodeInfo>> {
@@ -497,12 +497,12 @@ fn update_peers(shared: &Shared, list: Value) {
         log::debug!("peer refresh: unexpected node list reply");
         return;
     };
-    let peers: Vec<String> = entries
+    let peers: Vec<PeerAddr> = entries
         .into_iter()
         .skip(1)
         .filter_map(|v| parse_node(&key, v).ok())
         .filter(|n| n.id != shared.store.node_id)
-        .filter_map(|n| n.peer_addr)
+        .filter_map(|n| n.peer_addr.map(|addr| PeerAddr { id: n.id, addr }))
         .collect();
     *shared.peers.lock() = peers;
 }
