@@ -283,7 +283,12 @@ impl Heartbeat {
 
     /// The peer addresses this node would ping now.
     pub(crate) fn known_peers(&self) -> Vec<String> {
-        self.shared.peers.lock().iter().map(|p| p.addr.clone()).collect()
+        self.shared
+            .peers
+            .lock()
+            .iter()
+            .map(|p| p.addr.clone())
+            .collect()
     }
 
     pub(crate) fn nodes(&self, alive: bool) -> Result<Vec<NodeInfo>> {

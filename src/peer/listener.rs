@@ -153,6 +153,8 @@ impl Acceptor {
                     std::thread::sleep(ACCEPT_IDLE);
                 }
             }
+            self.active.retain(|c| !c.thread.is_finished());
+            self.closing.retain(|t| !t.is_finished());
             if last_summary.elapsed() >= SUMMARY_EVERY {
                 last_summary = Instant::now();
                 self.summarise();
@@ -181,7 +183,6 @@ impl Acceptor {
 
     fn serve(&mut self, stream: TcpStream, from: SocketAddr) {
         self.active.retain(|c| !c.thread.is_finished());
-        self.closing.retain(|t| !t.is_finished());
         if self.active.len() >= MAX_CONNECTIONS {
             if let Some(oldest) = self.active.pop_front() {
                 // Its reader wakes at once and ends; real pings are quick,
@@ -209,7 +210,11 @@ impl Acceptor {
         let spawned = std::thread::Builder::new()
             .name("redswarm-peer-conn".into())
             .spawn(move || {
-                if let Err(fail) = answer(&stream, &identity, deadline, &reaches) {
+                let served = answer(&stream, &identity, deadline, &reaches);
+                // Close now: the acceptor holds a clone of this socket until
+                // it prunes finished connections.
+                let _ = stream.shutdown(Shutdown::Both);
+                if let Err(fail) = served {
                     let counter = match &fail {
                         Fail::Read(ReadFail::Slow { .. }) => Some(&drops.slow),
                         Fail::Read(ReadFail::Bad(_)) | Fail::Refused(_) => Some(&drops.bad),

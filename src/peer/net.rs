@@ -174,7 +174,10 @@ mod tests {
         assert_eq!(read_line_by(&server, deadline, 100), Ok("hello\n".into()));
         let (mut client, server) = pair();
         client.write_all(&[b'a'; 300]).unwrap();
-        assert!(matches!(read_line_by(&server, deadline, 100), Err(ReadFail::Bad(_))));
+        assert!(matches!(
+            read_line_by(&server, deadline, 100),
+            Err(ReadFail::Bad(_))
+        ));
         let (client, server) = pair();
         drop(client);
         assert_eq!(

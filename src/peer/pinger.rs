@@ -316,6 +316,98 @@ impl Worker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::peer::ping::tests::{ident, listener, trickler};
+
+    fn addr(id: &str, addr: impl ToString) -> PeerAddr {
+        PeerAddr {
+            id: id.into(),
+            addr: addr.to_string(),
+        }
+    }
+
+    #[test]
+    fn a_round_counts_the_answers_and_redis_flags_of_the_peers_it_meant() {
+        let (b, _) = listener("b", true);
+        let (c, _) = listener("c", false);
+        let (me, _) = listener("me", true);
+        let (slow, running) = trickler(Duration::from_millis(20));
+        let timeout = Duration::from_millis(500);
+        let pinger = Pinger::start(ident("me"), timeout).unwrap();
+        pinger.set_peers(vec![
+            addr("b", b.addr()),
+            addr("c", c.addr()),
+            addr("me", me.addr()),    // ourselves: left out
+            addr("ghost", me.addr()), // an address that loops back to us
+            addr("slow", slow),
+            addr("b", b.addr()), // listed twice: counted once
+        ]);
+        assert_eq!(pinger.known_addrs().len(), 4);
+        let started = Instant::now();
+        pinger.poll();
+        let poll = pinger
+            .results()
+            .recv_timeout(Duration::from_secs(5))
+            .unwrap();
+        let took = started.elapsed();
+        running.store(false, std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(
+            (poll.known, poll.answered, poll.reaching_redis),
+            (4, 2, 1),
+            "{poll:?}"
+        );
+        assert!(
+            took < timeout + Duration::from_secs(1),
+            "round took {took:?}"
+        );
+        assert!(
+            !verdict(&poll, 50).may_work(),
+            "c reaches Redis: we are cut off"
+        );
+        pinger.stop();
+    }
+
+    #[test]
+    fn a_name_that_does_not_resolve_does_not_hold_up_a_round() {
+        let (b, _) = listener("b", true);
+        let timeout = Duration::from_millis(300);
+        let pinger = Pinger::start(ident("me"), timeout).unwrap();
+        pinger.set_peers(vec![
+            addr("b", b.addr()),
+            addr("lost", "no-such-host.invalid:7400"),
+        ]);
+        for _ in 0..3 {
+            let started = Instant::now();
+            pinger.poll();
+            let poll = pinger
+                .results()
+                .recv_timeout(Duration::from_secs(5))
+                .unwrap();
+            assert!(started.elapsed() < timeout + Duration::from_secs(1));
+            assert_eq!((poll.known, poll.answered), (2, 1), "{poll:?}");
+        }
+    }
+
+    #[test]
+    fn requests_made_during_a_round_share_one_more_round() {
+        let (slow, running) = trickler(Duration::from_millis(20));
+        let pinger = Pinger::start(ident("me"), Duration::from_millis(300)).unwrap();
+        pinger.set_peers(vec![addr("slow", slow)]);
+        pinger.poll();
+        std::thread::sleep(Duration::from_millis(100)); // the round is in flight
+        for _ in 0..4 {
+            pinger.poll();
+        }
+        let rx = pinger.results();
+        let first = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        let second = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert!(second.at > first.at);
+        assert!(
+            rx.recv_timeout(Duration::from_millis(700)).is_err(),
+            "at most two rounds"
+        );
+        running.store(false, std::sync::atomic::Ordering::SeqCst);
+        drop(pinger); // joins its thread
+    }
 
     fn poll(known: usize, answered: usize, reaching_redis: usize) -> PeerPoll {
         PeerPoll {

@@ -23,7 +23,9 @@ fn check_field(what: &str, value: &str, max: usize) -> Result<(), String> {
         return Err(format!("{what} is {} bytes, over {max}", value.len()));
     }
     if value.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(format!("{what} {value:?} contains whitespace or control characters"));
+        return Err(format!(
+            "{what} {value:?} contains whitespace or control characters"
+        ));
     }
     Ok(())
 }
@@ -102,7 +104,10 @@ impl PeerIdentity {
             self.namespace, self.node_id
         );
         if line.len() > MAX_LINE {
-            return Err(format!("ping line of {} bytes is over {MAX_LINE}", line.len()));
+            return Err(format!(
+                "ping line of {} bytes is over {MAX_LINE}",
+                line.len()
+            ));
         }
         Ok(line)
     }
@@ -210,25 +215,38 @@ mod tests {
         let me = ident("me", Some("s3cret"));
         let them = ident("them", Some("s3cret"));
         let good = them.ping_line("me", "n1").unwrap();
-        assert!(me.answer(&good, true).unwrap().starts_with("RSWP/2 PONG ns me n1 redis:up "));
+        assert!(me
+            .answer(&good, true)
+            .unwrap()
+            .starts_with("RSWP/2 PONG ns me n1 redis:up "));
         assert!(me.answer("garbage\n", true).is_err());
         assert!(me.answer(&good.replace("RSWP/2", "RSWP/1"), true).is_err());
         assert!(me.answer(&good.replace(" ns ", " other "), true).is_err());
         assert!(me.answer(&good.replace(" PING ", " PONG "), true).is_err());
         let wrong = ident("them", Some("nope"));
-        assert!(me.answer(&wrong.ping_line("me", "n1").unwrap(), true).is_err());
+        assert!(me
+            .answer(&wrong.ping_line("me", "n1").unwrap(), true)
+            .is_err());
         let open = ident("them", None);
-        assert!(me.answer(&open.ping_line("me", "n1").unwrap(), true).is_err());
-        assert!(ident("me", None).answer(&open.ping_line("me", "n1").unwrap(), true).is_ok());
+        assert!(me
+            .answer(&open.ping_line("me", "n1").unwrap(), true)
+            .is_err());
+        assert!(ident("me", None)
+            .answer(&open.ping_line("me", "n1").unwrap(), true)
+            .is_ok());
     }
 
     #[test]
     fn a_listener_refuses_pings_for_another_node_or_from_itself() {
         let me = ident("me", None);
         let them = ident("them", None);
-        let err = me.answer(&them.ping_line("other", "n1").unwrap(), true).unwrap_err();
+        let err = me
+            .answer(&them.ping_line("other", "n1").unwrap(), true)
+            .unwrap_err();
         assert!(err.contains("addressed to"), "{err}");
-        let err = me.answer(&me.ping_line("me", "n1").unwrap(), true).unwrap_err();
+        let err = me
+            .answer(&me.ping_line("me", "n1").unwrap(), true)
+            .unwrap_err();
         assert!(err.contains("own node id"), "{err}");
     }
 
@@ -237,14 +255,28 @@ mod tests {
         let me = ident("me", Some("k"));
         let b = ident("b", Some("k"));
         let pong = b.answer(&me.ping_line("b", "n1").unwrap(), true).unwrap();
-        assert!(me.read_pong(&pong, "c", "n1").unwrap_err().contains("answered by"));
-        assert!(me.read_pong(&pong, "b", "n2").unwrap_err().contains("nonce"));
+        assert!(me
+            .read_pong(&pong, "c", "n1")
+            .unwrap_err()
+            .contains("answered by"));
+        assert!(me
+            .read_pong(&pong, "b", "n2")
+            .unwrap_err()
+            .contains("nonce"));
         // The answer is bound to the pinger: another node cannot reuse it.
         assert!(ident("x", Some("k")).read_pong(&pong, "b", "n1").is_err());
         let forged = pong.replace("redis:up", "redis:down");
-        assert!(me.read_pong(&forged, "b", "n1").unwrap_err().contains("MAC"));
+        assert!(me
+            .read_pong(&forged, "b", "n1")
+            .unwrap_err()
+            .contains("MAC"));
         let other_secret = ident("b", Some("other"));
-        let pong = other_secret.answer(&ident("me", Some("other")).ping_line("b", "n1").unwrap(), true).unwrap();
+        let pong = other_secret
+            .answer(
+                &ident("me", Some("other")).ping_line("b", "n1").unwrap(),
+                true,
+            )
+            .unwrap();
         assert!(me.read_pong(&pong, "b", "n1").unwrap_err().contains("MAC"));
         // A node answering itself (an address that loops back) never counts.
         let self_pong = "RSWP/2 PONG ns me n1 redis:up -\n";
@@ -265,7 +297,10 @@ mod tests {
             namespace: "my ns".into(),
             ..ident("a", None)
         };
-        assert!(spaced.ping_line("b", "n1").unwrap_err().contains("namespace"));
+        assert!(spaced
+            .ping_line("b", "n1")
+            .unwrap_err()
+            .contains("namespace"));
         assert!(ident("a", None).ping_line("b c", "n1").is_err());
         assert!(ident("a", None).ping_line("", "n1").is_err());
         assert!(ident("a\n", None).ping_line("b", "n1").is_err());
