@@ -381,13 +381,23 @@ fn a_node_never_counts_an_answer_from_itself() {
 fn a_peer_that_trickles_its_answer_does_not_hold_up_the_verdict() {
     let server = RedisServer::start();
     let proxy = FaultProxy::start(server.addr());
-    // One byte every 30 ms: faster than the 50 ms peer timeout per read.
-    let slow = Trickler::start(Duration::from_millis(30));
+    // One byte every 20 ms, well within the 250 ms peer timeout: a bound
+    // per read alone would keep reading for 1536 x 20 ms.
+    let slow = Trickler::start(Duration::from_millis(20));
     register_fake_node(&server, "trickle", "slowpoke", &slow.addr.to_string());
-    let c = mesh_node(&proxy.url(), "trickle");
+    let c = Redswarm::connect(
+        builder(&proxy.url(), "trickle")
+            .heartbeat_interval(Duration::from_millis(300))
+            .peer_timeout(Duration::from_millis(250))
+            .peer_listen("127.0.0.1:0".parse().unwrap())
+            .build()
+            .unwrap(),
+    )
+    .unwrap();
     wait_peers(&c, 1);
     proxy.blackhole();
-    let s = wait_state(&c, 3 * SEC, |s| s != PartitionState::Connected);
+    // Notice (a beat and a command timeout) plus one ping: about a second.
+    let s = wait_state(&c, 4 * SEC, |s| s != PartitionState::Connected);
     assert_eq!(
         s,
         PartitionState::Partitioned {
