@@ -472,7 +472,12 @@ impl ConfigBuilder {
     }
 
     /// Address other nodes can dial for peer pings, if it differs from
-    /// `peer_listen` (for example behind NAT). `host:port`.
+    /// `peer_listen` (for example behind NAT). `host:port`. Without it, an
+    /// unspecified `peer_listen` (`0.0.0.0`, `::`) is advertised as the
+    /// address of the local interface that routes to Redis, and
+    /// [`Redswarm::connect`](crate::Redswarm::connect) fails with
+    /// [`Error::InvalidConfig`](crate::Error::InvalidConfig) naming
+    /// `peer_advertise` if there is none.
     ///
     /// ```
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -497,6 +502,8 @@ impl ConfigBuilder {
     }
 
     /// Address to listen on for peer pings (enables partition awareness).
+    /// Set [`peer_secret`](ConfigBuilder::peer_secret) too when it is not
+    /// a loopback address (the listener warns otherwise).
     ///
     /// ```
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -141,6 +141,8 @@ impl Heartbeat {
                     io,
                     in_flight: None,
                     next_beat: Instant::now(),
+                    lost_since: None,
+                    abandoned: None,
                 }
                 .run(stop_rx, leases_changed)
             })
@@ -399,9 +401,10 @@ struct BeatIo {
 
 impl BeatIo {
     fn start(store: Arc<Store>, conn: redis::Connection) -> Result<BeatIo> {
-        // A rendezvous channel: a beat is handed over only when the thread
-        // is free, never queued behind a stuck one.
-        let (requests, inbox) = bounded::<BeatRequest>(0);
+        // One slot: the scheduler hands a beat over only while the thread
+        // is free (it tracks the beats it gave up on), so nothing queues
+        // behind a stuck one.
+        let (requests, inbox) = bounded::<BeatRequest>(1);
         let (reply_tx, replies) = bounded(4);
         let thread = std::thread::Builder::new()
             .name("redswarm-beat-io".into())
@@ -476,6 +479,11 @@ struct Scheduler {
     io: BeatIo,
     in_flight: Option<(u64, Instant)>,
     next_beat: Instant,
+    /// When the current outage's first beat failed.
+    lost_since: Option<Instant>,
+    /// A beat given up on whose reply has not come back: the I/O thread is
+    /// still busy with it.
+    abandoned: Option<u64>,
 }
 
 impl Scheduler {
@@ -483,9 +491,10 @@ impl Scheduler {
         let interval = self.shared.store.config.heartbeat_interval;
         loop {
             let now = Instant::now();
-            if let Some((_, deadline)) = self.in_flight {
+            if let Some((id, deadline)) = self.in_flight {
                 if now >= deadline {
                     self.in_flight = None;
+                    self.abandoned = Some(id);
                     self.failed("no reply within the beat's deadline (Redis hung or unreachable)");
                 }
             }
@@ -518,6 +527,10 @@ impl Scheduler {
     }
 
     fn send_beat(&mut self) {
+        if self.abandoned.is_some() {
+            // The I/O thread is still stuck on a beat we gave up on.
+            return self.failed("the previous beat is still stuck on the network");
+        }
         let id = self.shared.beats.fetch_add(1, Ordering::Relaxed) + 1;
         let refresh = id % PEER_REFRESH_BEATS == 0;
         let request = BeatRequest::new(
@@ -538,6 +551,9 @@ impl Scheduler {
     }
 
     fn on_reply(&mut self, request: BeatRequest, result: Result<Value>) {
+        if self.abandoned == Some(request.id) {
+            self.abandoned = None;
+        }
         if self.in_flight.map(|(id, _)| id) != Some(request.id) {
             // A beat we already gave up on: whatever it renewed in Redis,
             // its holders were (or will be) fenced by their local deadline.
@@ -578,6 +594,7 @@ impl Scheduler {
                     self.shared.store.renew_pool();
                 }
                 self.shared.reaches_redis.store(true, Ordering::SeqCst);
+                self.lost_since = None;
                 set_partition(&self.shared, PartitionState::Connected);
                 set_health(&self.shared, Health::Healthy);
             }
@@ -590,6 +607,7 @@ impl Scheduler {
     /// A beat failed: Redis is unreachable (or hung) as far as we know.
     fn failed(&mut self, why: &str) {
         log::warn!("heartbeat failed: {why}");
+        self.lost_since.get_or_insert_with(Instant::now);
         self.shared.reaches_redis.store(false, Ordering::SeqCst);
         let since = match *self.shared.health.lock() {
             Health::LostRedis { since } => since,
@@ -618,7 +636,26 @@ impl Scheduler {
         if matches!(*self.shared.health.lock(), Health::Healthy) {
             return; // Redis came back meanwhile: the verdict is moot.
         }
-        let state = crate::peer::verdict(&poll, self.shared.store.config.partition_percentage);
+        let cfg = &self.shared.store.config;
+        let state = crate::peer::verdict(&poll, cfg.partition_percentage);
+        // A peer that says it reaches Redis may just not have tried since
+        // Redis died: its word counts once it has had a beat of its own
+        // after our first failure. Until then the state stays as it is and
+        // every lease's local deadline applies (the safe side); the next
+        // failed beat asks again.
+        let enough = poll.known > 0
+            && poll.answered * 100 >= usize::from(cfg.partition_percentage) * poll.known;
+        let settled = self
+            .lost_since
+            .is_some_and(|t| poll.at >= t + cfg.heartbeat_interval);
+        if enough && poll.reaching_redis > 0 && !settled {
+            log::debug!(
+                "{} of {} answering peers still reach Redis; asking again next beat",
+                poll.reaching_redis,
+                poll.answered
+            );
+            return;
+        }
         set_partition(&self.shared, state);
         // A Partitioned verdict ends outage tolerance: fence now.
         self.shared.leases.fence(Instant::now());

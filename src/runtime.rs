@@ -21,7 +21,7 @@ use crate::heartbeat::Heartbeat;
 use crate::keys::Keys;
 use crate::lease::{Lease, LeaseTarget};
 use crate::membership::NodeInfo;
-use crate::peer::{PeerIdentity, PeerListener};
+use crate::peer::{advertise_addr, PeerIdentity, PeerListener};
 use crate::store::{PooledConnection, Store};
 use crate::subscriber::{Subscriber, Subscription};
 
@@ -81,6 +81,9 @@ impl Runtime {
             .clone()
             .unwrap_or_else(crate::util::random_id);
         let store = Store::open(config, node_id)?;
+        // Whether this node's heartbeat reaches Redis: what its peer
+        // listener tells nodes that ping it. The heartbeat keeps it current.
+        let reaches_redis = Arc::new(AtomicBool::new(true));
         let peers = match store.config.peer_listen {
             Some(bind) => Some(PeerListener::start(
                 bind,
@@ -89,19 +92,28 @@ impl Runtime {
                     node_id: store.node_id.clone(),
                     secret: store.config.peer_secret.clone(),
                 },
+                // Valid peers send their line at once; a bound this short
+                // keeps slow clients from holding slots.
                 store
                     .config
-                    .heartbeat_interval
-                    .max(Duration::from_millis(500)),
+                    .peer_timeout
+                    .clamp(Duration::from_millis(250), Duration::from_secs(1)),
+                reaches_redis.clone(),
             )?),
             None => None,
         };
-        let advertised = store
-            .config
-            .peer_advertise
-            .clone()
-            .or_else(|| peers.as_ref().map(|p| p.addr().to_string()));
-        let reaches_redis = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let advertised = match &peers {
+            Some(listener) => {
+                let (host, port) = crate::peer::redis_endpoint(&store.config.url);
+                Some(advertise_addr(
+                    listener.addr(),
+                    store.config.peer_advertise.as_deref(),
+                    &host,
+                    port,
+                )?)
+            }
+            None => store.config.peer_advertise.clone(),
+        };
         let heartbeat = Heartbeat::start(store.clone(), advertised, reaches_redis)?;
         let subscriber = match Subscriber::start(store.clone()) {
             Ok(s) => s,

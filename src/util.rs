@@ -5,36 +5,36 @@
 //! milliseconds saturate instead of wrapping, and TTLs sent to Redis are
 //! checked against [`MAX_TTL`] first.
 
-use std::collections::hash_map::RandomState;
-use std::hash::{BuildHasher, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::error::{Error, Result};
 
-/// A random 128-bit hex id (owner tokens, node ids, permit ids).
-///
-/// `RandomState` is seeded from the OS per process; mixing in a counter,
-/// the pid and the time keeps ids unique across threads and processes
-/// without a `rand` dependency. Ids are unguessable enough to prevent
-/// accidental collisions; they are not secrets.
+/// A random 128-bit id as 32 lowercase hex digits (owner tokens, node ids,
+/// permit ids, ping nonces), from the operating system's random source.
 pub(crate) fn random_id() -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let mut bytes = [0u8; 16];
+    if let Err(e) = getrandom::getrandom(&mut bytes) {
+        log::error!("no OS randomness ({e}); ids fall back to time, pid and a counter");
+        bytes = fallback_bytes();
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Unique (not unpredictable) bytes for a system without a random source:
+/// the time, the pid and a counter. (Not `RandomState`: std seeds it from
+/// the same source and gives up when that fails.)
+fn fallback_bytes() -> [u8; 16] {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0);
-    let mut words = [0u64; 2];
-    for (i, w) in words.iter_mut().enumerate() {
-        let mut h = RandomState::new().build_hasher();
-        h.write_u64(n);
-        h.write_u64(nanos);
-        h.write_u32(std::process::id());
-        h.write_usize(i);
-        *w = h.finish();
-    }
-    format!("{:016x}{:016x}", words[0], words[1])
+    let mut out = [0u8; 16];
+    out[..8].copy_from_slice(&nanos.to_be_bytes());
+    out[8..12].copy_from_slice(&std::process::id().to_be_bytes());
+    out[12..].copy_from_slice(&COUNTER.fetch_add(1, Ordering::Relaxed).to_be_bytes());
+    out
 }
 
 /// This host's name, best effort.
@@ -212,5 +212,7 @@ mod tests {
         assert_ne!(a, b);
         assert_eq!(a.len(), 32);
         assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
+        let f = super::fallback_bytes();
+        assert_ne!(f, super::fallback_bytes());
     }
 }
