@@ -158,11 +158,15 @@ fn try_assignment(m: &Master) -> redswarm::Result<HashMap<String, BTreeMap<Strin
     Ok(by)
 }
 
-/// Every worker's events agree with Redis's assignment of it.
-fn in_step(m: &Master, workers: &[&TestWorker]) -> bool {
+/// Every job but `waiting` ones is assigned, and every worker's events
+/// agree with Redis's assignment of it.
+fn in_step(m: &Master, workers: &[&TestWorker], waiting: usize) -> bool {
     let Ok(by) = try_assignment(m) else {
         return false; // Redis is away for a moment
     };
+    if by.get("").map_or(0, |p| p.len()) != waiting {
+        return false;
+    }
     workers.iter().all(|w| {
         let redis = by.get(w.worker.id()).cloned().unwrap_or_default();
         w.seen.held() == redis && w.worker.jobs() == redis.keys().cloned().collect::<Vec<_>>()
@@ -170,8 +174,12 @@ fn in_step(m: &Master, workers: &[&TestWorker]) -> bool {
 }
 
 fn wait_in_step(m: &Master, workers: &[&TestWorker], within: Duration) {
+    wait_in_step_with(m, workers, 0, within)
+}
+
+fn wait_in_step_with(m: &Master, workers: &[&TestWorker], waiting: usize, within: Duration) {
     assert!(
-        support::wait_until(within, || in_step(m, workers)),
+        support::wait_until(within, || in_step(m, workers, waiting)),
         "workers never matched Redis: {:?} vs {:?}",
         assignment(m),
         workers.iter().map(|w| w.seen.held()).collect::<Vec<_>>()
@@ -277,19 +285,16 @@ fn a_worker_never_holds_more_than_its_capacity_and_extra_jobs_wait_for_room() {
     for i in 0..8 {
         m.add_job(&i).unwrap();
     }
-    wait_in_step(&m, &[&small, &medium], 10 * SEC);
-    assert!(support::wait_until(10 * SEC, || pending(&m) == 3));
+    wait_in_step_with(&m, &[&small, &medium], 3, 10 * SEC);
     assert_eq!(small.seen.held().len(), 2);
     assert_eq!(medium.seen.held().len(), 3);
     // Room frees up: a waiting job takes it.
     let freed = small.seen.held().keys().next().unwrap().clone();
     m.delete_job(&freed).unwrap();
-    assert!(support::wait_until(10 * SEC, || pending(&m) == 2));
-    wait_in_step(&m, &[&small, &medium], 10 * SEC);
+    wait_in_step_with(&m, &[&small, &medium], 2, 10 * SEC);
     assert_eq!(small.seen.held().len(), 2);
     // A worker without a limit takes the rest.
     let big = join(&server.url(), "capacity", opts());
-    assert!(support::wait_until(10 * SEC, || pending(&m) == 0));
     wait_in_step(&m, &[&small, &medium, &big], 10 * SEC);
     assert_eq!(big.seen.held().len(), 2);
 }
@@ -803,7 +808,7 @@ fn after_a_script_flush_and_an_aof_restart_the_cluster_is_consistent() {
     assert!(support::wait_until(20 * SEC, || m
         .jobs()
         .is_ok_and(|j| j.len() == 10 && j.iter().all(|j| j.worker.is_some()))
-        && in_step(&m, &[&w1, &w2])));
+        && in_step(&m, &[&w1, &w2], 0)));
     let a = w1.seen.held();
     let b = w2.seen.held();
     assert_eq!(a.len() + b.len(), 10);
