@@ -791,7 +791,10 @@ impl Driver {
             }
             if rejoin_session.is_none() && next_sync.is_some_and(|t| Instant::now() >= t) {
                 match self.sync() {
-                    Ok(()) => backoff = cfg.reconnect_min,
+                    Ok(()) => {
+                        backoff = cfg.reconnect_min;
+                        next_sync = Instant::now().checked_add(self.core.reconcile);
+                    }
                     Err(Error::ShutDown) => {
                         // The handle is gone, and with it the heartbeat that
                         // renews the lease: the jobs must stop.
@@ -799,9 +802,15 @@ impl Driver {
                         self.core.emit(ClusterEvent::Closed);
                         return;
                     }
-                    Err(e) => log::debug!("{}: reconcile failed: {e}", self.core.what()),
+                    Err(e) => {
+                        // Often a connection that died with the outage the
+                        // reconnect just ended: try again soon, not after a
+                        // whole reconcile interval.
+                        log::debug!("{}: reconcile failed: {e}", self.core.what());
+                        next_sync = Instant::now().checked_add(backoff);
+                        backoff = (backoff * 2).min(cfg.reconnect_max);
+                    }
                 }
-                next_sync = Instant::now().checked_add(self.core.reconcile);
             }
             let wait = wait.unwrap_or_else(|| match next_sync {
                 Some(t) => t.saturating_duration_since(Instant::now()),
