@@ -22,12 +22,14 @@ use crate::error::{Error, Result};
 use crate::handle::Redswarm;
 use crate::keys::{validate_name, ClusterKeys};
 use crate::lease::{Lease, LeaseLost, LeaseTarget};
-use crate::subscriber::Subscription;
+use crate::subscriber::{SubEvent, Subscription};
 use crate::util::{millis, random_id};
 
 /// Most workers reaped, jobs assigned and jobs moved per sweep script; a
 /// sweep that hits a limit runs again at once.
 const SWEEP_BATCH: usize = 200;
+/// Longest a standby sleeps without trying for the seat.
+const MAX_STANDBY_NAP: Duration = Duration::from_secs(3600);
 /// Woken this long after a deadline, so Redis's clock has surely passed it.
 const DEADLINE_SLACK: Duration = Duration::from_millis(5);
 
@@ -517,29 +519,36 @@ impl Assigner {
     fn run(mut self) {
         let cfg = self.inner.swarm.config().clone();
         let mut backoff = cfg.reconnect_min;
+        // When a standby next tries for the seat: when the holder's lease
+        // runs out, when it resigns, or after `recheck` at the latest.
+        let mut elect_at = Instant::now();
         loop {
             let mut wait = self.inner.recheck;
             if self.seat.as_ref().is_some_and(|(l, _)| l.is_lost()) {
                 self.step_down("its lease was lost");
             }
             if self.seat.is_none() {
-                match self.elect() {
-                    Ok(None) => {
-                        backoff = cfg.reconnect_min;
-                        continue; // active now: sweep at once
-                    }
-                    Ok(Some(left)) => {
-                        backoff = cfg.reconnect_min;
-                        if let Some(left) = left {
-                            wait = wait.min(left.saturating_add(DEADLINE_SLACK));
+                if Instant::now() >= elect_at {
+                    let next = match self.elect() {
+                        Ok(None) => {
+                            backoff = cfg.reconnect_min;
+                            continue; // active now: sweep at once
                         }
-                    }
-                    Err(e) => {
-                        log::warn!("cluster `{}`: election failed: {e}", self.inner.cluster);
-                        wait = backoff;
-                        backoff = (backoff * 2).min(cfg.reconnect_max);
-                    }
+                        Ok(Some(left)) => {
+                            backoff = cfg.reconnect_min;
+                            left.map_or(wait, |l| wait.min(l.saturating_add(DEADLINE_SLACK)))
+                        }
+                        Err(e) => {
+                            log::warn!("cluster `{}`: election failed: {e}", self.inner.cluster);
+                            let b = backoff;
+                            backoff = (backoff * 2).min(cfg.reconnect_max);
+                            b
+                        }
+                    };
+                    // Capped, so even a `recheck` of Duration::MAX adds safely.
+                    elect_at = Instant::now() + next.min(MAX_STANDBY_NAP);
                 }
+                wait = elect_at.saturating_duration_since(Instant::now());
             } else {
                 // Take the wake-ups queued so far: this sweep covers them.
                 self.wake.drain();
@@ -576,7 +585,18 @@ impl Assigner {
             let lost = self.seat.as_ref().map(|(_, rx)| rx.clone()).unwrap_or_else(never);
             select! {
                 recv(self.stop) -> _ => break,
-                recv(self.wake.receiver()) -> _ => {}, // a message, or Reconnected: look now
+                recv(self.wake.receiver()) -> event => {
+                    // The active master sweeps on any wake-up. A standby only
+                    // cares when the seat may be free: a resignation, or a
+                    // reconnect (it may have missed one).
+                    let seat_freed = match &event {
+                        Ok(SubEvent::Message(m)) => m.payload == b"resign",
+                        _ => true,
+                    };
+                    if seat_freed {
+                        elect_at = Instant::now();
+                    }
+                }
                 recv(lost) -> _ => {},
                 default(wait) => {},
             }
