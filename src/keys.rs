@@ -497,7 +497,12 @@ mod tests {
         let k = Keys::new("ns").queue("q").unwrap();
         assert_eq!(hash_tag(&k.running), hash_tag(&k.task("1")));
         let c = Keys::new("ns").cluster("c").unwrap();
-        for key in [c.job("1"), c.worker_jobs("w"), c.master.clone(), c.fence.clone()] {
+        for key in [
+            c.job("1"),
+            c.worker_jobs("w"),
+            c.master.clone(),
+            c.fence.clone(),
+        ] {
             assert_eq!(hash_tag(&key), hash_tag(&c.pending));
         }
         assert_eq!(

@@ -224,21 +224,39 @@ fn added_jobs_reach_a_worker_with_payload_and_token_and_deleted_ones_leave_it() 
     wait_active(&m);
     let a = m.add_job(&json!({"stream": "orders"})).unwrap();
     assert!(m.add_job_with_id("fx", &"EURUSD").unwrap());
-    assert!(!m.add_job_with_id("fx", &"EURUSD").unwrap(), "same id and payload: no change");
+    assert!(
+        !m.add_job_with_id("fx", &"EURUSD").unwrap(),
+        "same id and payload: no change"
+    );
     wait_in_step(&m, &[&w], 10 * SEC);
     let job = w.seen.job(&a).expect("Added for the first job");
-    assert_eq!(job.payload::<serde_json::Value>().unwrap(), json!({"stream": "orders"}));
-    assert_eq!(w.seen.job("fx").unwrap().payload::<String>().unwrap(), "EURUSD");
+    assert_eq!(
+        job.payload::<serde_json::Value>().unwrap(),
+        json!({"stream": "orders"})
+    );
+    assert_eq!(
+        w.seen.job("fx").unwrap().payload::<String>().unwrap(),
+        "EURUSD"
+    );
     let info = m.jobs().unwrap();
     assert_eq!(info.len(), 2);
-    assert!(info.iter().all(|j| j.worker.as_deref() == Some(w.worker.id())));
+    assert!(info
+        .iter()
+        .all(|j| j.worker.as_deref() == Some(w.worker.id())));
     assert_eq!(info[0].token, Some(job.token()));
-    assert!(info[1].token > info[0].token, "tokens increase per assignment");
+    assert!(
+        info[1].token > info[0].token,
+        "tokens increase per assignment"
+    );
 
     m.delete_job(&a).unwrap();
     assert!(support::wait_until(10 * SEC, || w.seen.held().len() == 1));
     assert_eq!(
-        w.seen.deletions().iter().map(|d| (d.0.as_str(), d.1)).collect::<Vec<_>>(),
+        w.seen
+            .deletions()
+            .iter()
+            .map(|d| (d.0.as_str(), d.1))
+            .collect::<Vec<_>>(),
         vec![(a.as_str(), DeleteReason::Deleted)]
     );
     assert_eq!(m.jobs().unwrap().len(), 1);
@@ -258,7 +276,9 @@ fn jobs_spread_evenly_over_three_workers() {
     let server = RedisServer::start();
     let s = connect(&server.url(), "balance");
     let m = master(&s);
-    let ws: Vec<TestWorker> = (0..3).map(|_| join(&server.url(), "balance", opts())).collect();
+    let ws: Vec<TestWorker> = (0..3)
+        .map(|_| join(&server.url(), "balance", opts()))
+        .collect();
     wait_active(&m);
     wait_workers(&m, 3);
     for i in 0..30 {
@@ -341,7 +361,10 @@ fn a_terminating_worker_gets_deleted_for_each_job_then_closed_and_its_jobs_move_
     assert!(matches!(tail[3], ClusterEvent::Closed));
     wait_workers(&m, 1);
     // Used after terminate: a clear error, not a hang or a panic.
-    assert!(matches!(a.worker.terminate(), Err(Error::Terminated { .. })));
+    assert!(matches!(
+        a.worker.terminate(),
+        Err(Error::Terminated { .. })
+    ));
     assert!(matches!(job.delete(), Err(Error::Terminated { .. })));
 }
 
@@ -446,16 +469,24 @@ fn a_killed_worker_process_jobs_are_reassigned_within_the_lease_bound_and_stay_b
         .filter(|l| l.starts_with("added "))
         .count()
         == 3));
-    let victims_jobs: HashSet<String> = assignment(&m).remove(&victim).unwrap().into_keys().collect();
+    let victims_jobs: HashSet<String> = assignment(&m)
+        .remove(&victim)
+        .unwrap()
+        .into_keys()
+        .collect();
     child.kill().unwrap();
     child.wait().unwrap();
     let killed = Instant::now();
     assert!(
-        support::wait_until(REASSIGN_BOUND, || a.seen.held().len() + b.seen.held().len() == 9),
+        support::wait_until(REASSIGN_BOUND, || a.seen.held().len() + b.seen.held().len()
+            == 9),
         "the dead worker's jobs were not reassigned within {REASSIGN_BOUND:?}"
     );
     let took = killed.elapsed();
-    assert!(took >= LEASE / 2, "reassigned before its lease could lapse ({took:?})");
+    assert!(
+        took >= LEASE / 2,
+        "reassigned before its lease could lapse ({took:?})"
+    );
     wait_in_step(&m, &[&a, &b], 10 * SEC);
     assert_eq!(loads(&m), vec![4, 5], "the spread stays balanced");
     let moved: HashSet<String> = a
@@ -481,7 +512,9 @@ fn when_the_active_master_dies_a_standby_takes_over_and_workers_keep_their_jobs(
     let first = announced(&lines, "master ");
     let s = connect(&server.url(), "failover");
     let probe = Master::with_options(&s, "c", MasterOptions::new().assign(false)).unwrap();
-    assert!(support::wait_until(10 * SEC, || probe.active_master().unwrap()
+    assert!(support::wait_until(10 * SEC, || probe
+        .active_master()
+        .unwrap()
         == Some(first.clone())));
     // The standby starts second, so the child holds the seat.
     let standby = master(&s);
@@ -499,7 +532,10 @@ fn when_the_active_master_dies_a_standby_takes_over_and_workers_keep_their_jobs(
         support::wait_until(LEASE + 3 * SEC, || standby.is_active()),
         "the standby did not take the seat"
     );
-    assert_eq!(probe.active_master().unwrap().as_deref(), Some(standby.id()));
+    assert_eq!(
+        probe.active_master().unwrap().as_deref(),
+        Some(standby.id())
+    );
     // New jobs are assigned by the new master; nobody lost anything.
     for i in 4..8 {
         standby.add_job(&i).unwrap();
@@ -532,7 +568,9 @@ fn without_any_master_workers_keep_their_jobs_and_adds_wait_for_the_next_master(
     assert!(w1.seen.deletions().is_empty() && w2.seen.deletions().is_empty());
     wait_in_step(&client, &[&w1, &w2], SEC);
     // Adds and deletes are applied without a master; assignment waits.
-    let late: Vec<String> = (0..2).map(|i| client.add_job(&(100 + i)).unwrap()).collect();
+    let late: Vec<String> = (0..2)
+        .map(|i| client.add_job(&(100 + i)).unwrap())
+        .collect();
     let victim = w1.seen.held().keys().next().unwrap().clone();
     client.delete_job(&victim).unwrap();
     assert!(support::wait_until(10 * SEC, || w1
@@ -546,7 +584,12 @@ fn without_any_master_workers_keep_their_jobs_and_adds_wait_for_the_next_master(
     wait_active(&next);
     assert!(support::wait_until(10 * SEC, || pending(&client) == 0));
     wait_in_step(&client, &[&w1, &w2], 10 * SEC);
-    let held: HashSet<String> = w1.seen.held().into_keys().chain(w2.seen.held().into_keys()).collect();
+    let held: HashSet<String> = w1
+        .seen
+        .held()
+        .into_keys()
+        .chain(w2.seen.held().into_keys())
+        .collect();
     assert!(late.iter().all(|id| held.contains(id)));
     assert_eq!(loads(&client), vec![2, 3]);
 }
@@ -614,7 +657,11 @@ fn a_cut_off_worker_is_told_before_its_lease_lapses_its_jobs_move_and_it_rejoins
         );
     }
     // The others get them, each only after the cut-off worker was told.
-    assert!(support::wait_until(REASSIGN_BOUND, || other.seen.held().len() == 6));
+    assert!(support::wait_until(REASSIGN_BOUND, || other
+        .seen
+        .held()
+        .len()
+        == 6));
     for id in lost.keys() {
         let added = other.seen.added_at(id).unwrap();
         assert!(added > told[id], "job {id} ran on two workers at once");
@@ -627,7 +674,11 @@ fn a_cut_off_worker_is_told_before_its_lease_lapses_its_jobs_move_and_it_rejoins
     }
     assert!(support::wait_until(10 * SEC, || pending(&m) == 0 && loads(&m) == vec![6, 6]));
     wait_in_step(&m, &[&cut, &other], 10 * SEC);
-    assert!(cut.seen.held().values().all(|t| lost.values().all(|old| t > old)));
+    assert!(cut
+        .seen
+        .held()
+        .values()
+        .all(|t| lost.values().all(|old| t > old)));
 }
 
 #[test]
@@ -637,7 +688,11 @@ fn messages_lost_while_the_subscriber_reconnects_are_made_good_by_reconciling() 
     let s = connect(&server.url(), "resub");
     let m = master(&s);
     // A lease longer than the outage below: this is about messages, not leases.
-    let w = join(&proxy.url(), "resub", opts().lease(5 * SEC).reconcile(30 * SEC));
+    let w = join(
+        &proxy.url(),
+        "resub",
+        opts().lease(5 * SEC).reconcile(30 * SEC),
+    );
     wait_active(&m);
     wait_workers(&m, 1);
     let early: Vec<String> = (0..4).map(|i| m.add_job(&i).unwrap()).collect();
@@ -656,7 +711,11 @@ fn messages_lost_while_the_subscriber_reconnects_are_made_good_by_reconciling() 
     let held = w.seen.held();
     assert!(late.iter().all(|id| held.contains_key(id)));
     assert!(!held.contains_key(&early[0]) && !held.contains_key(&early[1]));
-    assert!(w.seen.deletions().iter().all(|d| d.1 == DeleteReason::Deleted));
+    assert!(w
+        .seen
+        .deletions()
+        .iter()
+        .all(|d| d.1 == DeleteReason::Deleted));
 }
 
 #[test]
@@ -676,16 +735,24 @@ fn a_worker_can_delete_its_own_job() {
     assert_eq!(w.seen.deletions()[0].1, DeleteReason::Deleted);
     let left: Vec<String> = m.jobs().unwrap().into_iter().map(|j| j.id).collect();
     assert_eq!(left, vec![keep]);
-    assert!(matches!(job.delete(), Err(Error::NotFound { what: "job", .. })));
+    assert!(matches!(
+        job.delete(),
+        Err(Error::NotFound { what: "job", .. })
+    ));
     std::thread::sleep(SEC);
-    assert_eq!(w.seen.deletions().len(), 1, "one Deleted, however it was learned");
+    assert_eq!(
+        w.seen.deletions().len(),
+        1,
+        "one Deleted, however it was learned"
+    );
 }
 
 #[test]
 fn rebalancing_on_join_moves_only_as_many_jobs_as_needed() {
     let server = RedisServer::start();
     let s = connect(&server.url(), "rebalance");
-    let m = Master::with_options(&s, "c", MasterOptions::new().lease(LEASE).rebalance(true)).unwrap();
+    let m =
+        Master::with_options(&s, "c", MasterOptions::new().lease(LEASE).rebalance(true)).unwrap();
     let a = join(&server.url(), "rebalance", opts());
     wait_active(&m);
     for i in 0..7 {
@@ -699,7 +766,11 @@ fn rebalancing_on_join_moves_only_as_many_jobs_as_needed() {
     assert_eq!(moved.len(), 3, "{moved:?}");
     assert!(moved.iter().all(|d| d.1 == DeleteReason::Rebalanced));
     std::thread::sleep(SEC);
-    assert_eq!(a.seen.deletions().len(), 3, "nothing more moves once balanced");
+    assert_eq!(
+        a.seen.deletions().len(),
+        3,
+        "nothing more moves once balanced"
+    );
     // Without rebalancing (the default) a joining worker only gets new jobs.
     let s2 = connect(&server.url(), "norebalance");
     let m2 = master(&s2);
@@ -723,11 +794,17 @@ fn bad_input_unknown_ids_and_corrupt_data_get_clear_errors() {
     let s = connect(&server.url(), "errors");
     assert!(matches!(
         Master::new(&s, "a{b}"),
-        Err(Error::InvalidInput { what: "cluster id", .. })
+        Err(Error::InvalidInput {
+            what: "cluster id",
+            ..
+        })
     ));
     assert!(matches!(
         ClusterWorker::join(&s, "nobody-made-this", opts().require_existing(true)),
-        Err(Error::NotFound { what: "cluster", .. })
+        Err(Error::NotFound {
+            what: "cluster",
+            ..
+        })
     ));
     assert!(matches!(
         ClusterWorker::join(&s, "c", opts().capacity(0)),
@@ -766,12 +843,19 @@ fn bad_input_unknown_ids_and_corrupt_data_get_clear_errors() {
     // Corrupt data: an error naming the key, and nothing half-applied.
     let keys = s.keys().cluster("c").unwrap();
     let mut conn = server.conn();
-    let _: () = redis::cmd("SET").arg(&keys.pending).arg("oops").query(&mut conn).unwrap();
+    let _: () = redis::cmd("SET")
+        .arg(&keys.pending)
+        .arg("oops")
+        .query(&mut conn)
+        .unwrap();
     match m.add_job_with_id("k", &1) {
         Err(Error::CorruptData { key, .. }) => assert_eq!(key, keys.pending),
         other => panic!("expected CorruptData, got {other:?}"),
     }
-    let exists: bool = redis::cmd("EXISTS").arg(keys.job("k")).query(&mut conn).unwrap();
+    let exists: bool = redis::cmd("EXISTS")
+        .arg(keys.job("k"))
+        .query(&mut conn)
+        .unwrap();
     assert!(!exists, "the job was half added");
     assert_eq!(m.jobs().unwrap().len(), 1);
 }
@@ -789,7 +873,10 @@ fn after_a_script_flush_and_an_aof_restart_the_cluster_is_consistent() {
         m.add_job(&i).unwrap();
     }
     wait_in_step(&m, &[&w1, &w2], 10 * SEC);
-    let _: () = redis::cmd("SCRIPT").arg("FLUSH").query(&mut server.conn()).unwrap();
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query(&mut server.conn())
+        .unwrap();
     for i in 4..8 {
         m.add_job(&i).unwrap();
     }
@@ -807,7 +894,9 @@ fn after_a_script_flush_and_an_aof_restart_the_cluster_is_consistent() {
     // rejoined), every job ends up with exactly one worker that knows it.
     assert!(support::wait_until(20 * SEC, || m
         .jobs()
-        .is_ok_and(|j| j.len() == 10 && j.iter().all(|j| j.worker.is_some()))
+        .is_ok_and(
+            |j| j.len() == 10 && j.iter().all(|j| j.worker.is_some())
+        )
         && in_step(&m, &[&w1, &w2], 0)));
     let a = w1.seen.held();
     let b = w2.seen.held();

@@ -217,7 +217,10 @@ impl Master {
         let recheck = opts.recheck.unwrap_or_else(|| cfg.wait_recheck());
         check_interval("master recheck interval", recheck)?;
         if opts.max_payload_bytes == 0 {
-            return Err(Error::invalid("max payload bytes", "must be greater than zero"));
+            return Err(Error::invalid(
+                "max payload bytes",
+                "must be greater than zero",
+            ));
         }
         let inner = Arc::new(Inner {
             swarm: swarm.clone(),
@@ -305,12 +308,14 @@ impl Master {
     /// ```
     pub fn active_master(&self) -> Result<Option<String>> {
         let mut conn = self.inner.swarm.conn()?;
-        let v: Value = redis::cmd("GET").arg(&self.inner.keys.master).query(&mut *conn)?;
+        let v: Value = redis::cmd("GET")
+            .arg(&self.inner.keys.master)
+            .query(&mut *conn)?;
         match v {
             Value::Nil => Ok(None),
-            other => redis::from_redis_value(other).map(Some).map_err(|e| {
-                Error::corrupt(&self.inner.keys.master, format!("master seat: {e}"))
-            }),
+            other => redis::from_redis_value(other)
+                .map(Some)
+                .map_err(|e| Error::corrupt(&self.inner.keys.master, format!("master seat: {e}"))),
         }
     }
 
@@ -582,7 +587,11 @@ impl Assigner {
                     }
                 }
             }
-            let lost = self.seat.as_ref().map(|(_, rx)| rx.clone()).unwrap_or_else(never);
+            let lost = self
+                .seat
+                .as_ref()
+                .map(|(_, rx)| rx.clone())
+                .unwrap_or_else(never);
             select! {
                 recv(self.stop) -> _ => break,
                 recv(self.wake.receiver()) -> event => {

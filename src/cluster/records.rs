@@ -18,7 +18,10 @@ macro_rules! cluster_script {
                 crate::scripts::LuaScript::new(
                     $file,
                     concat!(
-                        include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/scripts/prelude.lua")),
+                        include_str!(concat!(
+                            env!("CARGO_MANIFEST_DIR"),
+                            "/src/scripts/prelude.lua"
+                        )),
                         include_str!(concat!(
                             env!("CARGO_MANIFEST_DIR"),
                             "/src/scripts/cluster_prelude.lua"
@@ -240,7 +243,10 @@ pub(crate) fn token(raw: &str, key: &str) -> Result<Option<u64>> {
 }
 
 /// Parses [`Master::jobs`](crate::Master::jobs)'s script reply.
-pub(crate) fn parse_jobs(flat: Vec<String>, job_key: impl Fn(&str) -> String) -> Result<Vec<JobInfo>> {
+pub(crate) fn parse_jobs(
+    flat: Vec<String>,
+    job_key: impl Fn(&str) -> String,
+) -> Result<Vec<JobInfo>> {
     flat.chunks(5)
         .map(|c| {
             let [id, payload, worker, tok, added] = c else {

@@ -295,7 +295,10 @@ enum Command {
     /// The fence thread fenced: join again.
     Rejoin,
     /// [`Job::delete`] deleted this assignment.
-    Deleted { id: JobId, token: u64 },
+    Deleted {
+        id: JobId,
+        token: u64,
+    },
     Stop,
 }
 
@@ -921,7 +924,9 @@ impl Driver {
             if st.generation == generation {
                 drop(st);
                 if let Some(lease) = &self.lease {
-                    lease.mark_lost("this worker's membership is gone from Redis (reaped, or Redis lost it)");
+                    lease.mark_lost(
+                        "this worker's membership is gone from Redis (reaped, or Redis lost it)",
+                    );
                 }
             }
             return Ok(());
