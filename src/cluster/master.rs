@@ -543,6 +543,7 @@ impl Assigner {
                             backoff = cfg.reconnect_min;
                             left.map_or(wait, |l| wait.min(l.saturating_add(DEADLINE_SLACK)))
                         }
+                        Err(Error::ShutDown) => break, // the handle is gone
                         Err(e) => {
                             log::warn!("cluster `{}`: election failed: {e}", self.inner.cluster);
                             let b = backoff;
@@ -580,6 +581,7 @@ impl Assigner {
                             wait = wait.min(d.saturating_add(DEADLINE_SLACK));
                         }
                     }
+                    Err(Error::ShutDown) => break,
                     Err(e) => {
                         log::warn!("cluster `{}`: sweep failed: {e}", self.inner.cluster);
                         wait = backoff;
@@ -732,7 +734,8 @@ impl Assigner {
                 inner.token,
                 inner.cluster
             ),
-            Err(e) => log::warn!(
+            Err(e) => log::log!(
+                if matches!(e, Error::ShutDown) { log::Level::Debug } else { log::Level::Warn },
                 "master {} of cluster `{}` could not step down ({e}); a standby takes over when the seat's lease lapses",
                 inner.token,
                 inner.cluster
