@@ -158,13 +158,17 @@ fn try_assignment(m: &Master) -> redswarm::Result<HashMap<String, BTreeMap<Strin
     Ok(by)
 }
 
-/// Every job but `waiting` ones is assigned, and every worker's events
-/// agree with Redis's assignment of it.
+/// Every job but `waiting` ones is assigned to one of `workers`, and every
+/// worker's events agree with Redis's assignment of it.
 fn in_step(m: &Master, workers: &[&TestWorker], waiting: usize) -> bool {
     let Ok(by) = try_assignment(m) else {
         return false; // Redis is away for a moment
     };
     if by.get("").map_or(0, |p| p.len()) != waiting {
+        return false;
+    }
+    let ids: HashSet<&str> = workers.iter().map(|w| w.worker.id()).collect();
+    if by.keys().any(|w| !w.is_empty() && !ids.contains(w.as_str())) {
         return false;
     }
     workers.iter().all(|w| {
@@ -366,6 +370,31 @@ fn a_terminating_worker_gets_deleted_for_each_job_then_closed_and_its_jobs_move_
         Err(Error::Terminated { .. })
     ));
     assert!(matches!(job.delete(), Err(Error::Terminated { .. })));
+}
+
+#[test]
+fn a_worker_whose_handle_shuts_down_stops_its_jobs_and_closes() {
+    let server = RedisServer::start();
+    let s = connect(&server.url(), "handledown");
+    let m = master(&s);
+    let w = join(&server.url(), "handledown", opts());
+    wait_active(&m);
+    for i in 0..2 {
+        m.add_job(&i).unwrap();
+    }
+    wait_in_step(&m, &[&w], 10 * SEC);
+    w._swarm.shutdown();
+    assert!(support::wait_until(10 * SEC, || w
+        .seen
+        .events()
+        .last()
+        .is_some_and(|e| matches!(e, ClusterEvent::Closed))));
+    assert_eq!(w.seen.held().len(), 0);
+    assert!(w.seen.deletions().iter().all(|d| d.1 == DeleteReason::LeaseLost));
+    // Its lease is no longer renewed: the jobs move to a new worker.
+    let other = join(&server.url(), "handledown", opts());
+    wait_in_step(&m, &[&other], REASSIGN_BOUND + 10 * SEC);
+    assert_eq!(other.seen.held().len(), 2);
 }
 
 /// A cluster worker process for the death tests: prints `joined <id>`, then

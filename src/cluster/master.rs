@@ -14,8 +14,8 @@ use redis::Value;
 use serde::Serialize;
 
 use crate::cluster::records::{
-    check_interval, check_lease, int, parse_jobs, parse_workers, run, text, JobId, JobInfo,
-    WorkerInfo, CLUSTER_ADD, CLUSTER_DELETE, CLUSTER_ELECT, CLUSTER_JOBS, CLUSTER_OPEN,
+    check_interval, check_lease, default_lease, int, parse_jobs, parse_workers, run, text, JobId,
+    JobInfo, WorkerInfo, CLUSTER_ADD, CLUSTER_DELETE, CLUSTER_ELECT, CLUSTER_JOBS, CLUSTER_OPEN,
     CLUSTER_RESIGN, CLUSTER_SWEEP, CLUSTER_WORKERS,
 };
 use crate::error::{Error, Result};
@@ -210,9 +210,7 @@ impl Master {
     pub fn with_options(swarm: &Redswarm, cluster_id: &str, opts: MasterOptions) -> Result<Master> {
         let keys = swarm.keys().cluster(cluster_id)?;
         let cfg = swarm.config();
-        let lease = opts
-            .lease
-            .unwrap_or_else(|| Duration::from_secs(3).max(cfg.min_renewable_ttl()));
+        let lease = opts.lease.unwrap_or_else(|| default_lease(swarm));
         check_lease(swarm, "master lease", lease)?;
         let recheck = opts.recheck.unwrap_or_else(|| cfg.wait_recheck());
         check_interval("master recheck interval", recheck)?;
@@ -547,12 +545,13 @@ impl Assigner {
                         Err(e) => {
                             log::warn!("cluster `{}`: election failed: {e}", self.inner.cluster);
                             let b = backoff;
-                            backoff = (backoff * 2).min(cfg.reconnect_max);
+                            backoff = backoff.saturating_mul(2).min(cfg.reconnect_max);
                             b
                         }
                     };
                     // Capped, so even a `recheck` of Duration::MAX adds safely.
-                    elect_at = Instant::now() + next.min(MAX_STANDBY_NAP);
+                    let now = Instant::now();
+                    elect_at = now.checked_add(next.min(MAX_STANDBY_NAP)).unwrap_or(now);
                 }
                 wait = elect_at.saturating_duration_since(Instant::now());
             } else {
@@ -585,7 +584,7 @@ impl Assigner {
                     Err(e) => {
                         log::warn!("cluster `{}`: sweep failed: {e}", self.inner.cluster);
                         wait = backoff;
-                        backoff = (backoff * 2).min(cfg.reconnect_max);
+                        backoff = backoff.saturating_mul(2).min(cfg.reconnect_max);
                     }
                 }
             }
@@ -602,7 +601,8 @@ impl Assigner {
                     // reconnect (it may have missed one).
                     let seat_freed = match &event {
                         Ok(SubEvent::Message(m)) => m.payload == b"resign",
-                        _ => true,
+                        Ok(SubEvent::Reconnected) => true,
+                        Err(_) => break, // the handle's pub/sub thread is gone
                     };
                     if seat_freed {
                         elect_at = Instant::now();

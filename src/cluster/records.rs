@@ -80,6 +80,12 @@ fn corrupt_from_script(e: Error) -> Error {
     }
 }
 
+/// The default lease of the master seat and of worker membership: 3 s, or
+/// three heartbeats if that is longer.
+pub(crate) fn default_lease(swarm: &crate::Redswarm) -> Duration {
+    Duration::from_secs(3).max(swarm.config().min_renewable_ttl())
+}
+
 /// Checks a lease: at least three heartbeats (the heartbeat renews it) and
 /// no longer than Redis arithmetic allows.
 pub(crate) fn check_lease(

@@ -29,8 +29,8 @@ use serde::de::DeserializeOwned;
 
 use crate::cluster::master::{delete, Deleted};
 use crate::cluster::records::{
-    check_interval, check_lease, int, run, text, token, DeleteReason, JobId, WorkerMessage,
-    CLUSTER_JOIN, CLUSTER_LEAVE, CLUSTER_SYNC,
+    check_interval, check_lease, default_lease, int, run, text, token, DeleteReason, JobId,
+    WorkerMessage, CLUSTER_JOIN, CLUSTER_LEAVE, CLUSTER_SYNC,
 };
 use crate::error::{Error, Result};
 use crate::handle::Redswarm;
@@ -170,8 +170,8 @@ pub enum ClusterEvent {
         /// Why.
         reason: DeleteReason,
     },
-    /// The worker is closed (terminated, or lost its lease with rejoin
-    /// off); no more events follow.
+    /// The worker is closed (terminated, lost its lease with rejoin off, or
+    /// its [`Redswarm`] handle was shut down); no more events follow.
     Closed,
 }
 
@@ -383,9 +383,7 @@ impl ClusterWorker {
     ) -> Result<ClusterWorker> {
         let keys = swarm.keys().cluster(cluster_id)?;
         let cfg = swarm.config();
-        let lease = opts
-            .lease
-            .unwrap_or_else(|| Duration::from_secs(3).max(cfg.min_renewable_ttl()));
+        let lease = opts.lease.unwrap_or_else(|| default_lease(swarm));
         check_lease(swarm, "worker lease", lease)?;
         let reconcile = opts.reconcile.unwrap_or_else(|| cfg.wait_recheck());
         check_interval("worker reconcile interval", reconcile)?;
@@ -788,7 +786,7 @@ impl Driver {
                     Err(e) => {
                         log::debug!("{}: rejoin failed: {e}", self.core.what());
                         wait = Some(backoff);
-                        backoff = (backoff * 2).min(cfg.reconnect_max);
+                        backoff = backoff.saturating_mul(2).min(cfg.reconnect_max);
                     }
                 }
             }
@@ -798,20 +796,14 @@ impl Driver {
                         backoff = cfg.reconnect_min;
                         next_sync = Instant::now().checked_add(self.core.reconcile);
                     }
-                    Err(Error::ShutDown) => {
-                        // The handle is gone, and with it the heartbeat that
-                        // renews the lease: the jobs must stop.
-                        let _ = self.core.close_local(DeleteReason::LeaseLost);
-                        self.core.emit(ClusterEvent::Closed);
-                        return;
-                    }
+                    Err(Error::ShutDown) => return self.handle_gone(),
                     Err(e) => {
                         // Often a connection that died with the outage the
                         // reconnect just ended: try again soon, not after a
                         // whole reconcile interval.
                         log::debug!("{}: reconcile failed: {e}", self.core.what());
                         next_sync = Instant::now().checked_add(backoff);
-                        backoff = (backoff * 2).min(cfg.reconnect_max);
+                        backoff = backoff.saturating_mul(2).min(cfg.reconnect_max);
                     }
                 }
             }
@@ -839,10 +831,22 @@ impl Driver {
                     }
                     // Messages may have been lost while disconnected.
                     Ok(SubEvent::Reconnected) => next_sync = Some(Instant::now()),
-                    Err(_) => return,
+                    Err(_) => return self.handle_gone(),
                 },
                 default(wait) => {},
             }
+        }
+    }
+
+    /// The handle was shut down, and with it the heartbeat that renews the
+    /// lease: the jobs must stop, and the worker is closed.
+    fn handle_gone(&self) {
+        if self.core.close_local(DeleteReason::LeaseLost).is_ok() {
+            log::warn!(
+                "{}: the redswarm handle was shut down; closed",
+                self.core.what()
+            );
+            self.core.emit(ClusterEvent::Closed);
         }
     }
 
