@@ -168,7 +168,10 @@ fn in_step(m: &Master, workers: &[&TestWorker], waiting: usize) -> bool {
         return false;
     }
     let ids: HashSet<&str> = workers.iter().map(|w| w.worker.id()).collect();
-    if by.keys().any(|w| !w.is_empty() && !ids.contains(w.as_str())) {
+    if by
+        .keys()
+        .any(|w| !w.is_empty() && !ids.contains(w.as_str()))
+    {
         return false;
     }
     workers.iter().all(|w| {
@@ -390,7 +393,11 @@ fn a_worker_whose_handle_shuts_down_stops_its_jobs_and_closes() {
         .last()
         .is_some_and(|e| matches!(e, ClusterEvent::Closed))));
     assert_eq!(w.seen.held().len(), 0);
-    assert!(w.seen.deletions().iter().all(|d| d.1 == DeleteReason::LeaseLost));
+    assert!(w
+        .seen
+        .deletions()
+        .iter()
+        .all(|d| d.1 == DeleteReason::LeaseLost));
     // Its lease is no longer renewed: the jobs move to a new worker.
     let other = join(&server.url(), "handledown", opts());
     wait_in_step(&m, &[&other], REASSIGN_BOUND + 10 * SEC);
@@ -745,6 +752,44 @@ fn messages_lost_while_the_subscriber_reconnects_are_made_good_by_reconciling() 
         .deletions()
         .iter()
         .all(|d| d.1 == DeleteReason::Deleted));
+}
+
+#[test]
+fn a_lost_message_leaves_a_worker_out_of_step_for_at_most_one_reconcile_interval() {
+    let server = RedisServer::start();
+    let s = connect(&server.url(), "lostmsg");
+    let m = master(&s);
+    let every = Duration::from_millis(300);
+    let w = join(&server.url(), "lostmsg", opts().reconcile(every));
+    wait_active(&m);
+    let id = m.add_job(&"x").unwrap();
+    wait_in_step(&m, &[&w], 10 * SEC);
+    // What cluster_delete.lua writes, without its message to the worker.
+    let k = s.keys().cluster("c").unwrap();
+    let _: () = redis::pipe()
+        .atomic()
+        .cmd("HDEL")
+        .arg(k.worker_jobs(w.worker.id()))
+        .arg(&id)
+        .cmd("DEL")
+        .arg(k.job(&id))
+        .cmd("ZREM")
+        .arg(&k.jobs)
+        .arg(&id)
+        .query(&mut server.conn())
+        .unwrap();
+    let gone = Instant::now();
+    assert!(support::wait_until(10 * SEC, || !w
+        .seen
+        .deletions()
+        .is_empty()));
+    let (deleted, reason, at) = w.seen.deletions().remove(0);
+    assert_eq!((deleted, reason), (id, DeleteReason::Deleted));
+    assert!(
+        at.duration_since(gone) < every + SEC,
+        "out of step for {:?} with a reconcile interval of {every:?}",
+        at.duration_since(gone)
+    );
 }
 
 #[test]
