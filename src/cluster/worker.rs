@@ -519,7 +519,7 @@ impl ClusterWorker {
                 &mut *conn,
             )
         });
-        let _ = self.core.events.send(ClusterEvent::Closed);
+        self.core.emit(ClusterEvent::Closed);
         match released {
             Ok(n) => {
                 log::info!(
