@@ -159,6 +159,22 @@ pub enum Error {
     /// A job run on a [`ThreadPool`](crate::ThreadPool) panicked.
     #[error("job panicked: {0}")]
     Panicked(String),
+
+    /// Something named by the caller (a job id, a cluster) does not exist.
+    #[error("{what} `{id}` does not exist")]
+    NotFound {
+        /// What kind of thing (for example "job").
+        what: &'static str,
+        /// The id asked for.
+        id: String,
+    },
+
+    /// A component (a cluster worker) was used after it was terminated.
+    #[error("{what} was terminated and cannot be used any more")]
+    Terminated {
+        /// The component.
+        what: String,
+    },
 }
 
 /// `Result` with redswarm's [`Error`].

@@ -64,6 +64,12 @@ impl Redswarm {
         })
     }
 
+    /// The runtime core, for features whose public constructors take the
+    /// handle (`Master::new(&swarm, ..)`).
+    pub(crate) fn runtime(&self) -> &Runtime {
+        &self.rt
+    }
+
     /// The configuration in use.
     ///
     /// ```no_run

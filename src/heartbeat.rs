@@ -29,7 +29,7 @@ use parking_lot::Mutex;
 use redis::Value;
 
 use crate::error::{Error, Result};
-pub(crate) use crate::health::{Health, PartitionState};
+use crate::health::{Health, PartitionState};
 use crate::lease::{Lease, LeaseRegistry, LeaseState, LeaseTarget};
 use crate::membership::{parse_node, NodeInfo};
 use crate::peer::{PeerAddr, PeerIdentity, PeerPoll, Pinger};

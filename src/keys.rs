@@ -60,6 +60,18 @@
 //! | `{ns:queue:<q>}:events` | channel | every task event of the queue (JSON) |
 //! | `{ns:queue:<q>}:task:<id>:events` | channel | one task's events (JSON) |
 //! | `{ns:queue:<q>}:task:<id>:control` | channel | control messages to a running task (`cancel`) |
+//! | `{ns:cluster:<c>}:meta` | hash | cluster record: `created` (ms), `rebalance` flag set when a worker joins |
+//! | `{ns:cluster:<c>}:jobs` | zset | every job id → arrival number |
+//! | `{ns:cluster:<c>}:pending` | zset | unassigned job ids → arrival number (assigned in this order) |
+//! | `{ns:cluster:<c>}:seq` | string | arrival counter |
+//! | `{ns:cluster:<c>}:fence` | string | fencing counter of assignments (`max(n + 1, now_us)`) |
+//! | `{ns:cluster:<c>}:job:<id>` | hash | payload, seq, added (ms), worker, token, assigned (ms) |
+//! | `{ns:cluster:<c>}:workers` | zset | worker id → membership lease deadline (ms, Redis clock) |
+//! | `{ns:cluster:<c>}:worker:<w>` | hash | session token, capacity, node, joined (ms) |
+//! | `{ns:cluster:<c>}:worker:<w>:jobs` | hash | the worker's jobs: job id → fencing token |
+//! | `{ns:cluster:<c>}:worker:<w>:events` | channel | `add` / `delete` / `reaped` messages to one worker (JSON) |
+//! | `{ns:cluster:<c>}:master` | string | the active master's token, `PX` lease |
+//! | `{ns:cluster:<c>}:wake` | channel | wakes the masters: a job was added or deleted, a worker joined or left, a master resigned |
 
 use crate::error::{Error, Result};
 
@@ -272,6 +284,29 @@ pub struct QueueKeys {
     pub events: String,
 }
 
+/// Keys of one job cluster (all share the hash tag `{ns:cluster:<c>}`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterKeys {
+    /// Hash tag base `{ns:cluster:<c>}`.
+    pub base: String,
+    /// Cluster record (creation time, rebalance flag).
+    pub meta: String,
+    /// Zset of every job id by arrival number.
+    pub jobs: String,
+    /// Zset of unassigned job ids by arrival number.
+    pub pending: String,
+    /// Arrival counter.
+    pub seq: String,
+    /// Fencing counter of assignments.
+    pub fence: String,
+    /// Zset of worker ids by membership lease deadline (ms).
+    pub workers: String,
+    /// The active master's token with its lease.
+    pub master: String,
+    /// Channel that wakes the masters.
+    pub wake: String,
+}
+
 impl Keys {
     /// Key builder for namespace `ns` (validated by [`Config`](crate::Config);
     /// any other string is escaped so it cannot collide with a valid one).
@@ -455,6 +490,106 @@ impl Keys {
             base,
         })
     }
+
+    /// Keys of job cluster `cluster`.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let k = redswarm::keys::Keys::new("ns").cluster("c")?;
+    /// assert_eq!(k.pending, "{ns:cluster:c}:pending");
+    /// # Ok(()) }
+    /// ```
+    pub fn cluster(&self, cluster: &str) -> Result<ClusterKeys> {
+        let base = self.tag("cluster", "cluster id", cluster)?;
+        Ok(ClusterKeys {
+            meta: format!("{base}:meta"),
+            jobs: format!("{base}:jobs"),
+            pending: format!("{base}:pending"),
+            seq: format!("{base}:seq"),
+            fence: format!("{base}:fence"),
+            workers: format!("{base}:workers"),
+            master: format!("{base}:master"),
+            wake: format!("{base}:wake"),
+            base,
+        })
+    }
+}
+
+impl ClusterKeys {
+    /// Hash of one job.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let k = redswarm::keys::Keys::new("ns").cluster("c")?;
+    /// assert_eq!(k.job("7"), "{ns:cluster:c}:job:7");
+    /// # Ok(()) }
+    /// ```
+    pub fn job(&self, id: &str) -> String {
+        format!("{}{id}", self.job_prefix())
+    }
+
+    /// Prefix of job hashes (`<base>:job:`), for scripts that derive a
+    /// job's key from its id (same hash tag, same slot).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let k = redswarm::keys::Keys::new("ns").cluster("c")?;
+    /// assert_eq!(k.job_prefix(), "{ns:cluster:c}:job:");
+    /// # Ok(()) }
+    /// ```
+    pub fn job_prefix(&self) -> String {
+        format!("{}:job:", self.base)
+    }
+
+    /// Prefix of worker keys (`<base>:worker:`); a worker's record is
+    /// `<prefix><w>`, its jobs `<prefix><w>:jobs`, its channel
+    /// `<prefix><w>:events`.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let k = redswarm::keys::Keys::new("ns").cluster("c")?;
+    /// assert_eq!(k.worker_prefix(), "{ns:cluster:c}:worker:");
+    /// # Ok(()) }
+    /// ```
+    pub fn worker_prefix(&self) -> String {
+        format!("{}:worker:", self.base)
+    }
+
+    /// Record (hash) of worker `w`.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let k = redswarm::keys::Keys::new("ns").cluster("c")?;
+    /// assert_eq!(k.worker("w1"), "{ns:cluster:c}:worker:w1");
+    /// # Ok(()) }
+    /// ```
+    pub fn worker(&self, w: &str) -> String {
+        format!("{}{w}", self.worker_prefix())
+    }
+
+    /// Jobs of worker `w` (hash: job id → fencing token).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let k = redswarm::keys::Keys::new("ns").cluster("c")?;
+    /// assert_eq!(k.worker_jobs("w1"), "{ns:cluster:c}:worker:w1:jobs");
+    /// # Ok(()) }
+    /// ```
+    pub fn worker_jobs(&self, w: &str) -> String {
+        format!("{}{w}:jobs", self.worker_prefix())
+    }
+
+    /// Event channel of worker `w`.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let k = redswarm::keys::Keys::new("ns").cluster("c")?;
+    /// assert_eq!(k.worker_events("w1"), "{ns:cluster:c}:worker:w1:events");
+    /// # Ok(()) }
+    /// ```
+    pub fn worker_events(&self, w: &str) -> String {
+        format!("{}{w}:events", self.worker_prefix())
+    }
 }
 
 impl QueueKeys {
@@ -558,6 +693,16 @@ mod tests {
             assert_eq!(hash_tag(&p.owner), hash_tag(k));
         }
         assert!(Keys::new("ns").paired_in_hash("h", "").is_err());
+
+        let c = Keys::new("ns").cluster("c").unwrap();
+        for key in [
+            c.job("1"),
+            c.worker_jobs("w"),
+            c.master.clone(),
+            c.fence.clone(),
+        ] {
+            assert_eq!(hash_tag(&key), hash_tag(&c.pending));
+        }
         assert_eq!(
             hash_tag(&Keys::new("ns").nodes()),
             hash_tag(&Keys::new("ns").node_info("x"))

@@ -21,6 +21,7 @@
 //! [`Subscription`]s, the heartbeat with its leases) under the features.
 #![deny(missing_docs)]
 
+pub mod cluster;
 mod config;
 mod error;
 mod fanout;
@@ -46,6 +47,10 @@ pub mod swarm;
 mod threadpool;
 mod util;
 
+pub use cluster::{
+    ClusterEvent, ClusterWorker, ClusterWorkerOptions, DeleteReason, Job, JobId, JobInfo, Master,
+    MasterOptions, WorkerInfo,
+};
 pub use config::{Config, ConfigBuilder};
 pub use error::{Error, Result};
 pub use fanout::{Completer, Fanout, FanoutError, Push, Waited, Waiter};

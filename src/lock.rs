@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Receiver;
 
 use crate::error::{Error, Result};
-use crate::heartbeat::PartitionState;
+use crate::health::PartitionState;
 use crate::keys::LockKeys;
 use crate::lease::{Lease, LeaseLost, LeaseTarget};
 use crate::runtime::Runtime;

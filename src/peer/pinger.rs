@@ -15,7 +15,7 @@ use super::net::{literal, spawn_lookup};
 use super::ping::{ping, PingOutcome, ResolvedPeer};
 use super::{PeerAddr, PeerIdentity};
 use crate::error::{Error, Result};
-use crate::heartbeat::PartitionState;
+use crate::health::PartitionState;
 
 /// Pings in flight at once in one round; more peers share these threads
 /// (and the round's one deadline).

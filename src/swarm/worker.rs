@@ -26,7 +26,7 @@ use parking_lot::{Condvar, Mutex};
 use redis::Value;
 
 use crate::error::{Error, Result};
-use crate::heartbeat::PartitionState;
+use crate::health::PartitionState;
 use crate::lease::{Lease, LeaseTarget};
 use crate::lock::validate_ttl;
 use crate::subscriber::SubEvent;
