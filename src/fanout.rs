@@ -41,9 +41,9 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::grant::{grant_start, once_more_if_lost, validate_ttl};
 use crate::keys::FanoutKeys;
 use crate::lease::{Lease, LeaseTarget};
-use crate::lock::{grant_start, once_more_if_lost, validate_ttl};
 use crate::runtime::Runtime;
 use crate::scripts::{invoke, lua_script};
 use crate::subscriber::{SubEvent, Subscription};

@@ -28,6 +28,7 @@ mod fanout;
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;
+mod grant;
 mod handle;
 mod health;
 mod heartbeat;

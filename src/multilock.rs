@@ -14,9 +14,10 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Receiver;
 
 use crate::error::{Error, Result};
+use crate::grant::{validate_ttl, wait_for_release};
 use crate::keys::LockKeys;
 use crate::lease::LeaseLost;
-use crate::lock::{attempt, validate_ttl, wait_for_release, Attempt, LockGuard};
+use crate::lock::{attempt, Attempt, LockGuard};
 use crate::runtime::Runtime;
 use crate::subscriber::Subscription;
 use crate::util::{random_id, Deadline};

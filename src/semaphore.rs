@@ -23,9 +23,9 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Receiver;
 
 use crate::error::{Error, Result};
+use crate::grant::{grant_start, once_more_if_lost, validate_ttl, wait_for_grant};
 use crate::keys::SemaphoreKeys;
 use crate::lease::{Lease, LeaseLost, LeaseTarget};
-use crate::lock::{grant_start, once_more_if_lost, validate_ttl, wait_for_grant};
 use crate::runtime::Runtime;
 use crate::scripts::{invoke, lua_script};
 use crate::util::{millis, random_id};

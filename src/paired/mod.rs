@@ -263,7 +263,7 @@ impl Paired {
 
     fn validate(&self) -> Result<()> {
         crate::util::check_ttl("paired lease", self.lease)?;
-        crate::lock::validate_ttl(&self.swarm, self.lease, true)?;
+        crate::grant::validate_ttl(&self.swarm, self.lease, true)?;
         crate::util::check_ttl("paired retention", self.retention)?;
         if self.retention.is_zero() {
             return Err(Error::invalid("paired retention", "must be above zero"));

@@ -26,9 +26,9 @@ use parking_lot::{Condvar, Mutex};
 use redis::Value;
 
 use crate::error::{Error, Result};
+use crate::grant::validate_ttl;
 use crate::health::PartitionState;
 use crate::lease::{Lease, LeaseTarget};
-use crate::lock::validate_ttl;
 use crate::subscriber::SubEvent;
 use crate::swarm::context::{StopReason, StopSignal, TaskContext};
 use crate::swarm::queue::{queue_invoke, Queue, QUEUE_CLAIM, QUEUE_FINISH, QUEUE_UNCLAIM};
