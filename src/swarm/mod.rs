@@ -31,6 +31,7 @@
 //! through a Redis restart shorter than the lease. Cancellation is state in
 //! Redis that every transition honours, not only a message.
 
+mod claim;
 mod context;
 mod monitor;
 mod queue;

@@ -23,18 +23,19 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, Sender};
 use parking_lot::{Condvar, Mutex};
-use redis::Value;
 
 use crate::error::{Error, Result};
 use crate::grant::validate_ttl;
 use crate::health::PartitionState;
 use crate::lease::{Lease, LeaseTarget};
 use crate::subscriber::SubEvent;
+use crate::swarm::claim::{
+    claim, finish, token_ttl_ms, unclaim, Claimed, ClaimedTask, FinishReply,
+};
 use crate::swarm::context::{StopReason, StopSignal, TaskContext};
-use crate::swarm::queue::{queue_invoke, Queue, QUEUE_CLAIM, QUEUE_FINISH, QUEUE_UNCLAIM};
-use crate::swarm::task::saturating_millis;
+use crate::swarm::queue::Queue;
 use crate::threadpool::ThreadPool;
-use crate::util::{check_ttl, deadline_after, millis, panic_message, random_id};
+use crate::util::{check_ttl, deadline_after, panic_message, random_id};
 
 /// How much longer than the grace period [`SwarmWorker::shutdown`] may take:
 /// half of it for stopped handlers to return and report, the rest for
@@ -50,10 +51,6 @@ pub const FINISHED_KEEP: usize = 1024;
 /// The longest an idle worker blocks on the wake-up list with nothing due:
 /// a safety net for wake-ups lost with a Redis restart that lost data.
 const IDLE_WAIT_CAP: Duration = Duration::from_secs(60);
-
-/// Claim tokens are remembered in Redis for this many leases, so a claim
-/// request held up by the network that long still finds its token.
-const CLAIM_TOKEN_LEASES: u32 = 3;
 
 /// `cancel` messages for tasks this worker does not (yet) know are kept
 /// this long: the message can overtake the claim's reply.
@@ -558,7 +555,7 @@ fn fetch_loop(shared: Arc<Shared>, pool: Arc<ThreadPool>) {
     // same grant instead of a second task.
     let mut token = random_id();
     let mut unconfirmed_since: Option<Instant> = None;
-    let token_ttl = Duration::from_millis(token_ttl_ms(&shared));
+    let token_ttl = Duration::from_millis(token_ttl_ms(shared.opts.lease));
     while !shared.stopping() {
         if unconfirmed_since.is_some_and(|t| t.elapsed() >= token_ttl) {
             // Redis has forgotten the token by now: nothing to recover.
@@ -579,7 +576,7 @@ fn fetch_loop(shared: Arc<Shared>, pool: Arc<ThreadPool>) {
                 log::debug!("opportunistic reap failed: {e}");
             }
         }
-        match claim(&shared, &token) {
+        match claim(&shared.queue, shared.opts.lease, &token) {
             Ok(Claimed::Task(task)) => {
                 backoff = cfg.reconnect_min;
                 if unconfirmed_since.is_some() {
@@ -638,7 +635,7 @@ fn fetch_loop(shared: Arc<Shared>, pool: Arc<ThreadPool>) {
         }
     }
     if unconfirmed_since.is_some() {
-        match unclaim(&shared, &token) {
+        match unclaim(&shared.queue, shared.opts.lease, &token) {
             Ok(true) => log::info!("a claim whose reply was lost was handed back"),
             Ok(false) => {}
             Err(e) => log::warn!(
@@ -725,130 +722,6 @@ fn block_for_work(shared: &Shared, conn: &mut Option<redis::Connection>, wait: D
     log::debug!("wait for work: {e}");
     *conn = None;
     *shared.fetch_client.lock() = None;
-}
-
-struct ClaimedTask {
-    id: String,
-    fence: u64,
-    attempt: u32,
-    timeout: Option<Duration>,
-    /// The payload, or why it is unusable.
-    data: std::result::Result<serde_json::Value, String>,
-    sent: Instant,
-}
-
-enum Claimed {
-    Task(ClaimedTask),
-    Nothing {
-        next_delayed: Option<Duration>,
-        next_lease: Option<Duration>,
-    },
-    /// The token belonged to an earlier claim that is over: claim again.
-    Spent,
-}
-
-/// How long the claim token is remembered in Redis (ms).
-fn token_ttl_ms(shared: &Shared) -> u64 {
-    saturating_millis(shared.opts.lease.saturating_mul(CLAIM_TOKEN_LEASES)).max(1)
-}
-
-fn claim(shared: &Shared, token: &str) -> Result<Claimed> {
-    let q = &shared.queue;
-    let mut conn = q.swarm.conn()?;
-    let sent = Instant::now();
-    let reply: Vec<Value> = queue_invoke(
-        QUEUE_CLAIM
-            .prepare()
-            .key(&q.keys.ready)
-            .key(&q.keys.delayed)
-            .key(&q.keys.running)
-            .key(&q.keys.marker)
-            .key(q.keys.claim(token))
-            .key(&q.keys.failed)
-            .key(&q.keys.ended)
-            .arg(q.keys.task_prefix())
-            .arg(q.swarm.node_id())
-            .arg(millis(shared.opts.lease))
-            .arg(&q.keys.events)
-            .arg(token)
-            .arg(token_ttl_ms(shared)),
-        &mut *conn,
-    )?;
-    let corrupt = |why: String| Error::corrupt(&q.keys.running, format!("claim reply: {why}"));
-    let get = |i: usize| -> Option<&Value> { reply.get(i).filter(|v| !matches!(v, Value::Nil)) };
-    let text = |i: usize, what: &str| -> Result<String> {
-        let v = get(i).ok_or_else(|| corrupt(format!("missing {what}")))?;
-        match v {
-            Value::Int(n) => Ok(n.to_string()),
-            v => redis::from_redis_value_ref::<String>(v)
-                .map_err(|e| corrupt(format!("{what}: {e}"))),
-        }
-    };
-    let count_at = |i: usize| -> Option<u64> { text(i, "count").ok()?.parse().ok() };
-    let millis_at = |i: usize| count_at(i).map(Duration::from_millis);
-    let failed = count_at(9).unwrap_or(0);
-    if failed > 0 {
-        log::warn!(
-            "queue `{}`: {failed} task(s) with unusable records moved to the failed set",
-            q.name
-        );
-    }
-    if get(0).is_none() {
-        if count_at(8).is_some_and(|spent| spent > 0) {
-            return Ok(Claimed::Spent);
-        }
-        return Ok(Claimed::Nothing {
-            next_delayed: millis_at(6),
-            next_lease: millis_at(7),
-        });
-    }
-    let id = text(0, "id")?;
-    let fence: u64 = text(1, "fence")?
-        .parse()
-        .map_err(|e| corrupt(format!("fence: {e}")))?;
-    let attempt: u32 = text(2, "attempts")?
-        .parse()
-        .map_err(|e| corrupt(format!("attempts: {e}")))?;
-    let timeout_ms: u64 = text(4, "timeout")?
-        .parse()
-        .map_err(|e| corrupt(format!("timeout: {e}")))?;
-    let data = text(5, "data")
-        .and_then(|d| serde_json::from_str(&d).map_err(|e| corrupt(format!("data: {e}"))));
-    Ok(Claimed::Task(ClaimedTask {
-        data: data.map_err(|_| {
-            format!(
-                "corrupt data at `{}`: field `data` is not JSON",
-                q.keys.task(&id)
-            )
-        }),
-        id,
-        fence,
-        attempt,
-        timeout: (timeout_ms > 0).then(|| Duration::from_millis(timeout_ms)),
-        sent,
-    }))
-}
-
-/// Hands back the claim made under `token` if it happened (its reply was
-/// lost); spends the token either way.
-fn unclaim(shared: &Shared, token: &str) -> Result<bool> {
-    let q = &shared.queue;
-    let mut conn = q.swarm.store().conn()?;
-    let n: i64 = queue_invoke(
-        QUEUE_UNCLAIM
-            .prepare()
-            .key(q.keys.claim(token))
-            .key(&q.keys.running)
-            .key(&q.keys.delayed)
-            .key(&q.keys.marker)
-            .key(&q.keys.ended)
-            .arg(q.keys.task_prefix())
-            .arg(token)
-            .arg(token_ttl_ms(shared))
-            .arg(&q.keys.events),
-        &mut *conn,
-    )?;
-    Ok(n == 1)
 }
 
 fn start_task(shared: &Arc<Shared>, pool: &ThreadPool, task: ClaimedTask) {
@@ -1020,73 +893,6 @@ fn report(shared: &Shared, ctx: &TaskContext, how: &str, text: &str) -> Finished
             }
         }
     }
-}
-
-/// What the finish script answered.
-enum FinishReply {
-    /// Applied (now or by an earlier try of the same report): the event,
-    /// and the error text for a failure.
-    Applied { event: String, error: String },
-    /// The claim is stale: the task's current state.
-    Stale(String),
-}
-
-/// A fraction in [0, 1) for backoff jitter (`RandomState` is seeded per
-/// process and advanced per call; no `rand` dependency needed).
-fn jitter() -> f64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0),
-    );
-    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
-}
-
-/// Runs the finish script once.
-fn finish(queue: &Queue, id: &str, fence: u64, how: &str, text: &str) -> Result<FinishReply> {
-    let mut conn = queue.swarm.store().conn()?;
-    let reply: Vec<Value> = queue_invoke(
-        QUEUE_FINISH
-            .prepare()
-            .key(queue.keys.task(id))
-            .key(&queue.keys.running)
-            .key(&queue.keys.ended)
-            .key(&queue.keys.failed)
-            .key(&queue.keys.delayed)
-            .key(&queue.keys.marker)
-            .arg(id)
-            .arg(fence)
-            .arg(how)
-            .arg(text)
-            .arg(&queue.keys.events)
-            .arg(queue.keep_ended)
-            .arg(millis(queue.keep_ended_for))
-            .arg(queue.keys.task_prefix())
-            .arg(format!("{:.6}", jitter())),
-        &mut *conn,
-    )?;
-    let corrupt = |why: &str| Error::corrupt(queue.keys.task(id), format!("finish reply: {why}"));
-    let text_at = |i: usize| -> Option<String> {
-        reply
-            .get(i)
-            .and_then(|v| redis::from_redis_value_ref::<String>(v).ok())
-    };
-    let applied = reply
-        .first()
-        .and_then(|v| redis::from_redis_value_ref::<i64>(v).ok())
-        .ok_or_else(|| corrupt("no status"))?;
-    let what = text_at(1).ok_or_else(|| corrupt("no event"))?;
-    Ok(if applied == 1 {
-        FinishReply::Applied {
-            event: what,
-            error: text_at(2).unwrap_or_default(),
-        }
-    } else {
-        FinishReply::Stale(what)
-    })
 }
 
 /// Looks up `cancel_requested` of the running tasks in Redis: the fallback
