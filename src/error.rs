@@ -156,10 +156,6 @@ pub enum Error {
         failed: Vec<(String, String)>,
     },
 
-    /// A job run on a [`ThreadPool`](crate::ThreadPool) panicked.
-    #[error("job panicked: {0}")]
-    Panicked(String),
-
     /// Something named by the caller (a job id, a cluster) does not exist.
     #[error("{what} `{id}` does not exist")]
     NotFound {

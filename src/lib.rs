@@ -17,7 +17,7 @@
 //! ```
 //!
 //! Layers (see `DESIGN.md`): the **store** ([`Config`], [`keys`], scripts,
-//! [`Error`]) under the **runtime** ([`ThreadPool`], the pub/sub
+//! [`Error`]) under the **runtime** (a fixed thread pool, the pub/sub
 //! [`Subscription`]s, the heartbeat with its leases) under the features.
 #![deny(missing_docs)]
 
@@ -70,5 +70,4 @@ pub use swarm::{
     StopReason, SwarmWorker, TaskContext, TaskEvent, TaskInfo, TaskOptions, TaskOutcome, TaskSet,
     TaskState, WorkerOptions,
 };
-pub use threadpool::{JobHandle, ThreadPool};
 pub use util::MAX_TTL;

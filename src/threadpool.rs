@@ -1,19 +1,18 @@
 //! A fixed pool of N threads fed by a bounded queue.
 //!
-//! A job that panics fails alone: the panic is caught, logged, and handed to
-//! whoever waits on the job's [`JobHandle`] as [`Error::Panicked`]; the
-//! thread goes on with the next job.
+//! A job that panics fails alone: the panic is caught and logged, and the
+//! thread goes on with the next job (the jobs report their own outcomes:
+//! a task handler's panic is caught inside and reported as its failure).
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
 
-use crossbeam_channel::{bounded, Receiver, Sender};
+use crossbeam_channel::{bounded, Sender};
 use parking_lot::{Condvar, Mutex};
 
 use crate::error::{Error, Result};
-use crate::util::{panic_message, Deadline};
+use crate::util::panic_message;
 
 /// Busy-thread count and the condvar `wait_idle` sleeps on.
 type BusyCount = (Mutex<usize>, Condvar);
@@ -30,18 +29,6 @@ fn mark_idle(busy: &BusyCount) {
 }
 
 /// A fixed-size thread pool with a bounded job queue.
-///
-/// ```
-/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// let pool = redswarm::ThreadPool::new("demo", 2, 16)?;
-/// let job = pool.execute(|| 6 * 7)?;
-/// assert_eq!(job.join()?, 42);
-/// let bad = pool.execute(|| -> u8 { panic!("boom") })?;
-/// assert!(bad.join().is_err());
-/// assert_eq!(pool.execute(|| 1)?.join()?, 1); // still alive
-/// pool.join();
-/// # Ok(()) }
-/// ```
 pub struct ThreadPool {
     name: String,
     size: usize,
@@ -50,77 +37,19 @@ pub struct ThreadPool {
     busy: Arc<BusyCount>,
 }
 
-/// The outcome of one job submitted to a [`ThreadPool`].
-///
-/// ```
-/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// let pool = redswarm::ThreadPool::new("demo", 1, 1)?;
-/// let h = pool.execute(|| "done")?;
-/// assert_eq!(h.join()?, "done");
-/// # Ok(()) }
-/// ```
-pub struct JobHandle<T> {
-    rx: Receiver<Result<T>>,
-}
-
-impl<T> JobHandle<T> {
-    /// Waits for the job; a panic in it comes back as [`Error::Panicked`].
-    ///
-    /// ```
-    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let pool = redswarm::ThreadPool::new("demo", 1, 1)?;
-    /// assert_eq!(pool.execute(|| 1)?.join()?, 1);
-    /// # Ok(()) }
-    /// ```
-    pub fn join(self) -> Result<T> {
-        self.rx.recv().unwrap_or(Err(Error::ShutDown))
-    }
-
-    /// Waits at most `timeout`; `None` if the job is still running.
-    ///
-    /// ```
-    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let pool = redswarm::ThreadPool::new("demo", 1, 1)?;
-    /// let h = pool.execute(|| 1)?;
-    /// assert_eq!(h.join_timeout(std::time::Duration::from_secs(5)).ok_or("still running")??, 1);
-    /// # Ok(()) }
-    /// ```
-    pub fn join_timeout(&self, timeout: Duration) -> Option<Result<T>> {
-        match self.rx.recv_timeout(timeout) {
-            Ok(r) => Some(r),
-            Err(crossbeam_channel::RecvTimeoutError::Timeout) => None,
-            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => Some(Err(Error::ShutDown)),
-        }
-    }
-}
-
 impl ThreadPool {
     /// Most threads one pool may have (each has its own stack; a typo like
     /// 100000 must fail, not exhaust the process).
-    ///
-    /// ```
-    /// let n = redswarm::ThreadPool::MAX_THREADS + 1;
-    /// assert!(redswarm::ThreadPool::new("x", n, 1).is_err());
-    /// ```
     pub const MAX_THREADS: usize = 1024;
 
     /// Largest job queue of one pool (the queue's slots are allocated up
     /// front).
-    ///
-    /// ```
-    /// let n = redswarm::ThreadPool::MAX_QUEUE_CAPACITY + 1;
-    /// assert!(redswarm::ThreadPool::new("x", 1, n).is_err());
-    /// ```
     pub const MAX_QUEUE_CAPACITY: usize = 1 << 16;
 
     /// Starts `threads` threads (1 to [`ThreadPool::MAX_THREADS`]) named
     /// `<name>-<i>` with a queue of `queue_capacity` jobs (at most
     /// [`ThreadPool::MAX_QUEUE_CAPACITY`]; `execute` blocks while it is
     /// full).
-    ///
-    /// ```
-    /// assert!(redswarm::ThreadPool::new("x", 0, 1).is_err());
-    /// ```
     pub fn new(name: &str, threads: usize, queue_capacity: usize) -> Result<ThreadPool> {
         if threads == 0 {
             return Err(Error::invalid("thread count", "must be at least 1"));
@@ -171,97 +100,37 @@ impl ThreadPool {
     }
 
     /// Number of threads.
-    ///
-    /// ```
-    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// assert_eq!(redswarm::ThreadPool::new("x", 3, 1)?.size(), 3);
-    /// # Ok(()) }
-    /// ```
     pub fn size(&self) -> usize {
         self.size
     }
 
     /// Threads not running a job right now (jobs queued but not started
     /// are not counted).
-    ///
-    /// ```
-    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// assert_eq!(redswarm::ThreadPool::new("x", 2, 1)?.idle(), 2);
-    /// # Ok(()) }
-    /// ```
     pub fn idle(&self) -> usize {
         self.size.saturating_sub(*self.busy.0.lock())
     }
 
-    /// Blocks until at least one thread is idle or `timeout` passes
-    /// (`Duration::MAX` waits as long as it takes);
-    /// returns whether one is idle.
-    ///
-    /// ```
-    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// let pool = redswarm::ThreadPool::new("x", 1, 1)?;
-    /// assert!(pool.wait_idle(std::time::Duration::from_millis(10)));
-    /// # Ok(()) }
-    /// ```
-    pub fn wait_idle(&self, timeout: Duration) -> bool {
-        // Saturating: a timeout of Duration::MAX waits as long as it takes.
-        let deadline = Deadline::after(timeout);
-        let mut busy = self.busy.0.lock();
-        while *busy >= self.size {
-            match deadline.instant() {
-                Some(at) => {
-                    if self.busy.1.wait_until(&mut busy, at).timed_out() {
-                        return *busy < self.size;
-                    }
-                }
-                None => self.busy.1.wait(&mut busy),
-            }
-        }
-        true
-    }
-
     /// Queues `job`; blocks while the queue is full. Fails with
     /// [`Error::ShutDown`] after [`ThreadPool::join`].
-    ///
-    /// ```
-    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// let pool = redswarm::ThreadPool::new("x", 1, 4)?;
-    /// let h = pool.execute(|| 2 + 2)?;
-    /// assert_eq!(h.join()?, 4);
-    /// # Ok(()) }
-    /// ```
-    pub fn execute<F, T>(&self, job: F) -> Result<JobHandle<T>>
+    pub fn execute<F>(&self, job: F) -> Result<()>
     where
-        F: FnOnce() -> T + Send + 'static,
-        T: Send + 'static,
+        F: FnOnce() + Send + 'static,
     {
         let sender = self.sender.lock().clone().ok_or(Error::ShutDown)?;
-        let (tx, rx) = bounded(1);
         let pool_name = self.name.clone();
         let wrapped: Job = Box::new(move |busy| {
-            let outcome = catch_unwind(AssertUnwindSafe(job)).map_err(|payload| {
+            // A panic fails this job alone; the thread lives on.
+            if let Err(payload) = catch_unwind(AssertUnwindSafe(job)) {
                 let msg = panic_message(payload.as_ref());
                 log::error!("job on thread pool `{pool_name}` panicked: {msg}");
-                Error::Panicked(msg)
-            });
+            }
             mark_idle(busy);
-            // The waiter may have given up; that is fine.
-            let _ = tx.send(outcome);
         });
-        sender.send(wrapped).map_err(|_| Error::ShutDown)?;
-        Ok(JobHandle { rx })
+        sender.send(wrapped).map_err(|_| Error::ShutDown)
     }
 
     /// Stops taking jobs, lets the queued ones finish, and joins every
     /// thread. Idempotent.
-    ///
-    /// ```
-    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// let pool = redswarm::ThreadPool::new("x", 2, 4)?;
-    /// pool.join();
-    /// assert!(pool.execute(|| ()).is_err());
-    /// # Ok(()) }
-    /// ```
     pub fn join(&self) {
         self.sender.lock().take();
         let handles: Vec<_> = std::mem::take(&mut *self.threads.lock());
@@ -276,5 +145,61 @@ impl ThreadPool {
 impl Drop for ThreadPool {
     fn drop(&mut self) {
         self.join();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    fn wait_until(d: Duration, mut f: impl FnMut() -> bool) -> bool {
+        let until = Instant::now() + d;
+        while Instant::now() < until {
+            if f() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        f()
+    }
+
+    #[test]
+    fn thread_pool_survives_panicking_jobs() {
+        let pool = ThreadPool::new("t", 2, 8).unwrap();
+        for _ in 0..4 {
+            pool.execute(|| panic!("job failed on purpose")).unwrap();
+        }
+        let (tx, rx) = crossbeam_channel::unbounded();
+        for i in 0..10u32 {
+            let tx = tx.clone();
+            pool.execute(move || tx.send(i * 2).unwrap()).unwrap();
+        }
+        let sum: u32 = (0..10)
+            .map(|_| rx.recv_timeout(Duration::from_secs(10)).unwrap())
+            .sum();
+        assert_eq!(sum, 90, "both threads outlived the panics");
+        assert!(wait_until(Duration::from_secs(5), || pool.idle() == 2));
+        pool.join();
+        assert!(matches!(pool.execute(|| ()), Err(Error::ShutDown)));
+    }
+
+    #[test]
+    fn thread_pool_bounds_are_invalid_input() {
+        for (threads, queue) in [
+            (ThreadPool::MAX_THREADS + 1, 1),
+            (usize::MAX, 1),
+            (1, ThreadPool::MAX_QUEUE_CAPACITY + 1),
+            (1, usize::MAX),
+            (0, 1),
+        ] {
+            assert!(
+                matches!(
+                    ThreadPool::new("t", threads, queue),
+                    Err(Error::InvalidInput { .. })
+                ),
+                "{threads} threads, queue {queue}"
+            );
+        }
     }
 }

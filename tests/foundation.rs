@@ -5,7 +5,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use redswarm::{Config, Error, Health, Redswarm, SubEvent, ThreadPool};
+use redswarm::{Config, Error, Health, Redswarm, SubEvent};
 use support::RedisServer;
 
 fn config(server: &RedisServer, ns: &str) -> redswarm::ConfigBuilder {
@@ -333,28 +333,6 @@ fn node_expires_from_membership_after_its_process_dies() {
         .any(|n| n.id == "doomed"));
 }
 
-#[test]
-fn thread_pool_survives_panicking_jobs() {
-    let pool = ThreadPool::new("t", 2, 8).unwrap();
-    let bad: Vec<_> = (0..4)
-        .map(|_| {
-            pool.execute(|| -> u32 { panic!("job failed on purpose") })
-                .unwrap()
-        })
-        .collect();
-    for h in bad {
-        assert!(matches!(h.join(), Err(Error::Panicked(m)) if m.contains("on purpose")));
-    }
-    let good: Vec<_> = (0..10u32)
-        .map(|i| pool.execute(move || i * 2).unwrap())
-        .collect();
-    let sum: u32 = good.into_iter().map(|h| h.join().unwrap()).sum();
-    assert_eq!(sum, 90);
-    assert_eq!(pool.idle(), 2);
-    pool.join();
-    assert!(matches!(pool.execute(|| ()), Err(Error::ShutDown)));
-}
-
 fn config_error_field(r: redswarm::Result<Config>) -> &'static str {
     match r {
         Err(Error::InvalidConfig { field, .. }) => field,
@@ -470,41 +448,4 @@ fn debug_output_and_errors_never_show_the_password_or_peer_secret() {
     assert!(matches!(err, Error::Connect { .. }), "{err}");
     assert!(!err.to_string().contains("hunter2"), "{err}");
     assert!(!format!("{err:?}").contains("hunter2"), "{err:?}");
-}
-
-#[test]
-fn thread_pool_bounds_and_an_endless_wait_idle() {
-    for (threads, queue) in [
-        (ThreadPool::MAX_THREADS + 1, 1),
-        (usize::MAX, 1),
-        (1, ThreadPool::MAX_QUEUE_CAPACITY + 1),
-        (1, usize::MAX),
-    ] {
-        assert!(
-            matches!(
-                ThreadPool::new("t", threads, queue),
-                Err(Error::InvalidInput { .. })
-            ),
-            "{threads} threads, queue {queue}"
-        );
-    }
-    let pool = std::sync::Arc::new(ThreadPool::new("t", 1, 1).unwrap());
-    let (go_tx, go) = crossbeam_channel::bounded::<()>(1);
-    let busy = pool
-        .execute(move || go.recv_timeout(Duration::from_secs(30)).is_ok())
-        .unwrap();
-    assert!(support::wait_until(Duration::from_secs(5), || pool.idle() == 0));
-    let (tx, rx) = crossbeam_channel::bounded(1);
-    let p = pool.clone();
-    std::thread::spawn(move || {
-        let _ = tx.send(p.wait_idle(Duration::MAX));
-    });
-    assert!(rx.recv_timeout(Duration::from_millis(300)).is_err());
-    go_tx.send(()).unwrap();
-    assert!(busy.join().unwrap());
-    assert_eq!(
-        rx.recv_timeout(Duration::from_secs(10)),
-        Ok(true),
-        "wait_idle(Duration::MAX) never returned"
-    );
 }

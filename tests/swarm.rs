@@ -1317,7 +1317,7 @@ fn worker_thread_counts_above_the_limit_are_invalid_config_naming_threads() {
     let q = s.queue("jobs").unwrap();
     for n in [
         0,
-        redswarm::ThreadPool::MAX_THREADS + 1,
+        redswarm::WorkerOptions::MAX_THREADS + 1,
         100_000,
         usize::MAX,
     ] {

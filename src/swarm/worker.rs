@@ -128,6 +128,14 @@ impl Default for WorkerOptions {
 }
 
 impl WorkerOptions {
+    /// The most handler threads one worker may have (each has its own
+    /// stack; a typo like 100000 must fail, not exhaust the process).
+    ///
+    /// ```
+    /// assert_eq!(redswarm::WorkerOptions::MAX_THREADS, 1024);
+    /// ```
+    pub const MAX_THREADS: usize = ThreadPool::MAX_THREADS;
+
     /// Defaults: 4 threads, 30 s lease, 10 s grace, reap every 5 s.
     ///
     /// ```
@@ -138,7 +146,7 @@ impl WorkerOptions {
     }
 
     /// Handler threads, and exactly the most tasks claimed at once: 1 to
-    /// [`ThreadPool::MAX_THREADS`](crate::ThreadPool::MAX_THREADS), checked
+    /// [`WorkerOptions::MAX_THREADS`], checked
     /// by [`SwarmWorker::start`] ([`Error::InvalidConfig`] for `threads`).
     ///
     /// ```
