@@ -7,46 +7,8 @@
 -- Rust side). A task record that cannot be used is not an error: the task
 -- is moved to the failed set with the reason, and the caller goes on.
 
--- Aborts the script (nothing has been written yet) naming the bad key.
-local function corrupt(key, why)
-  error({err = 'CORRUPT ' .. key .. '\t' .. why})
-end
-
--- Checks that `key` is absent or of Redis type `want` ('zset', 'list', ...).
-local function want_type(key, want)
-  local t = redis.call('TYPE', key)['ok']
-  if t ~= 'none' and t ~= want then
-    corrupt(key, 'is a ' .. t .. ', expected a ' .. want)
-  end
-end
-
--- A whole number >= 0 stored as text; nil for anything else.
-local function count_of(v)
-  if type(v) ~= 'string' or not string.match(v, '^%d+$') or #v > 16 then return nil end
-  return tonumber(v)
-end
-
--- Numbers as Redis stores them: integral text, never '1.7e+15'.
-local function num_text(n)
-  return string.format('%.0f', n)
-end
-
--- The next fencing token after `current`: never below the Redis server
--- time in microseconds, so tokens keep rising across a Redis restart that
--- lost the counter (no persistence). With `field`, the counter is that
--- hash field of `key`; without, the string `key`. Callers validate the
--- current value first (count_of) and pass it in.
-local function next_fence(key, current, field)
-  local t = redis.call('TIME')
-  local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
-  local fence = math.max(current + 1, now_us)
-  if field then
-    redis.call('HSET', key, field, num_text(fence))
-  else
-    redis.call('SET', key, num_text(fence))
-  end
-  return fence
-end
+-- corrupt(), want_type(), count_of(), num_text() and next_fence() come from
+-- the prelude.
 
 -- The task fields the scripts read, and how to check them. A missing
 -- counter added by a later version reads as its default.
