@@ -207,6 +207,7 @@ impl Harness {
             .args(["--ms", &TASK_MS.to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
+            .stderr(Stdio::null())
             .status()
             .expect("run push");
         assert!(status.success(), "push exited with {status}");
