@@ -129,7 +129,7 @@ impl Harness {
         cmd.env("REDIS_URL", url)
             .env("REDSWARM_NAMESPACE", NAMESPACE)
             .env("REDSWARM_PEER_SECRET", SECRET)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", "info")
             .env_remove("REDSWARM_PEER_LISTEN")
             .env_remove("REDSWARM_NODE_ID");
     }
@@ -255,8 +255,10 @@ fn tasks_survive_chaos_of_real_processes() {
     eprintln!("chaos: seed {seed} (replay with REDSWARM_CHAOS_SEED={seed}), faults for {soak} s");
     let mut rng = Rng::new(seed);
     let server = RedisServer::builder().aof(true).start();
-    let dir = server.dir().join("chaos-logs");
+    // Kept when the run fails (the path is printed), removed when it passes.
+    let dir = std::env::temp_dir().join(format!("redswarm-chaos-{seed}"));
     std::fs::create_dir_all(&dir).unwrap();
+    eprintln!("chaos: process logs in {}", dir.display());
     let workers = (0..WORKERS)
         .map(|_| WorkerSlot {
             proxy: FaultProxy::start(server.addr()),
