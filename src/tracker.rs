@@ -41,9 +41,10 @@
 //! [`Tracker::timeout_locks`]; `timeoutProcessing` → automatic, or
 //! [`Tracker::timeout_processing`]; `stats` → [`Tracker::stats`].
 
+use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, select, Receiver, Sender};
@@ -351,8 +352,9 @@ struct TrackerInner {
     name: String,
     keys: TrackerKeys,
     opts: TrackerOptions,
-    /// Dropped with the last clone: disconnects the sweeper's stop channel.
-    _sweep_stop: Option<Sender<()>>,
+    /// The handle's sweeper of this tracker, shared by every [`Tracker`]
+    /// of the name; the last one dropped disconnects its stop channel.
+    _sweep_stop: Option<Arc<Sender<()>>>,
 }
 
 impl std::fmt::Debug for Tracker {
@@ -404,9 +406,10 @@ impl Tracker {
         }
         rt.check_up()?;
         let sweep_stop = if opts.sweep {
-            let (tx, rx) = bounded::<()>(0);
-            start_sweeper(rt.clone(), keys.clone(), opts.retention, rx)?;
-            Some(tx)
+            Some(
+                rt.feature_state::<Sweepers>()
+                    .get_or_start(rt, &keys, opts.retention)?,
+            )
         } else {
             None
         };
@@ -791,7 +794,7 @@ impl Tracker {
         let tkey = k.task(task)?;
         let ckey = k.chunks(task)?;
         let mut conn = self.inner.rt.conn()?;
-        let (fields, chunks): (std::collections::HashMap<String, String>, u64) = redis::pipe()
+        let (fields, chunks): (HashMap<String, String>, u64) = redis::pipe()
             .atomic()
             .cmd("HGETALL")
             .arg(&tkey)
@@ -1103,32 +1106,28 @@ impl<T: DeserializeOwned> Consumer<T> {
             timeout,
             sent,
         );
-        let mut released = Released {
-            tracker: self.tracker.clone(),
-            task,
-            info: None,
-            attempt: u32::try_from(attempt).unwrap_or(u32::MAX),
-            attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
-            fence,
-            lease,
-        };
-        match serde_json::from_str::<T>(if info.is_empty() { "null" } else { &info }) {
-            Ok(v) => {
-                released.info = Some(v);
-                Ok(Some(released))
-            }
+        let attempt = u32::try_from(attempt).unwrap_or(u32::MAX);
+        let info = if info.is_empty() { "null" } else { &info };
+        match serde_json::from_str::<T>(info) {
+            Ok(info) => Ok(Some(Released {
+                tracker: self.tracker.clone(),
+                task,
+                info,
+                attempt,
+                attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+                fence,
+                lease,
+            })),
             Err(e) => {
                 // We hold the attempt but cannot read its info: report it
                 // failed at once rather than sit on it until the timeout.
                 let why = format!("the task's info is not the expected JSON: {e}");
-                let key = k.task(&released.task).unwrap_or_default();
-                if let Err(report) = released.report(Err(why.clone())) {
-                    log::warn!(
-                        "tracker task `{}`: could not report: {report}",
-                        released.task
-                    );
+                lease.ending();
+                if let Err(report) = report(&self.tracker, &task, fence, attempt, Err(why.clone()))
+                {
+                    log::warn!("tracker task `{task}`: could not report: {report}");
                 }
-                Err(Error::corrupt(key, why))
+                Err(Error::corrupt(k.task(&task).unwrap_or_default(), why))
             }
         }
     }
@@ -1164,7 +1163,7 @@ impl<T: DeserializeOwned> Iterator for Consumer<T> {
 pub struct Released<T> {
     tracker: Tracker,
     task: String,
-    info: Option<T>,
+    info: T,
     attempt: u32,
     attempts: u32,
     fence: u64,
@@ -1206,11 +1205,7 @@ impl<T> Released<T> {
     /// # Ok(()) }
     /// ```
     pub fn info(&self) -> &T {
-        match &self.info {
-            Some(v) => v,
-            // Unreachable: a Released is only handed out with its info.
-            None => unreachable!("Released without info"),
-        }
+        &self.info
     }
 
     /// This attempt's number (1 = first).
@@ -1280,51 +1275,55 @@ impl<T> Released<T> {
     /// # Ok(()) }
     /// ```
     pub fn done(self, result: std::result::Result<(), String>) -> Result<DoneOutcome> {
-        self.report(result)
-    }
-
-    fn report(&self, result: std::result::Result<(), String>) -> Result<DoneOutcome> {
         self.lease.ending();
-        let t = &self.tracker.inner;
-        let k = &t.keys;
-        let tkey = k.task(&self.task)?;
-        let (ok, reason) = match &result {
-            Ok(()) => ("1", ""),
-            Err(r) => ("0", r.as_str()),
-        };
-        let reply: Vec<Value> = once_more_if_lost(|| {
-            let mut conn = t.rt.conn()?;
-            let mut inv = TRACKER_DONE.prepare();
-            inv.key(&tkey)
-                .key(&k.processing)
-                .key(&k.released)
-                .key(&k.stats)
-                .arg(&self.task)
-                .arg(self.fence.to_string())
-                .arg(ok)
-                .arg(reason)
-                .arg(millis(t.opts.retention))
-                .arg(&k.wake);
-            invoke(&inv, &mut *conn)
-        })?;
-        match reply_str(reply.first()).as_deref() {
-            Some("completed") => Ok(DoneOutcome::Completed),
-            Some("released") => Ok(DoneOutcome::Retrying),
-            Some("failed") => Ok(DoneOutcome::Failed),
-            Some("stale") => Err(Error::LeaseLost {
-                what: format!(
-                    "{} (attempt {})",
-                    self.tracker.label(&self.task),
-                    self.attempt
-                ),
-                reason: format!(
-                    "fencing token {} is stale: the attempt timed out (the task is {} now)",
-                    self.fence,
-                    reply_str(reply.get(1)).unwrap_or_default()
-                ),
-            }),
-            _ => Err(Error::corrupt(tkey, "unexpected reply from tracker_done")),
-        }
+        report(&self.tracker, &self.task, self.fence, self.attempt, result)
+    }
+}
+
+/// Reports attempt `attempt` (fencing token `fence`) of `task`.
+fn report(
+    tracker: &Tracker,
+    task: &str,
+    fence: u64,
+    attempt: u32,
+    result: std::result::Result<(), String>,
+) -> Result<DoneOutcome> {
+    let t = &tracker.inner;
+    let k = &t.keys;
+    let tkey = k.task(task)?;
+    let (ok, reason) = match &result {
+        Ok(()) => ("1", ""),
+        Err(r) => ("0", r.as_str()),
+    };
+    // Idempotent for the token: a retry after a lost reply gets the answer
+    // the first call's report got.
+    let reply: Vec<Value> = once_more_if_lost(|| {
+        let mut conn = t.rt.conn()?;
+        let mut inv = TRACKER_DONE.prepare();
+        inv.key(&tkey)
+            .key(&k.processing)
+            .key(&k.released)
+            .key(&k.stats)
+            .arg(task)
+            .arg(fence.to_string())
+            .arg(ok)
+            .arg(reason)
+            .arg(millis(t.opts.retention))
+            .arg(&k.wake);
+        invoke(&inv, &mut *conn)
+    })?;
+    match reply_str(reply.first()).as_deref() {
+        Some("completed") => Ok(DoneOutcome::Completed),
+        Some("released") => Ok(DoneOutcome::Retrying),
+        Some("failed") => Ok(DoneOutcome::Failed),
+        Some("stale") => Err(Error::LeaseLost {
+            what: format!("{} (attempt {attempt})", tracker.label(task)),
+            reason: format!(
+                "fencing token {fence} is stale: the attempt timed out (the task is {} now)",
+                reply_str(reply.get(1)).unwrap_or_default()
+            ),
+        }),
+        _ => Err(Error::corrupt(tkey, "unexpected reply from tracker_done")),
     }
 }
 
@@ -1412,6 +1411,35 @@ fn sweep(
         next: u64::try_from(next).ok().map(Duration::from_millis),
         more: reply_u64(reply.get(3)) == Some(1),
     })
+}
+
+/// Per handle: the running sweeper of each tracker name, so asking for
+/// the same tracker many times starts one thread, not many.
+#[derive(Default)]
+struct Sweepers {
+    running: parking_lot::Mutex<HashMap<String, Weak<Sender<()>>>>,
+}
+
+impl Sweepers {
+    /// The stop sender of `keys`' sweeper, starting one if none runs. The
+    /// first tracker's retention applies to the attempts its sweep fails.
+    fn get_or_start(
+        &self,
+        rt: &Runtime,
+        keys: &TrackerKeys,
+        retention: Duration,
+    ) -> Result<Arc<Sender<()>>> {
+        let mut running = self.running.lock();
+        if let Some(stop) = running.get(&keys.base).and_then(Weak::upgrade) {
+            return Ok(stop);
+        }
+        running.retain(|_, w| w.strong_count() > 0);
+        let (tx, rx) = bounded::<()>(0);
+        start_sweeper(rt.clone(), keys.clone(), retention, rx)?;
+        let tx = Arc::new(tx);
+        running.insert(keys.base.clone(), Arc::downgrade(&tx));
+        Ok(tx)
+    }
 }
 
 /// Starts the tracker's sweeping thread: it sweeps, then sleeps until the
