@@ -43,7 +43,6 @@
 
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -93,8 +92,8 @@ tracker_script!(TRACKER_SWEEP, "tracker_sweep.lua");
 /// Most chunk locks and attempts one sweep script call times out; a sweep
 /// that hits it runs again at once.
 const SWEEP_BATCH: usize = 500;
-/// How often a [`Consuming`] thread looks at its stop flag while idle.
-const CONSUME_STOP_CHECK: Duration = Duration::from_millis(250);
+/// How long a [`Consuming`] thread waits after an error before claiming again.
+const CONSUME_BACKOFF: Duration = Duration::from_millis(500);
 
 /// Settings of a tracker; pass to [`Redswarm::tracker_with`](crate::Redswarm::tracker_with).
 ///
@@ -705,36 +704,40 @@ impl Tracker {
         F: Fn(&Released<T>) -> std::result::Result<(), String> + Send + Sync + 'static,
     {
         let pool = ThreadPool::new(&format!("tracker-{}", self.inner.name), threads, threads)?;
-        let stop = Arc::new(AtomicBool::new(false));
+        // Never sent on: dropping the sender (stop) wakes every thread.
+        let (stop_tx, stop_rx) = bounded::<()>(0);
         let handler = Arc::new(handler);
         for _ in 0..threads {
             let mut consumer = self.released::<T>()?;
-            let stop = stop.clone();
+            let stop = stop_rx.clone();
             let handler = handler.clone();
-            pool.execute(move || {
-                while !stop.load(Ordering::SeqCst) {
-                    let task = match consumer.next_timeout(CONSUME_STOP_CHECK) {
-                        Ok(Some(task)) => task,
-                        Ok(None) => continue,
-                        Err(Error::ShutDown) => return,
-                        Err(e) => {
-                            log::warn!("tracker consumer: {e}");
-                            std::thread::sleep(CONSUME_STOP_CHECK);
-                            continue;
+            pool.execute(move || loop {
+                let task = match consumer.next_until(Duration::MAX, Some(&stop)) {
+                    Ok(Some(task)) => task,
+                    Ok(None) | Err(Error::ShutDown) => return,
+                    Err(e) => {
+                        log::warn!("tracker consumer: {e}");
+                        // Back off; stop still ends the wait at once.
+                        if let Err(crossbeam_channel::RecvTimeoutError::Disconnected) =
+                            stop.recv_timeout(CONSUME_BACKOFF)
+                        {
+                            return;
                         }
-                    };
-                    let result =
-                        catch_unwind(AssertUnwindSafe(|| handler(&task))).unwrap_or_else(|p| {
-                            Err(format!("panicked: {}", panic_message(p.as_ref())))
-                        });
-                    let label = task.task().to_string();
-                    if let Err(e) = task.done(result) {
-                        log::warn!("tracker task `{label}`: report refused: {e}");
+                        continue;
                     }
+                };
+                let result = catch_unwind(AssertUnwindSafe(|| handler(&task)))
+                    .unwrap_or_else(|p| Err(format!("panicked: {}", panic_message(p.as_ref()))));
+                let label = task.task().to_string();
+                if let Err(e) = task.done(result) {
+                    log::warn!("tracker task `{label}`: report refused: {e}");
                 }
             })?;
         }
-        Ok(Consuming { pool, stop })
+        Ok(Consuming {
+            pool,
+            stop: Some(stop_tx),
+        })
     }
 
     /// The seed's `stats()`.
@@ -1055,6 +1058,16 @@ impl<T: DeserializeOwned> Consumer<T> {
     /// # Ok(()) }
     /// ```
     pub fn next_timeout(&mut self, wait: Duration) -> Result<Option<Released<T>>> {
+        self.next_until(wait, None)
+    }
+
+    /// [`Consumer::next_timeout`] that also returns `None` as soon as
+    /// `stop` disconnects (or receives).
+    fn next_until(
+        &mut self,
+        wait: Duration,
+        stop: Option<&Receiver<()>>,
+    ) -> Result<Option<Released<T>>> {
         let deadline = Deadline::after(wait);
         let recheck = self.tracker.inner.rt.config().wait_recheck();
         loop {
@@ -1069,7 +1082,16 @@ impl<T: DeserializeOwned> Consumer<T> {
             if deadline.has_passed() {
                 return Ok(None);
             }
-            wait_for_release(&self.sub, deadline.nap(recheck), None);
+            let nap = deadline.nap(recheck);
+            match stop {
+                // Any message or reconnect is a reason to claim again.
+                None => wait_for_release(&self.sub, nap, None),
+                Some(stop) => select! {
+                    recv(stop) -> _ => return Ok(None),
+                    recv(self.sub.receiver()) -> _ => {}
+                    default(nap) => {}
+                },
+            }
         }
     }
 
@@ -1339,7 +1361,8 @@ fn report(
 /// ```
 pub struct Consuming {
     pool: ThreadPool,
-    stop: Arc<AtomicBool>,
+    /// Dropped to stop the threads (it disconnects their stop channel).
+    stop: Option<Sender<()>>,
 }
 
 impl std::fmt::Debug for Consuming {
@@ -1366,7 +1389,7 @@ impl Consuming {
 
 impl Drop for Consuming {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
+        self.stop.take();
         self.pool.join();
     }
 }

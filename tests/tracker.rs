@@ -603,3 +603,34 @@ fn a_thousand_tasks_of_ten_chunks_over_four_threads_and_two_handles_complete_exa
         stats(TASKS as u64, 0, 0, 0, 0)
     );
 }
+
+#[test]
+fn a_consumer_that_cannot_read_the_info_reports_the_attempt_failed_at_once() {
+    let server = RedisServer::start();
+    let swarm = connect(&server, "info");
+    let t = tracker(&swarm);
+    t.close("x", &"not a number", opts(1, 30 * SEC)).unwrap();
+    let mut c = t.released::<u32>().unwrap();
+    match c.next_timeout(SEC) {
+        Err(Error::CorruptData { key, reason }) => {
+            assert!(key.ends_with(":task:x"), "{key}");
+            assert!(reason.contains("info"), "{reason}");
+        }
+        other => panic!("expected CorruptData, got {other:?}"),
+    }
+    // Not left to its 30 s processing timeout: failed now.
+    assert_eq!(t.stats().unwrap(), stats(0, 0, 0, 1, 0));
+}
+
+#[test]
+fn stopping_the_handler_form_ends_its_idle_threads_at_once() {
+    let server = RedisServer::start();
+    let swarm = connect(&server, "stop");
+    let t = tracker(&swarm);
+    let consuming = t.consume(3, |_job: &Released<u32>| Ok(())).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let stopping = Instant::now();
+    consuming.stop();
+    // The threads wait on a wake-up (30 s re-check), yet stop at once.
+    assert!(stopping.elapsed() < 5 * SEC, "{:?}", stopping.elapsed());
+}

@@ -13,7 +13,7 @@ for _ = 1, 100 do
   local task = redis.call('LINDEX', KEYS[1], 0)
   if not task then return {'empty'} end
   local tkey = ARGV[1] .. task
-  local t = task_read(tkey)
+  local t = task_read(tkey, true)
   if t and t.state == 'released' then
     local current = fence_current(tkey, 'fence')
     local now = now_ms()

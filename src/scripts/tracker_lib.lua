@@ -10,15 +10,25 @@ local TRACKER_STATES = {
   processing = true, completed = true, failed = true,
 }
 
--- Reads and checks task record `key`; nil when absent. Writes nothing.
-local function task_read(key)
+local TRACKER_FIELDS = {'state', 'attempts', 'attempt', 'timeout', 'errors', 'fence', 'reported'}
+
+-- Reads and checks task record `key` (with its info when `with_info`, which
+-- may be large); nil when absent. Writes nothing.
+local function task_read(key, with_info)
   want_type(key, 'hash')
-  local raw = redis.call('HGETALL', key)
-  if #raw == 0 then return nil end
+  local fields = {unpack(TRACKER_FIELDS)}
+  if with_info then fields[#fields + 1] = 'info' end
+  local vals = redis.call('HMGET', key, unpack(fields))
   local t = {}
-  for i = 1, #raw, 2 do t[raw[i]] = raw[i + 1] end
-  if not TRACKER_STATES[t.state or ''] then
-    corrupt(key, 'state is "' .. string.sub(tostring(t.state), 1, 40) .. '", not a tracker state')
+  for i, f in ipairs(fields) do
+    if vals[i] then t[f] = vals[i] end
+  end
+  if not t.state then
+    if redis.call('EXISTS', key) == 0 then return nil end
+    corrupt(key, 'the task record has no state')
+  end
+  if not TRACKER_STATES[t.state] then
+    corrupt(key, 'state is "' .. string.sub(t.state, 1, 40) .. '", not a tracker state')
   end
   for _, f in ipairs({'attempts', 'attempt', 'timeout', 'errors', 'fence'}) do
     if t[f] ~= nil and not count_of(t[f]) then
