@@ -794,6 +794,14 @@ mod tests {
             hash_tag(&Keys::new("ns").nodes()),
             hash_tag(&Keys::new("ns").node_info("x"))
         );
+        let t = Keys::new("ns").tracker("t").unwrap();
+        for key in [
+            t.task("a").unwrap(),
+            t.chunks("a").unwrap(),
+            t.locks.clone(),
+        ] {
+            assert_eq!(hash_tag(&key), hash_tag(&t.processing));
+        }
         assert_eq!(hash_tag("plain"), "plain");
     }
 
@@ -841,6 +849,24 @@ mod tests {
                 keys.push((q.task(id), who(&format!("queue task {id:?}"))));
                 channels.push((q.task_events(id), who(&format!("queue task {id:?}"))));
                 channels.push((q.task_control(id), who(&format!("queue task {id:?}"))));
+            }
+        }
+        if let Ok(t) = k.tracker(name) {
+            for key in [
+                t.locks.clone(),
+                t.since.clone(),
+                t.released.clone(),
+                t.processing.clone(),
+                t.stats.clone(),
+            ] {
+                keys.push((key, who("tracker")));
+            }
+            channels.push((t.wake.clone(), who("tracker")));
+            channels.push((t.sweep.clone(), who("tracker")));
+            for task in ["1", "locks", "chunks:1", "task:1"] {
+                let w = who(&format!("tracker task {task:?}"));
+                keys.push((t.task(task).unwrap(), w.clone()));
+                keys.push((t.chunks(task).unwrap(), w));
             }
         }
         // The node id plays the name's part for the per-node names.
