@@ -442,9 +442,10 @@ impl Tracker {
     /// Locks chunk `chunk` of task `task` for this process (the seed's
     /// `lock`); the lock is renewed by the heartbeat while this process
     /// lives and unlocked when the guard is dropped or
-    /// [`ChunkLock::unlock`]ed. Locking the same chunk twice from one
-    /// guard's token is not possible; another owner's chunk gives
-    /// [`Error::Conflict`], as does a task already released or finished.
+    /// [`ChunkLock::unlock`]ed. A chunk another owner holds gives
+    /// [`Error::Conflict`], as does a task already released or finished
+    /// (chunks may be locked after [`Tracker::close`] until the release).
+    /// The task record is created by its first lock or its close.
     ///
     /// ```no_run
     /// # fn main() -> redswarm::Result<()> {
@@ -1010,12 +1011,18 @@ impl ChunkLock {
 
 impl Drop for ChunkLock {
     fn drop(&mut self) {
-        if let Err(e) = self.unlock_now() {
-            log::warn!(
+        match self.unlock_now() {
+            Ok(_) => {}
+            Err(Error::ShutDown) => log::debug!(
+                "{} chunk `{}`: handle shut down; the lock times out by itself",
+                self.tracker.label(&self.task),
+                self.chunk
+            ),
+            Err(e) => log::warn!(
                 "{} chunk `{}`: unlock on drop failed ({e}); the lock times out by itself",
                 self.tracker.label(&self.task),
                 self.chunk
-            );
+            ),
         }
     }
 }

@@ -634,3 +634,26 @@ fn stopping_the_handler_form_ends_its_idle_threads_at_once() {
     // The threads wait on a wake-up (30 s re-check), yet stop at once.
     assert!(stopping.elapsed() < 5 * SEC, "{:?}", stopping.elapsed());
 }
+
+#[test]
+fn the_sweep_is_woken_by_an_earlier_deadline_instead_of_sleeping_until_the_later_one() {
+    let server = RedisServer::start();
+    let swarm = connect(&server, "wake");
+    let t = tracker(&swarm);
+    let mut c = t.released::<u32>().unwrap();
+    // The sweep now sleeps until this attempt's deadline (30 s, the
+    // re-check too) ...
+    t.close("long", &1, opts(1, 30 * SEC)).unwrap();
+    let _long = c.next_timeout(SEC).unwrap().unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    // ... and an attempt due much sooner must still time out on time.
+    t.close("short", &2, opts(2, Duration::from_millis(300)))
+        .unwrap();
+    let short = c.next_timeout(SEC).unwrap().unwrap();
+    assert_eq!(short.task(), "short");
+    let again = c
+        .next_timeout(5 * SEC)
+        .unwrap()
+        .expect("the short attempt timed out while the sweep slept for the long one");
+    assert_eq!((again.task(), again.attempt()), ("short", 2));
+}
