@@ -588,7 +588,9 @@ impl Tracker {
     /// (a chunk locked later is still waited for, until the release).
     /// `info` is handed to the consumer. Fails with [`Error::TooLarge`]
     /// for an info over [`TrackerOptions::max_info_bytes`] and
-    /// [`Error::InvalidInput`] for zero attempts or a zero timeout.
+    /// [`Error::InvalidInput`] for zero attempts or a zero timeout. Not
+    /// retried after a lost reply: asking again answers
+    /// [`Closed::AlreadyClosed`] if the first call went through.
     ///
     /// ```no_run
     /// # fn main() -> redswarm::Result<()> {
