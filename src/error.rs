@@ -165,6 +165,16 @@ pub enum Error {
         id: String,
     },
 
+    /// The resource's current state forbids the request (a chunk locked
+    /// by another owner, a chunk lock asked for a task already released).
+    #[error("{what}: {reason}")]
+    Conflict {
+        /// The resource.
+        what: String,
+        /// What stands in the way.
+        reason: String,
+    },
+
     /// A component (a cluster worker) was used after it was terminated.
     #[error("{what} was terminated and cannot be used any more")]
     Terminated {

@@ -20,6 +20,7 @@ use crate::semaphore::Semaphore;
 use crate::store::PooledConnection;
 use crate::subscriber::Subscription;
 use crate::swarm::Queue;
+use crate::tracker::{Tracker, TrackerOptions};
 
 /// A connection to one Redis deployment: pool, pub/sub thread and
 /// heartbeat. Cheap to clone (`Arc` inside), `Send + Sync`; the last clone
@@ -508,5 +509,38 @@ impl Redswarm {
     /// ```
     pub fn queue(&self, name: &str) -> Result<Queue> {
         Queue::new(&self.rt, name)
+    }
+
+    // ---- chunk tracker ----
+
+    /// The chunk tracker `name` with default [`TrackerOptions`] (see
+    /// [`Tracker`]); its lock and processing timeouts are swept in the
+    /// background while it lives.
+    ///
+    /// ```no_run
+    /// # fn main() -> redswarm::Result<()> {
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
+    /// let tracker = swarm.tracker("ogg-to-mp3")?;
+    /// assert!(swarm.tracker("bad{name}").is_err());
+    /// # Ok(()) }
+    /// ```
+    pub fn tracker(&self, name: &str) -> Result<Tracker> {
+        Tracker::new(&self.rt, name, TrackerOptions::default())
+    }
+
+    /// The chunk tracker `name` with `options`.
+    ///
+    /// ```no_run
+    /// # fn main() -> redswarm::Result<()> {
+    /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
+    /// let opts = redswarm::TrackerOptions {
+    ///     lock_timeout: std::time::Duration::from_secs(10),
+    ///     ..Default::default()
+    /// };
+    /// let tracker = swarm.tracker_with("ogg-to-mp3", opts)?;
+    /// # Ok(()) }
+    /// ```
+    pub fn tracker_with(&self, name: &str, options: TrackerOptions) -> Result<Tracker> {
+        Tracker::new(&self.rt, name, options)
     }
 }

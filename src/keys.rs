@@ -72,6 +72,15 @@
 //! | `{ns:cluster:<c>}:worker:<w>:events` | channel | `add` / `delete` / `reaped` messages to one worker (JSON) |
 //! | `{ns:cluster:<c>}:master` | string | the active master's token, `PX` lease |
 //! | `{ns:cluster:<c>}:wake` | channel | wakes the masters: a job was added or deleted, a worker joined or left, a master resigned |
+//! | `{ns:tracker:<t>}:task:<task>` | hash | chunk tracker task record: state, info, attempts, attempt, timeout, errors, last error, fence, consumer, reported, times; kept for the retention once completed or failed |
+//! | `{ns:tracker:<t>}:chunks:<task>` | hash | the task's locked chunks: chunk → owner token |
+//! | `{ns:tracker:<t>}:locks` | zset | `task\nchunk` → chunk lock deadline (ms, Redis clock; renewed by the holder's heartbeat) |
+//! | `{ns:tracker:<t>}:since` | zset | `task\nchunk` → when the chunk was locked (ms; for `timeout_locks(age)`) |
+//! | `{ns:tracker:<t>}:released` | list | released tasks waiting for a consumer, oldest first |
+//! | `{ns:tracker:<t>}:processing` | zset | task → processing deadline (ms) of its running attempt |
+//! | `{ns:tracker:<t>}:stats` | hash | `completed` and `failed` counters |
+//! | `{ns:tracker:<t>}:wake` | channel | published when a task is released (wakes consumers) |
+//! | `{ns:tracker:<t>}:sweep` | channel | published when a new earliest deadline is added (wakes sweepers) |
 
 use crate::error::{Error, Result};
 
@@ -282,6 +291,60 @@ pub struct QueueKeys {
     pub seq: String,
     /// Queue-wide event channel.
     pub events: String,
+}
+
+/// Keys of one chunk tracker (all share the hash tag `{ns:tracker:<t>}`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TrackerKeys {
+    /// Hash tag base `{ns:tracker:<t>}`.
+    pub base: String,
+    /// Prefix of task records (`<base>:task:`).
+    pub task_prefix: String,
+    /// Prefix of chunk hashes (`<base>:chunks:`).
+    pub chunks_prefix: String,
+    /// Zset of chunk locks by deadline.
+    pub locks: String,
+    /// Zset of chunk locks by the time they were taken.
+    pub since: String,
+    /// List of released tasks.
+    pub released: String,
+    /// Zset of running attempts by processing deadline.
+    pub processing: String,
+    /// Hash of counters.
+    pub stats: String,
+    /// Channel that wakes consumers.
+    pub wake: String,
+    /// Channel that wakes sweepers.
+    pub sweep: String,
+}
+
+impl TrackerKeys {
+    /// The record of task `task` (validated like every name).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let k = redswarm::keys::Keys::new("ns").tracker("t")?;
+    /// assert_eq!(k.task("a:1")?, "{ns:tracker:t}:task:a:1");
+    /// assert!(k.task("").is_err());
+    /// # Ok(()) }
+    /// ```
+    pub fn task(&self, task: &str) -> Result<String> {
+        validate_name("tracker task name", task)?;
+        Ok(format!("{}{task}", self.task_prefix))
+    }
+
+    /// The chunks hash of task `task`.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let k = redswarm::keys::Keys::new("ns").tracker("t")?;
+    /// assert_eq!(k.chunks("a")?, "{ns:tracker:t}:chunks:a");
+    /// # Ok(()) }
+    /// ```
+    pub fn chunks(&self, task: &str) -> Result<String> {
+        validate_name("tracker task name", task)?;
+        Ok(format!("{}{task}", self.chunks_prefix))
+    }
 }
 
 /// Keys of one job cluster (all share the hash tag `{ns:cluster:<c>}`).
@@ -513,6 +576,30 @@ impl Keys {
             base,
         })
     }
+
+    /// Keys of chunk tracker `tracker`.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let k = redswarm::keys::Keys::new("ns").tracker("ogg")?;
+    /// assert_eq!(k.released, "{ns:tracker:ogg}:released");
+    /// # Ok(()) }
+    /// ```
+    pub fn tracker(&self, tracker: &str) -> Result<TrackerKeys> {
+        let base = self.tag("tracker", "tracker name", tracker)?;
+        Ok(TrackerKeys {
+            task_prefix: format!("{base}:task:"),
+            chunks_prefix: format!("{base}:chunks:"),
+            locks: format!("{base}:locks"),
+            since: format!("{base}:since"),
+            released: format!("{base}:released"),
+            processing: format!("{base}:processing"),
+            stats: format!("{base}:stats"),
+            wake: format!("{base}:wake"),
+            sweep: format!("{base}:sweep"),
+            base,
+        })
+    }
 }
 
 impl ClusterKeys {
@@ -707,6 +794,14 @@ mod tests {
             hash_tag(&Keys::new("ns").nodes()),
             hash_tag(&Keys::new("ns").node_info("x"))
         );
+        let t = Keys::new("ns").tracker("t").unwrap();
+        for key in [
+            t.task("a").unwrap(),
+            t.chunks("a").unwrap(),
+            t.locks.clone(),
+        ] {
+            assert_eq!(hash_tag(&key), hash_tag(&t.processing));
+        }
         assert_eq!(hash_tag("plain"), "plain");
     }
 
@@ -754,6 +849,24 @@ mod tests {
                 keys.push((q.task(id), who(&format!("queue task {id:?}"))));
                 channels.push((q.task_events(id), who(&format!("queue task {id:?}"))));
                 channels.push((q.task_control(id), who(&format!("queue task {id:?}"))));
+            }
+        }
+        if let Ok(t) = k.tracker(name) {
+            for key in [
+                t.locks.clone(),
+                t.since.clone(),
+                t.released.clone(),
+                t.processing.clone(),
+                t.stats.clone(),
+            ] {
+                keys.push((key, who("tracker")));
+            }
+            channels.push((t.wake.clone(), who("tracker")));
+            channels.push((t.sweep.clone(), who("tracker")));
+            for task in ["1", "locks", "chunks:1", "task:1"] {
+                let w = who(&format!("tracker task {task:?}"));
+                keys.push((t.task(task).unwrap(), w.clone()));
+                keys.push((t.chunks(task).unwrap(), w));
             }
         }
         // The node id plays the name's part for the per-node names.

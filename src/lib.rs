@@ -46,6 +46,7 @@ mod store;
 mod subscriber;
 pub mod swarm;
 mod threadpool;
+mod tracker;
 mod util;
 
 pub use cluster::{
@@ -69,5 +70,9 @@ pub use swarm::{
     EventKind, FailedBy, Finished, FinishedHow, Monitor, MonitorStats, Queue, QueueCounts,
     StopReason, SwarmWorker, TaskContext, TaskEvent, TaskInfo, TaskOptions, TaskOutcome, TaskSet,
     TaskState, WorkerOptions,
+};
+pub use tracker::{
+    ChunkLock, CloseOptions, Closed, Consumer, Consuming, DoneOutcome, Released, TrackedTask,
+    Tracker, TrackerOptions, TrackerStats, TrackerTaskState, Unlocked,
 };
 pub use util::MAX_TTL;
