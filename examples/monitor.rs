@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use redswarm::{Config, Monitor, Redswarm};
+use redswarm::{Config, Monitor};
 
 mod common;
 
@@ -18,13 +18,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let queue_name = args.get("queue").unwrap_or("demo").to_string();
     let interval = Duration::from_millis(args.parse_or("interval-ms", 1000)?);
     let (url, _server) = common::redis_url()?;
-    let swarm = Redswarm::connect(Config::builder_from_env()?.url(url).build()?)?;
-    let queue = swarm.queue(&queue_name)?;
-    let monitor = Monitor::start(&queue, interval)?;
+    let config = Config::builder_from_env()?.url(url).build()?;
     let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(1);
     ctrlc::set_handler(move || {
         let _ = stop_tx.try_send(());
     })?;
+    let swarm = common::connect_waiting(config, &stop_rx)?;
+    let queue = swarm.queue(&queue_name)?;
+    let monitor = Monitor::start(&queue, interval)?;
     println!("monitoring queue `{queue_name}` every {interval:?}; Ctrl-C to stop");
     while stop_rx.recv_timeout(Duration::from_secs(5)).is_err() {
         let counts = queue.counts();

@@ -19,7 +19,7 @@
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
-use redswarm::{Config, FinishedHow, Redswarm, SwarmWorker, WorkerOptions};
+use redswarm::{Config, FinishedHow, SwarmWorker, WorkerOptions};
 use serde_json::json;
 
 mod common;
@@ -62,13 +62,14 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         builder =
             builder.partition_percentage(p.parse().map_err(|e| format!("--partition {p:?}: {e}"))?);
     }
-    let swarm = Redswarm::connect(builder.build()?)?;
-    let queue = swarm.queue(&queue_name)?;
-
+    let config = builder.build()?;
     let (stop_tx, stop_rx) = crossbeam_channel::bounded::<()>(1);
     ctrlc::set_handler(move || {
         let _ = stop_tx.try_send(());
     })?;
+    // A worker started while Redis is down waits for it instead of exiting.
+    let swarm = common::connect_waiting(config, &stop_rx)?;
+    let queue = swarm.queue(&queue_name)?;
 
     if demo > 0 {
         let tasks: Vec<_> = (0..demo)

@@ -290,9 +290,23 @@ fn tasks_survive_chaos_of_real_processes() {
     let mut restart_at: Vec<Option<Instant>> = vec![None; WORKERS];
     let faults_end = Instant::now() + Duration::from_secs(soak);
     let mut last_fault = Instant::now();
+    let mut exited = Vec::new();
     while Instant::now() < faults_end {
         std::thread::sleep(rng.millis(700, 2000));
         let now = Instant::now();
+        // A worker that ended by itself (not killed by us) is a finding: the
+        // binary must ride out Redis restarts and cuts, also at start-up.
+        // Restart it so the run goes on, and report it at the end.
+        for i in 0..WORKERS {
+            if let Some(c) = h.workers[i].child.as_mut() {
+                if let Ok(Some(status)) = c.try_wait() {
+                    exited.push(format!("worker {i}: {status}"));
+                    h.workers[i].child = None;
+                    h.workers[i].paused_until = None;
+                    h.start_worker(i);
+                }
+            }
+        }
         // Heal what is due first.
         for i in 0..WORKERS {
             if restart_at[i].is_some_and(|t| now >= t) {
@@ -369,6 +383,12 @@ fn tasks_survive_chaos_of_real_processes() {
                 signal(c.id(), "CONT");
             }
         }
+        if let Some(c) = slot.child.as_mut() {
+            if let Ok(Some(status)) = c.try_wait() {
+                exited.push(format!("worker {i}: {status}"));
+                slot.child = None;
+            }
+        }
         if slot.child.is_none() {
             h.start_worker(i);
         }
@@ -382,12 +402,23 @@ fn tasks_survive_chaos_of_real_processes() {
     )
     .unwrap();
     let queue = observer.queue(QUEUE).unwrap();
-    let settled = support::wait_until(Duration::from_secs(120), || {
-        queue
-            .counts()
-            .map(|c| c.pending() == 0 && c.running == 0)
-            .unwrap_or(false)
-    });
+    // Settled: nothing pending or running. Stuck: no task ended for 60 s.
+    let mut last_ended = 0;
+    let mut last_progress = Instant::now();
+    let settled = loop {
+        match queue.counts() {
+            Ok(c) if c.pending() == 0 && c.running == 0 => break true,
+            Ok(c) if c.ended + c.failed != last_ended => {
+                last_ended = c.ended + c.failed;
+                last_progress = Instant::now();
+            }
+            _ => {}
+        }
+        if last_progress.elapsed() > Duration::from_secs(60) {
+            break false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     let recovered_in = last_fault.elapsed();
     let final_counts = queue.counts().unwrap();
 

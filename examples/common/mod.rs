@@ -84,3 +84,26 @@ pub fn redis_url() -> Result<(String, Option<RedisServer>), Box<dyn std::error::
         }
     }
 }
+
+/// Connects, waiting for Redis while it is unreachable (a worker started
+/// during a Redis restart or a network cut waits instead of exiting), until
+/// `stop` fires. Configuration errors and other refusals end at once.
+pub fn connect_waiting(
+    config: redswarm::Config,
+    stop: &crossbeam_channel::Receiver<()>,
+) -> Result<redswarm::Redswarm, Box<dyn std::error::Error>> {
+    let mut pause = Duration::from_millis(100);
+    loop {
+        match redswarm::Redswarm::connect(config.clone()) {
+            Ok(swarm) => return Ok(swarm),
+            Err(e) if e.is_unavailable() => {
+                eprintln!("{e}; retrying in {pause:?}");
+                if stop.recv_timeout(pause).is_ok() {
+                    return Err("stopped before Redis could be reached".into());
+                }
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
