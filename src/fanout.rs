@@ -706,7 +706,7 @@ impl LocalFlights {
     }
 }
 
-fn decode<T: DeserializeOwned, E: DeserializeOwned>(
+pub(crate) fn decode<T: DeserializeOwned, E: DeserializeOwned>(
     key: &str,
     bytes: &[u8],
 ) -> std::result::Result<T, FanoutError<E>> {

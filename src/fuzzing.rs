@@ -33,6 +33,39 @@ pub fn config_url(data: &[u8]) {
     let _ = crate::config::mask_url(&url);
 }
 
+/// Feeds `data` as one line of the peer wire protocol to a listener (as a
+/// PING) and to a pinger (as the PONG to a ping it sent).
+pub fn peer_line(data: &[u8]) {
+    let line = String::from_utf8_lossy(data);
+    for secret in [None, Some("s3cret".to_string())] {
+        let me = crate::peer::PeerIdentity {
+            namespace: "ns".into(),
+            node_id: "me".into(),
+            secret,
+        };
+        let _ = me.answer(&line, true);
+        let _ = me.read_pong(&line, "them", "nonce");
+    }
+}
+
+/// Feeds `data` as a task's stored record (`field=value` lines, as in the
+/// task hash) and as a task event (JSON from the events channel).
+pub fn task_record(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let fields: std::collections::HashMap<String, String> = text
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let _ = crate::swarm::task::TaskInfo::from_hash("{ns:queue:q}:task:t", fields);
+    let _ = serde_json::from_slice::<crate::TaskEvent>(data);
+}
+
+/// Feeds `data` as a stored fan-out outcome.
+pub fn fanout_outcome(data: &[u8]) {
+    let _ = crate::fanout::decode::<serde_json::Value, String>("{ns:fanout:j}:done", data);
+}
+
 /// Parses `data` as RESP and feeds the value to `decoder`.
 pub fn redis_reply(data: &[u8], decoder: Decoder) {
     if let Ok(value) = redis::parse_redis_value(data) {
@@ -96,6 +129,32 @@ mod tests {
                 redis_reply(&data, d);
             }
             config_url(&data);
+            peer_line(&data);
+            task_record(&data);
+            fanout_outcome(&data);
+        }
+
+        #[test]
+        fn peer_lines_of_the_right_shape_never_panic(
+            verb in "(PING|PONG|RSWP/2|RSWP/1|)",
+            fields in proptest::collection::vec("[ -~]{0,20}", 0..8),
+        ) {
+            let line = format!("RSWP/2 {verb} {}\n", fields.join(" "));
+            peer_line(line.as_bytes());
+        }
+
+        #[test]
+        fn task_records_with_hostile_fields_never_panic(
+            state in "(queued|running|end|bogus|)",
+            counts in proptest::collection::vec("(-?[0-9]{0,25}|1e308|inf|nan|x)", 8),
+            data in "[ -~]{0,30}",
+        ) {
+            let names = ["attempts", "max_attempts", "failures", "lost", "max_lost", "fence", "timeout_ms", "backoff_ms"];
+            let mut rec = format!("id=t\nstate={state}\ndata={data}\n");
+            for (n, v) in names.iter().zip(&counts) {
+                rec.push_str(&format!("{n}={v}\n"));
+            }
+            task_record(rec.as_bytes());
         }
 
         #[test]

@@ -35,7 +35,7 @@ mod claim;
 mod context;
 mod monitor;
 mod queue;
-mod task;
+pub(crate) mod task;
 mod worker;
 
 pub use context::{StopReason, TaskContext};
