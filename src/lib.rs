@@ -2,7 +2,8 @@
 //!
 //! Synchronous coordination of work across processes and hosts through
 //! Redis: distributed locks and semaphores, fan-out of in-flight work, paired
-//! primary/backup workers, and a self-healing task swarm. No async runtime:
+//! primary/backup workers, a chunk tracker, job clusters, and a
+//! self-healing task swarm. No async runtime:
 //! blocking connections from an r2d2 pool, a fixed thread pool, a pub/sub
 //! thread and a heartbeat thread, with results and events delivered over
 //! crossbeam channels.
@@ -16,9 +17,10 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Layers (see `DESIGN.md`): the **store** ([`Config`], [`keys`], scripts,
-//! [`Error`]) under the **runtime** (a fixed thread pool, the pub/sub
-//! [`Subscription`]s, the heartbeat with its leases) under the features.
+//! Layers point one way: the **store** ([`Config`], [`keys`], scripts,
+//! [`Error`]) under the **runtime** core (the pool, the pub/sub
+//! [`Subscription`]s, the heartbeat with its leases, the peer mesh) under
+//! the features, with [`Redswarm`] a thin facade on top.
 #![deny(missing_docs)]
 
 pub mod cluster;
