@@ -162,6 +162,55 @@ fn lost_fires_before_expiry_with_a_blackhole_fifty_leases() {
     lost_before_expiry_with_blackhole(50);
 }
 
+/// Holds `n` auto-extended locks with the minimum TTL on a Redis with AOF,
+/// kills Redis (`kill -9`), and once every lost() has fired starts it again
+/// from its AOF: every key must still be alive, i.e. each holder stopped
+/// before the lease could have lapsed. A slower heartbeat than the other
+/// tests gives the restart room within the safety margin.
+fn lost_before_expiry_with_redis_dead(n: usize) {
+    let mut server = RedisServer::builder().aof(true).start();
+    let beat = Duration::from_secs(1);
+    let swarm = Redswarm::connect(
+        config(server.url(), &format!("dead{n}"))
+            .heartbeat_interval(beat)
+            .command_timeout(beat)
+            .node_ttl(beat * 4)
+            .build()
+            .unwrap(),
+    )
+    .unwrap();
+    let guards = auto_extended_locks(&swarm, n);
+    let losses: Vec<_> = guards.iter().map(|g| g.lost()).collect();
+    std::thread::sleep(beat * 2);
+    assert!(guards.iter().all(|g| g.is_held()));
+    server.kill();
+    let give_up = Instant::now() + min_ttl(&swarm) * 4;
+    for (i, rx) in losses.iter().enumerate() {
+        let left = give_up.saturating_duration_since(Instant::now());
+        rx.recv_timeout(left)
+            .unwrap_or_else(|_| panic!("lease {i} of {n}: lost() did not fire with Redis dead"));
+    }
+    server.restart();
+    let mut conn = server.conn();
+    for i in 0..n {
+        let left = pttl(&mut conn, &owner_key(&swarm, &format!("res-{i}")));
+        assert!(
+            left > 0,
+            "lease {i} of {n}: lost() fired after the key had expired (PTTL {left})"
+        );
+    }
+}
+
+#[test]
+fn lost_fires_before_expiry_with_redis_dead_one_lease() {
+    lost_before_expiry_with_redis_dead(1);
+}
+
+#[test]
+fn lost_fires_before_expiry_with_redis_dead_fifty_leases() {
+    lost_before_expiry_with_redis_dead(50);
+}
+
 #[test]
 fn one_corrupt_lease_key_loses_that_lease_only() {
     let server = RedisServer::start();
