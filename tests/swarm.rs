@@ -1381,17 +1381,30 @@ fn a_grace_of_duration_max_lets_running_tasks_finish_on_shutdown_and_drop() {
     let server = RedisServer::start();
     let s = connect(&server, "grace-forever");
     let q = s.queue("jobs").unwrap();
+    // The handler says when it runs: Redis shows a task running from its
+    // claim on, a moment before the handler starts (a shutdown in between
+    // hands the task back instead, which is not what this test is about).
+    let (started_tx, started) = crossbeam_channel::unbounded::<()>();
     let start = |q: &Queue| {
-        SwarmWorker::start(q, opts(1).grace(Duration::MAX).lease(10 * SEC), |ctx| {
-            // Ignores stop requests for a moment: shutdown must wait for it.
-            std::thread::sleep(Duration::from_millis(400));
-            Ok(json!(ctx.attempt()))
-        })
+        let started_tx = started_tx.clone();
+        SwarmWorker::start(
+            q,
+            opts(1).grace(Duration::MAX).lease(10 * SEC),
+            move |ctx| {
+                let _ = started_tx.send(());
+                // Ignores stop requests for a moment: shutdown must wait for it.
+                std::thread::sleep(Duration::from_millis(400));
+                Ok(json!(ctx.attempt()))
+            },
+        )
         .unwrap()
     };
     let id = q.push(&"a").unwrap();
     let w = start(&q);
     wait_running(&q, &id);
+    started
+        .recv_timeout(10 * SEC)
+        .expect("the handler never started");
     let (tx, rx) = crossbeam_channel::bounded(1);
     std::thread::spawn(move || {
         let _ = tx.send(w.shutdown());
@@ -1408,6 +1421,9 @@ fn a_grace_of_duration_max_lets_running_tasks_finish_on_shutdown_and_drop() {
     let id = q.push(&"b").unwrap();
     let w = start(&q);
     wait_running(&q, &id);
+    started
+        .recv_timeout(10 * SEC)
+        .expect("the handler never started");
     let (tx, rx) = crossbeam_channel::bounded(1);
     std::thread::spawn(move || {
         drop(w);
