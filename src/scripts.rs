@@ -42,7 +42,8 @@ impl LuaScript {
 }
 
 /// Declares a `static` [`LuaScript`] from `src/scripts/<file>`, with the
-/// prelude in front.
+/// prelude in front — and, with `with "<lib>.lua"`, a feature's own helper
+/// library between the two (queue, cluster and tracker scripts).
 macro_rules! lua_script {
     ($vis:vis $static_name:ident, $file:literal) => {
         $vis static $static_name: std::sync::LazyLock<$crate::scripts::LuaScript> =
@@ -51,6 +52,19 @@ macro_rules! lua_script {
                     $file,
                     concat!(
                         include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/scripts/prelude.lua")),
+                        include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/scripts/", $file))
+                    ),
+                )
+            });
+    };
+    ($vis:vis $static_name:ident, $file:literal, with $lib:literal) => {
+        $vis static $static_name: std::sync::LazyLock<$crate::scripts::LuaScript> =
+            std::sync::LazyLock::new(|| {
+                $crate::scripts::LuaScript::new(
+                    $file,
+                    concat!(
+                        include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/scripts/prelude.lua")),
+                        include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/scripts/", $lib)),
                         include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/scripts/", $file))
                     ),
                 )

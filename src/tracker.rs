@@ -56,38 +56,16 @@ use crate::grant::{once_more_if_lost, wait_for_release};
 use crate::keys::TrackerKeys;
 use crate::lease::{Lease, LeaseLost, LeaseTarget};
 use crate::runtime::Runtime;
-use crate::scripts::{invoke, LuaScript};
+use crate::scripts::{invoke, lua_script};
 use crate::threadpool::ThreadPool;
 use crate::util::{check_ttl, millis, panic_message, random_id, Deadline};
 
-/// Declares a tracker script: prelude, then `tracker_lib.lua`, then the file.
-macro_rules! tracker_script {
-    ($static_name:ident, $file:literal) => {
-        static $static_name: std::sync::LazyLock<LuaScript> = std::sync::LazyLock::new(|| {
-            LuaScript::new(
-                $file,
-                concat!(
-                    include_str!(concat!(
-                        env!("CARGO_MANIFEST_DIR"),
-                        "/src/scripts/prelude.lua"
-                    )),
-                    include_str!(concat!(
-                        env!("CARGO_MANIFEST_DIR"),
-                        "/src/scripts/tracker_lib.lua"
-                    )),
-                    include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/scripts/", $file))
-                ),
-            )
-        });
-    };
-}
-
-tracker_script!(TRACKER_LOCK, "tracker_lock.lua");
-tracker_script!(TRACKER_UNLOCK, "tracker_unlock.lua");
-tracker_script!(TRACKER_CLOSE, "tracker_close.lua");
-tracker_script!(TRACKER_CLAIM, "tracker_claim.lua");
-tracker_script!(TRACKER_DONE, "tracker_done.lua");
-tracker_script!(TRACKER_SWEEP, "tracker_sweep.lua");
+lua_script!(TRACKER_LOCK, "tracker_lock.lua", with "tracker_lib.lua");
+lua_script!(TRACKER_UNLOCK, "tracker_unlock.lua", with "tracker_lib.lua");
+lua_script!(TRACKER_CLOSE, "tracker_close.lua", with "tracker_lib.lua");
+lua_script!(TRACKER_CLAIM, "tracker_claim.lua", with "tracker_lib.lua");
+lua_script!(TRACKER_DONE, "tracker_done.lua", with "tracker_lib.lua");
+lua_script!(TRACKER_SWEEP, "tracker_sweep.lua", with "tracker_lib.lua");
 
 /// Most chunk locks and attempts one sweep script call times out; a sweep
 /// that hits it runs again at once.

@@ -8,42 +8,19 @@ use redis::Value;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
+use crate::scripts::lua_script;
 
-/// Declares a `static` cluster script: the shared prelude, the cluster
-/// prelude (`cluster_prelude.lua`), then `src/scripts/<file>`.
-macro_rules! cluster_script {
-    ($static_name:ident, $file:literal) => {
-        pub(crate) static $static_name: std::sync::LazyLock<crate::scripts::LuaScript> =
-            std::sync::LazyLock::new(|| {
-                crate::scripts::LuaScript::new(
-                    $file,
-                    concat!(
-                        include_str!(concat!(
-                            env!("CARGO_MANIFEST_DIR"),
-                            "/src/scripts/prelude.lua"
-                        )),
-                        include_str!(concat!(
-                            env!("CARGO_MANIFEST_DIR"),
-                            "/src/scripts/cluster_prelude.lua"
-                        )),
-                        include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/scripts/", $file))
-                    ),
-                )
-            });
-    };
-}
-
-cluster_script!(CLUSTER_OPEN, "cluster_open.lua");
-cluster_script!(CLUSTER_ADD, "cluster_add.lua");
-cluster_script!(CLUSTER_DELETE, "cluster_delete.lua");
-cluster_script!(CLUSTER_ELECT, "cluster_elect.lua");
-cluster_script!(CLUSTER_RESIGN, "cluster_resign.lua");
-cluster_script!(CLUSTER_SWEEP, "cluster_sweep.lua");
-cluster_script!(CLUSTER_JOIN, "cluster_join.lua");
-cluster_script!(CLUSTER_LEAVE, "cluster_leave.lua");
-cluster_script!(CLUSTER_SYNC, "cluster_sync.lua");
-cluster_script!(CLUSTER_JOBS, "cluster_jobs.lua");
-cluster_script!(CLUSTER_WORKERS, "cluster_workers.lua");
+lua_script!(pub(crate) CLUSTER_OPEN, "cluster_open.lua", with "cluster_prelude.lua");
+lua_script!(pub(crate) CLUSTER_ADD, "cluster_add.lua", with "cluster_prelude.lua");
+lua_script!(pub(crate) CLUSTER_DELETE, "cluster_delete.lua", with "cluster_prelude.lua");
+lua_script!(pub(crate) CLUSTER_ELECT, "cluster_elect.lua", with "cluster_prelude.lua");
+lua_script!(pub(crate) CLUSTER_RESIGN, "cluster_resign.lua", with "cluster_prelude.lua");
+lua_script!(pub(crate) CLUSTER_SWEEP, "cluster_sweep.lua", with "cluster_prelude.lua");
+lua_script!(pub(crate) CLUSTER_JOIN, "cluster_join.lua", with "cluster_prelude.lua");
+lua_script!(pub(crate) CLUSTER_LEAVE, "cluster_leave.lua", with "cluster_prelude.lua");
+lua_script!(pub(crate) CLUSTER_SYNC, "cluster_sync.lua", with "cluster_prelude.lua");
+lua_script!(pub(crate) CLUSTER_JOBS, "cluster_jobs.lua", with "cluster_prelude.lua");
+lua_script!(pub(crate) CLUSTER_WORKERS, "cluster_workers.lua", with "cluster_prelude.lua");
 
 /// A job's id within its cluster (any name [`validate_name`](crate::keys::validate_name)
 /// accepts; [`Master::add_job`](crate::Master::add_job) makes random ones).

@@ -8,37 +8,19 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::keys::QueueKeys;
 use crate::runtime::Runtime;
-use crate::scripts::{invoke, query_pipeline};
+use crate::scripts::{invoke, lua_script, query_pipeline};
 use crate::subscriber::{SubEvent, Subscription};
 use crate::swarm::task::{saturating_millis, TaskEvent, TaskInfo, TaskOptions};
 use crate::util::{random_id, Deadline};
 
-/// Declares a queue script: the prelude, then `queue_lib.lua` (validation
-/// before the first write, corrupt-task handling, fencing), then the script.
-macro_rules! queue_script {
-    ($vis:vis $name:ident, $file:literal) => {
-        $vis static $name: std::sync::LazyLock<crate::scripts::LuaScript> =
-            std::sync::LazyLock::new(|| {
-                crate::scripts::LuaScript::new(
-                    $file,
-                    concat!(
-                        include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/scripts/prelude.lua")),
-                        include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/scripts/queue_lib.lua")),
-                        include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/scripts/", $file))
-                    ),
-                )
-            });
-    };
-}
-
-queue_script!(pub(crate) QUEUE_PUSH, "queue_push.lua");
-queue_script!(pub(crate) QUEUE_CLAIM, "queue_claim.lua");
-queue_script!(pub(crate) QUEUE_UNCLAIM, "queue_unclaim.lua");
-queue_script!(pub(crate) QUEUE_FINISH, "queue_finish.lua");
-queue_script!(pub(crate) QUEUE_REAP, "queue_reap.lua");
-queue_script!(QUEUE_CANCEL, "queue_cancel.lua");
-queue_script!(QUEUE_REQUEUE_FAILED, "queue_requeue_failed.lua");
-queue_script!(QUEUE_DELETE, "queue_delete.lua");
+lua_script!(pub(crate) QUEUE_PUSH, "queue_push.lua", with "queue_lib.lua");
+lua_script!(pub(crate) QUEUE_CLAIM, "queue_claim.lua", with "queue_lib.lua");
+lua_script!(pub(crate) QUEUE_UNCLAIM, "queue_unclaim.lua", with "queue_lib.lua");
+lua_script!(pub(crate) QUEUE_FINISH, "queue_finish.lua", with "queue_lib.lua");
+lua_script!(pub(crate) QUEUE_REAP, "queue_reap.lua", with "queue_lib.lua");
+lua_script!(QUEUE_CANCEL, "queue_cancel.lua", with "queue_lib.lua");
+lua_script!(QUEUE_REQUEUE_FAILED, "queue_requeue_failed.lua", with "queue_lib.lua");
+lua_script!(QUEUE_DELETE, "queue_delete.lua", with "queue_lib.lua");
 
 /// Runs a queue script; a `CORRUPT <key>\t<reason>` error reply (a script
 /// found a queue key of the wrong type and wrote nothing) becomes
