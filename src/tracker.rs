@@ -1484,8 +1484,9 @@ fn start_sweeper(
                         continue;
                     }
                     // A deadline reached counts from the next millisecond.
-                    s.next
-                        .map_or(recheck, |n| (n + Duration::from_millis(1)).min(recheck))
+                    s.next.map_or(recheck, |n| {
+                        n.saturating_add(Duration::from_millis(1)).min(recheck)
+                    })
                 }
                 Err(Error::ShutDown) => return,
                 Err(e) => {
