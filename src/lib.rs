@@ -69,7 +69,7 @@ pub use semaphore::{Permit, Semaphore};
 pub use store::PooledConnection;
 pub use subscriber::{Message, SubEvent, Subscription};
 pub use swarm::{
-    EventKind, FailedBy, Finished, FinishedHow, Monitor, MonitorStats, Queue, QueueCounts,
+    decode_events, EventKind, FailedBy, Finished, FinishedHow, Monitor, MonitorStats, Queue, QueueCounts,
     StopReason, SwarmWorker, TaskContext, TaskEvent, TaskInfo, TaskOptions, TaskOutcome, TaskSet,
     TaskState, WorkerOptions,
 };

@@ -52,10 +52,16 @@ local function load_task(key, fields)
   return task, nil
 end
 
-local function publish_event(channel, task_key, ev)
-  local payload = cjson.encode(ev)
-  redis.call('PUBLISH', channel, payload)
-  redis.call('PUBLISH', task_key .. ':events', payload)
+-- Task events (one channel per queue, DESIGN: events must not be what
+-- limits throughput): every message is a JSON array of events, so a script
+-- that ends or starts many tasks publishes once. Subscribers of one task
+-- filter by id on their side.
+local function publish_events(channel, events)
+  if #events > 0 then redis.call('PUBLISH', channel, cjson.encode(events)) end
+end
+
+local function publish_event(channel, _task_key, ev)
+  publish_events(channel, {ev})
 end
 
 -- Ends a task whose record cannot be used: out of `from` (the set it was
@@ -81,4 +87,70 @@ local function requeue_now(key, id, delayed, marker, now)
   redis.call('ZADD', delayed, now, id)
   redis.call('LPUSH', marker, '1')
   redis.call('LTRIM', marker, 0, 999)
+end
+
+-- The queue-level keys most scripts share, in this order in KEYS:
+-- ready, delayed, running, marker, failed, ended. Checked before any write.
+local function queue_keys(first)
+  local Q = {
+    ready = KEYS[first], delayed = KEYS[first + 1], running = KEYS[first + 2],
+    marker = KEYS[first + 3], failed = KEYS[first + 4], ended = KEYS[first + 5],
+  }
+  want_type(Q.ready, 'zset')
+  want_type(Q.delayed, 'zset')
+  want_type(Q.running, 'zset')
+  want_type(Q.marker, 'list')
+  want_type(Q.failed, 'zset')
+  want_type(Q.ended, 'zset')
+  return Q
+end
+
+-- Tasks whose lease ran out (their worker died, hung or was cut off) go
+-- back to the queue: from the running zset by deadline, at most `batch`
+-- (O(log n + k)). A run lost with its worker is not the task's failure: it
+-- counts against max_lost (field `lost`), not max_attempts. Only a task
+-- that loses max_lost runs (a poison task that kills every worker it
+-- touches) ends failed, with failed_by = 'lost'. A task whose cancellation
+-- was requested ends 'cancelled'; an unusable record ends failed with
+-- failed_by = 'corrupt'. Appends events to `events`; returns
+-- requeued, failed.
+local function reap_expired(Q, prefix, channel, now, batch, events)
+  local ids = redis.call('ZRANGEBYSCORE', Q.running, '-inf', now, 'LIMIT', 0, batch)
+  local requeued, nfailed = 0, 0
+  for _, id in ipairs(ids) do
+    local key = prefix .. id
+    local task, why = load_task(key, {'attempts', 'lost', 'max_lost'})
+    if not task and not why then
+      redis.call('ZREM', Q.running, id) -- deleted meanwhile
+    elseif not task then
+      fail_corrupt(key, id, why, Q.running, Q.failed, now, channel)
+      nfailed = nfailed + 1
+    elseif task.state ~= 'running' then
+      redis.call('ZREM', Q.running, id) -- a stale entry: the task moved on
+    else
+      redis.call('ZREM', Q.running, id)
+      local lost = task.lost + 1
+      redis.call('HSET', key, 'lost', num_text(lost))
+      if task.cancel_requested then
+        redis.call('HSET', key, 'state', 'end', 'outcome', 'cancelled', 'ended', now, 'updated', now)
+        redis.call('HDEL', key, 'claim')
+        redis.call('ZADD', Q.ended, now, id)
+        events[#events + 1] = {task = id, event = 'cancelled'}
+      elseif lost >= task.max_lost then
+        local reason = 'run lost with its worker ' .. lost .. ' times (max_lost_runs ' .. task.max_lost ..
+          '): the lease of attempt ' .. task.attempts .. ' on worker ' .. (task.worker or '?') .. ' expired'
+        redis.call('HSET', key, 'state', 'end', 'outcome', 'failed', 'failed_by', 'lost',
+          'ended', now, 'updated', now, 'error', reason)
+        redis.call('HDEL', key, 'claim')
+        redis.call('ZADD', Q.failed, now, id)
+        nfailed = nfailed + 1
+        events[#events + 1] = {task = id, event = 'failed', error = reason}
+      else
+        requeue_now(key, id, Q.delayed, Q.marker, now)
+        requeued = requeued + 1
+        events[#events + 1] = {task = id, event = 'requeued'}
+      end
+    end
+  end
+  return requeued, nfailed
 end

@@ -131,8 +131,8 @@ impl TaskContext {
         self.fence
     }
 
-    /// Publishes a `progress` event with `data` on the task's and the
-    /// queue's event channels (best effort).
+    /// Publishes a `progress` event with `data` on the queue's event
+    /// channel (best effort; [`crate::Queue::task_events`] sees it too).
     ///
     /// ```no_run
     /// # fn h(ctx: &redswarm::TaskContext) { ctx.progress(serde_json::json!({"pct": 50})); }
@@ -146,16 +146,10 @@ impl TaskContext {
             error: None,
             data: Some(data),
         };
-        let Ok(payload) = serde_json::to_string(&event) else {
+        let Ok(payload) = serde_json::to_string(&[event]) else {
             return;
         };
-        let r = self.queue.swarm.conn().and_then(|mut c| {
-            let _: (i64, i64) = redis::pipe()
-                .publish(self.queue.keys.task_events(&self.id), &payload)
-                .publish(&self.queue.keys.events, &payload)
-                .query(&mut *c)?;
-            Ok(())
-        });
+        let r = self.queue.swarm.publish(&self.queue.keys.events, payload);
         if let Err(e) = r {
             log::debug!("progress event of task {} not published: {e}", self.id);
         }

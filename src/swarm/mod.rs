@@ -40,7 +40,7 @@ mod worker;
 
 pub use context::{StopReason, TaskContext};
 pub use monitor::{Monitor, MonitorStats};
-pub use queue::{EventStream, Queue, QueueCounts, TaskSet};
+pub use queue::{decode_events, EventStream, Queue, QueueCounts, TaskSet};
 pub use task::{
     EventKind, FailedBy, TaskEvent, TaskInfo, TaskOptions, TaskOutcome, TaskState,
     DEFAULT_MAX_BACKOFF, DEFAULT_MAX_LOST_RUNS, MAX_BACKOFF_LIMIT,

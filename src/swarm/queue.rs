@@ -1,6 +1,8 @@
 //! The task queue: push, inspect, cancel, re-queue, delete, events.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -14,9 +16,8 @@ use crate::swarm::task::{saturating_millis, TaskEvent, TaskInfo, TaskOptions};
 use crate::util::{random_id, Deadline};
 
 lua_script!(pub(crate) QUEUE_PUSH, "queue_push.lua", with "queue_lib.lua");
-lua_script!(pub(crate) QUEUE_CLAIM, "queue_claim.lua", with "queue_lib.lua");
+lua_script!(pub(crate) QUEUE_STEP, "queue_step.lua", with "queue_lib.lua");
 lua_script!(pub(crate) QUEUE_UNCLAIM, "queue_unclaim.lua", with "queue_lib.lua");
-lua_script!(pub(crate) QUEUE_FINISH, "queue_finish.lua", with "queue_lib.lua");
 lua_script!(pub(crate) QUEUE_REAP, "queue_reap.lua", with "queue_lib.lua");
 lua_script!(QUEUE_CANCEL, "queue_cancel.lua", with "queue_lib.lua");
 lua_script!(QUEUE_REQUEUE_FAILED, "queue_requeue_failed.lua", with "queue_lib.lua");
@@ -55,6 +56,10 @@ const MAX_TASK_MILLIS: u64 = (1 << 53) - 1;
 fn task_millis(d: Duration) -> u64 {
     saturating_millis(d).min(MAX_TASK_MILLIS)
 }
+
+/// Tasks pushed by one script call (a batch also stops at
+/// [`MAX_DATA_BYTES`] of payload, so one call stays a bounded amount of work).
+const PUSH_BATCH: usize = 1000;
 
 /// Largest task payload accepted (JSON bytes).
 const MAX_DATA_BYTES: usize = 4 << 20;
@@ -187,6 +192,20 @@ impl Queue {
         &self.keys
     }
 
+    /// Adds the queue-level keys most queue scripts take first, in the
+    /// order `queue_keys()` in queue_lib.lua reads them.
+    pub(crate) fn queue_keys<'a, 'b>(
+        &self,
+        inv: &'b mut redis::ScriptInvocation<'a>,
+    ) -> &'b mut redis::ScriptInvocation<'a> {
+        inv.key(&self.keys.ready)
+            .key(&self.keys.delayed)
+            .key(&self.keys.running)
+            .key(&self.keys.marker)
+            .key(&self.keys.failed)
+            .key(&self.keys.ended)
+    }
+
     /// The runtime this queue uses (for the worker and monitor).
     pub(crate) fn swarm(&self) -> &Runtime {
         &self.swarm
@@ -218,7 +237,8 @@ impl Queue {
             .ok_or_else(|| Error::corrupt(&self.keys.base, "push returned no id"))
     }
 
-    /// Pushes many tasks in one round trip (one script call each).
+    /// Pushes many tasks in one round trip (one script call per batch of
+    /// up to 1,000).
     ///
     /// ```no_run
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -245,8 +265,8 @@ impl Queue {
         opts: &TaskOptions,
     ) -> Result<Vec<String>> {
         opts.validate()?;
-        let mut pipe = redis::pipe();
-        let mut ids = Vec::with_capacity(items.len());
+        let mut batches: Vec<Vec<(String, String)>> = Vec::new();
+        let mut batch_bytes = 0;
         for item in items {
             let data = serde_json::to_string(item)?;
             if data.len() > MAX_DATA_BYTES {
@@ -256,37 +276,52 @@ impl Queue {
                     limit: MAX_DATA_BYTES,
                 });
             }
-            let id = random_id();
+            let full = batches
+                .last()
+                .is_none_or(|b| b.len() >= PUSH_BATCH || batch_bytes + data.len() > MAX_DATA_BYTES);
+            if full {
+                batches.push(Vec::new());
+                batch_bytes = 0;
+            }
+            batch_bytes += data.len();
+            if let Some(b) = batches.last_mut() {
+                b.push((random_id(), data));
+            }
+        }
+        if batches.is_empty() {
+            return Ok(Vec::new());
+        }
+        let delay_ms = if opts.delay.is_zero() {
+            0
+        } else {
+            task_millis(opts.delay).max(1)
+        };
+        let timeout_ms = opts.timeout.map(|t| task_millis(t).max(1)).unwrap_or(0);
+        let mut pipe = redis::pipe();
+        for batch in &batches {
             let mut inv = QUEUE_PUSH.prepare();
-            inv.key(self.keys.task(&id))
-                .key(&self.keys.ready)
+            inv.key(&self.keys.ready)
                 .key(&self.keys.delayed)
                 .key(&self.keys.marker)
                 .key(&self.keys.seq)
-                .arg(&id)
-                .arg(data)
-                .arg(opts.priority)
-                .arg(if opts.delay.is_zero() {
-                    0
-                } else {
-                    task_millis(opts.delay).max(1)
-                })
-                .arg(opts.max_attempts)
-                .arg(opts.timeout.map(|t| task_millis(t).max(1)).unwrap_or(0))
-                .arg(task_millis(opts.backoff))
+                .arg(self.keys.task_prefix())
                 .arg(&self.keys.events)
+                .arg(opts.priority)
+                .arg(delay_ms)
+                .arg(opts.max_attempts)
+                .arg(timeout_ms)
+                .arg(task_millis(opts.backoff))
                 .arg(opts.max_lost_runs)
                 .arg(task_millis(opts.max_backoff));
+            for (id, data) in batch {
+                inv.arg(id).arg(data);
+            }
             pipe.invoke_script(&inv);
-            ids.push(id);
-        }
-        if ids.is_empty() {
-            return Ok(ids);
         }
         let mut conn = self.swarm.conn()?;
         let _: Vec<i64> =
             query_pipeline(&pipe, &[&QUEUE_PUSH], &mut *conn).map_err(corrupt_reply)?;
-        Ok(ids)
+        Ok(batches.into_iter().flatten().map(|(id, _)| id).collect())
     }
 
     /// Task counts per set.
@@ -493,19 +528,12 @@ impl Queue {
     /// ```
     pub fn reap_expired(&self, batch: usize) -> Result<(u64, u64)> {
         let mut conn = self.swarm.conn()?;
-        let (requeued, failed): (u64, u64) = queue_invoke(
-            QUEUE_REAP
-                .prepare()
-                .key(&self.keys.running)
-                .key(&self.keys.delayed)
-                .key(&self.keys.failed)
-                .key(&self.keys.marker)
-                .key(&self.keys.ended)
-                .arg(self.keys.task_prefix())
-                .arg(batch.max(1))
-                .arg(&self.keys.events),
-            &mut *conn,
-        )?;
+        let mut inv = QUEUE_REAP.prepare();
+        self.queue_keys(&mut inv)
+            .arg(self.keys.task_prefix())
+            .arg(batch.max(1))
+            .arg(&self.keys.events);
+        let (requeued, failed): (u64, u64) = queue_invoke(&inv, &mut *conn)?;
         if requeued + failed > 0 {
             log::info!(
                 "queue `{}`: re-queued {requeued}, failed {failed} expired tasks",
@@ -527,10 +555,13 @@ impl Queue {
     pub fn events(&self) -> Result<EventStream> {
         Ok(EventStream {
             sub: self.swarm.subscribe(&self.keys.events)?,
+            task: None,
+            ready: Mutex::new(VecDeque::new()),
         })
     }
 
-    /// The events of one task.
+    /// The events of one task: the queue's channel, filtered here (events
+    /// are published once per transition, to the queue's channel only).
     ///
     /// ```no_run
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -541,7 +572,9 @@ impl Queue {
     pub fn task_events(&self, id: &str) -> Result<EventStream> {
         crate::keys::validate_name("task id", id)?;
         Ok(EventStream {
-            sub: self.swarm.subscribe(&self.keys.task_events(id))?,
+            sub: self.swarm.subscribe(&self.keys.events)?,
+            task: Some(id.to_string()),
+            ready: Mutex::new(VecDeque::new()),
         })
     }
 }
@@ -557,6 +590,10 @@ impl Queue {
 /// ```
 pub struct EventStream {
     sub: Subscription,
+    /// Only this task's events (from [`Queue::task_events`]).
+    task: Option<String>,
+    /// Events of a message that carried several, not yet returned.
+    ready: Mutex<VecDeque<TaskEvent>>,
 }
 
 impl EventStream {
@@ -575,10 +612,18 @@ impl EventStream {
         // Saturating: a timeout of Duration::MAX waits for the next event.
         let deadline = Deadline::after(timeout);
         loop {
+            if let Some(e) = self.ready.lock().pop_front() {
+                return Some(e);
+            }
             let left = deadline.remaining().unwrap_or(Duration::MAX);
             match self.sub.recv_timeout(left) {
-                Ok(SubEvent::Message(m)) => match serde_json::from_slice::<TaskEvent>(&m.payload) {
-                    Ok(e) => return Some(e),
+                Ok(SubEvent::Message(m)) => match decode_events(&m.payload) {
+                    Ok(events) => {
+                        let wanted = events
+                            .into_iter()
+                            .filter(|e| self.task.as_ref().is_none_or(|t| *t == e.task));
+                        self.ready.lock().extend(wanted);
+                    }
                     Err(e) => log::debug!("skipping a malformed task event on {}: {e}", m.channel),
                 },
                 Ok(SubEvent::Reconnected) => continue,
@@ -587,8 +632,8 @@ impl EventStream {
         }
     }
 
-    /// The raw subscription (for `select!`); payloads are JSON
-    /// [`TaskEvent`]s.
+    /// The raw subscription (for `select!`); each payload is a JSON array
+    /// of [`TaskEvent`]s of the whole queue (see [`decode_events`]).
     ///
     /// ```no_run
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -600,4 +645,25 @@ impl EventStream {
     pub fn subscription(&self) -> &Subscription {
         &self.sub
     }
+}
+
+/// Decodes one message of a queue's event channel: a JSON array of
+/// [`TaskEvent`]s (a script that moves many tasks publishes them at once),
+/// or a single event object.
+///
+/// ```
+/// let events = redswarm::decode_events(br#"[{"task":"a","event":"completed"}]"#).unwrap();
+/// assert_eq!(events[0].task, "a");
+/// ```
+pub fn decode_events(payload: &[u8]) -> serde_json::Result<Vec<TaskEvent>> {
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum Message {
+        Many(Vec<TaskEvent>),
+        One(TaskEvent),
+    }
+    Ok(match serde_json::from_slice(payload)? {
+        Message::Many(v) => v,
+        Message::One(e) => vec![e],
+    })
 }

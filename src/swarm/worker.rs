@@ -29,9 +29,7 @@ use crate::grant::validate_ttl;
 use crate::health::PartitionState;
 use crate::lease::{Lease, LeaseTarget};
 use crate::subscriber::SubEvent;
-use crate::swarm::claim::{
-    claim, finish, token_ttl_ms, unclaim, Claimed, ClaimedTask, FinishReply,
-};
+use crate::swarm::claim::{step, token_ttl_ms, unclaim, ClaimedTask, FinishReply, Report};
 use crate::swarm::context::{StopReason, StopSignal, TaskContext};
 use crate::swarm::queue::Queue;
 use crate::threadpool::ThreadPool;
@@ -111,7 +109,8 @@ pub struct Finished {
 #[derive(Clone, Debug)]
 pub struct WorkerOptions {
     threads: usize,
-    lease: Duration,
+    /// None: three heartbeats of the handle.
+    lease: Option<Duration>,
     grace: Duration,
     reap_every: Duration,
 }
@@ -120,7 +119,7 @@ impl Default for WorkerOptions {
     fn default() -> Self {
         WorkerOptions {
             threads: 4,
-            lease: Duration::from_secs(30),
+            lease: None,
             grace: Duration::from_secs(10),
             reap_every: Duration::from_secs(5),
         }
@@ -128,6 +127,11 @@ impl Default for WorkerOptions {
 }
 
 impl WorkerOptions {
+    /// The lease (set by [`SwarmWorker::start`] when left to its default).
+    fn effective_lease(&self) -> Duration {
+        self.lease.unwrap_or(Duration::from_secs(3))
+    }
+
     /// The most handler threads one worker may have (each has its own
     /// stack; a typo like 100000 must fail, not exhaust the process).
     ///
@@ -136,7 +140,9 @@ impl WorkerOptions {
     /// ```
     pub const MAX_THREADS: usize = ThreadPool::MAX_THREADS;
 
-    /// Defaults: 4 threads, 30 s lease, 10 s grace, reap every 5 s.
+    /// Defaults: 4 threads, a lease of three heartbeats (3 s with the
+    /// default 1 s [`crate::Config::heartbeat_interval`]), 10 s grace, an idle worker reaps
+    /// at least every 5 s while tasks run elsewhere.
     ///
     /// ```
     /// let o = redswarm::WorkerOptions::new();
@@ -158,14 +164,18 @@ impl WorkerOptions {
     }
 
     /// Task lease, renewed every heartbeat while the task runs; a dead
-    /// worker's tasks are re-queued this long after it stopped renewing.
-    /// At least three heartbeats, at most [`crate::MAX_TTL`].
+    /// worker's tasks are re-queued this long after it stopped renewing
+    /// (by any worker of the queue: busy ones reap in every round trip,
+    /// idle ones wake at the earliest lease deadline). At least three
+    /// heartbeats, at most [`crate::MAX_TTL`]; default three heartbeats.
+    /// A longer lease rides out longer Redis outages without re-running
+    /// tasks; a shorter one fails over sooner.
     ///
     /// ```
     /// let o = redswarm::WorkerOptions::new().lease(std::time::Duration::from_secs(10));
     /// ```
     pub fn lease(mut self, d: Duration) -> Self {
-        self.lease = d;
+        self.lease = Some(d);
         self
     }
 
@@ -231,6 +241,9 @@ struct Shared {
     give_up_at: Mutex<Option<Instant>>,
     /// Tasks handed back by their own threads during shutdown.
     handed_back: AtomicUsize,
+    /// Outcomes the handler threads reported, for the pump to settle.
+    reports_tx: Sender<Report>,
+    reports_rx: Receiver<Report>,
     finished_tx: Sender<Finished>,
     finished_rx: Receiver<Finished>,
     /// `CLIENT ID` of the fetch thread's blocking connection, to unblock it.
@@ -312,8 +325,13 @@ impl SwarmWorker {
                 ),
             ));
         }
-        check_ttl("worker lease", opts.lease)?;
-        validate_ttl(&queue.swarm, opts.lease, true)?;
+        let mut opts = opts;
+        let lease = opts
+            .lease
+            .unwrap_or_else(|| queue.swarm.config().heartbeat_interval.saturating_mul(3));
+        check_ttl("worker lease", lease)?;
+        validate_ttl(&queue.swarm, lease, true)?;
+        opts.lease = Some(lease);
         let pool = Arc::new(ThreadPool::new(
             &format!("swarm-{}", queue.name),
             opts.threads,
@@ -321,6 +339,7 @@ impl SwarmWorker {
         )?);
         let (finished_tx, finished_rx) = bounded(FINISHED_KEEP);
         let (shutdown_tx, shutdown_rx) = bounded::<()>(1);
+        let (reports_tx, reports_rx) = crossbeam_channel::unbounded();
         let shared = Arc::new(Shared {
             queue: queue.clone(),
             opts,
@@ -331,6 +350,8 @@ impl SwarmWorker {
             shutdown_rx,
             give_up_at: Mutex::new(None),
             handed_back: AtomicUsize::new(0),
+            reports_tx,
+            reports_rx,
             finished_tx,
             finished_rx,
             fetch_client: Mutex::new(None),
@@ -344,8 +365,8 @@ impl SwarmWorker {
         let fetch = {
             let (shared, pool) = (shared.clone(), pool.clone());
             std::thread::Builder::new()
-                .name(format!("swarm-fetch-{}", queue.name))
-                .spawn(move || fetch_loop(shared, pool))
+                .name(format!("swarm-pump-{}", queue.name))
+                .spawn(move || pump(shared, pool))
                 .map_err(|e| Error::invalid("worker", format!("cannot spawn thread: {e}")))?
         };
         let supervisor = {
@@ -359,7 +380,7 @@ impl SwarmWorker {
             "worker on queue `{}` started: {} threads, lease {:?}",
             queue.name,
             shared.opts.threads,
-            shared.opts.lease
+            shared.opts.effective_lease()
         );
         Ok(SwarmWorker {
             shared,
@@ -451,6 +472,7 @@ impl SwarmWorker {
         if !left.is_empty() {
             let (tx, rx) = bounded(1);
             let q = shared.queue.clone();
+            let lease = shared.opts.effective_lease();
             let spawned = std::thread::Builder::new()
                 .name("swarm-handback".into())
                 .spawn(move || {
@@ -459,12 +481,15 @@ impl SwarmWorker {
                         if Instant::now() >= hard_end {
                             break;
                         }
-                        match finish(&q, &id, fence, "handback", "") {
-                            Ok(FinishReply::Applied { .. }) => {
+                        let report = Report::new(&id, fence, 0, "handback", String::new());
+                        let reply = step(&q, std::slice::from_ref(&report), 0, lease, &random_id())
+                            .map(|mut s| s.finishes.pop());
+                        match reply {
+                            Ok(Some(FinishReply::Applied { .. })) => {
                                 n += 1;
                                 log::info!("task {id} handed back to the queue (its handler ignored the stop)");
                             }
-                            Ok(FinishReply::Stale(_)) => {}
+                            Ok(_) => {}
                             Err(e) => log::warn!(
                                 "task {id} not handed back ({e}); it is re-queued when its lease expires"
                             ),
@@ -529,16 +554,18 @@ fn wait_for_tasks(shared: &Shared, until: Instant) {
     }
 }
 
-/// Waits (up to `timeout`) until fewer tasks are claimed than there are
-/// threads. A slot is taken at claim and freed when the task's report is
-/// settled, so a worker never holds a task it has no thread for.
-fn wait_for_slot(shared: &Shared, timeout: Duration) -> bool {
-    let mut tasks = shared.tasks.lock();
-    if tasks.map.len() < shared.opts.threads {
-        return true;
-    }
-    let _ = shared.slot_freed.wait_for(&mut tasks, timeout);
-    tasks.map.len() < shared.opts.threads
+/// Handler threads with nothing to run: a slot is taken at claim and
+/// given back when the handler returns (its report is then settled by the
+/// pump), so a worker never holds a task it has no thread for.
+fn free_slots(shared: &Shared) -> usize {
+    let busy = shared
+        .tasks
+        .lock()
+        .map
+        .values()
+        .filter(|r| !r.finishing)
+        .count();
+    shared.opts.threads.saturating_sub(busy)
 }
 
 /// Whether the partition verdict says stop. Without peers to ask
@@ -549,107 +576,261 @@ fn cut_off(state: PartitionState) -> bool {
     matches!(state, PartitionState::Partitioned { known, .. } if known > 0)
 }
 
-/// Claims tasks while a slot is free; blocks on the queue's wake-up list
-/// (never polls) until a marker comes or the earliest delayed task is due.
-fn fetch_loop(shared: Arc<Shared>, pool: Arc<ThreadPool>) {
+/// The worker's one conversation with Redis about tasks: each round trip
+/// (one `queue_step` call) settles every outcome the handler threads
+/// reported since the last one, re-queues expired leases, and claims a task
+/// for every idle thread. With nothing to claim it waits — never polls —
+/// for a report, a wake-up from the queue's marker list (the waker thread
+/// blocks on it), or the earliest delayed task or lease deadline.
+fn pump(shared: Arc<Shared>, pool: Arc<ThreadPool>) {
     let queue = &shared.queue;
     let cfg = queue.swarm.config().clone();
-    let mut blocking: Option<redis::Connection> = None;
-    let mut last_reap = Instant::now();
+    let waker = Waker::start(&shared);
+    let mut waker_busy = false;
+    let mut pending: Vec<Report> = Vec::new();
     let mut backoff = cfg.reconnect_min;
+    let mut failures = 0u32;
     // A claim token is spent only by a grant. After a claim whose outcome is
     // unknown (its reply was lost; the request may even reach Redis later,
     // held up by the network) the same token is sent again: it returns the
-    // same grant instead of a second task.
+    // same grants instead of more tasks.
     let mut token = random_id();
     let mut unconfirmed_since: Option<Instant> = None;
-    let token_ttl = Duration::from_millis(token_ttl_ms(shared.opts.lease));
-    while !shared.stopping() {
+    let token_ttl = Duration::from_millis(token_ttl_ms(shared.opts.effective_lease()));
+    // Nothing was left to claim: wait for a wake-up until then.
+    let mut idle_until: Option<Instant> = None;
+    loop {
+        pending.extend(shared.reports_rx.try_iter());
+        let stopping = shared.stopping();
+        if stopping {
+            let give_up = *shared.give_up_at.lock();
+            if give_up.is_some_and(|at| Instant::now() >= at) {
+                abandon(&shared, &mut pending, "shutdown ended before Redis took the report");
+                break;
+            }
+            if pending.is_empty() && shared.tasks.lock().map.is_empty() {
+                break;
+            }
+        }
         if unconfirmed_since.is_some_and(|t| t.elapsed() >= token_ttl) {
             // Redis has forgotten the token by now: nothing to recover.
             token = random_id();
             unconfirmed_since = None;
         }
-        if cut_off(queue.swarm.partition_state()) {
-            // Cut off: start nothing (the supervisor stops what runs).
-            let _ = shared.shutdown_rx.recv_timeout(cfg.heartbeat_interval);
+        let cut = cut_off(queue.swarm.partition_state());
+        // Cut off: start nothing (the supervisor stops what runs).
+        let want = if stopping || cut { 0 } else { free_slots(&shared) };
+        if idle_until.is_some_and(|t| Instant::now() >= t) {
+            idle_until = None;
+        }
+        if pending.is_empty() && (want == 0 || idle_until.is_some()) {
+            let mut timeout = if cut {
+                cfg.heartbeat_interval
+            } else {
+                Duration::from_millis(200)
+            };
+            if let (Some(until), true) = (idle_until, want > 0) {
+                let wait = until.saturating_duration_since(Instant::now());
+                if !waker_busy && waker.request(wait) {
+                    waker_busy = true;
+                }
+                timeout = wait;
+            }
+            let shutdown = if stopping {
+                crossbeam_channel::never()
+            } else {
+                shared.shutdown_rx.clone()
+            };
+            crossbeam_channel::select! {
+                recv(shared.reports_rx) -> r => pending.extend(r.ok()),
+                recv(waker.woken) -> _ => {
+                    waker_busy = false;
+                    idle_until = None;
+                }
+                recv(shutdown) -> _ => {}
+                default(timeout) => {}
+            }
             continue;
         }
-        if !wait_for_slot(&shared, Duration::from_millis(200)) {
-            continue;
-        }
-        if last_reap.elapsed() >= shared.opts.reap_every {
-            last_reap = Instant::now();
-            if let Err(e) = queue.reap_expired(100) {
-                log::debug!("opportunistic reap failed: {e}");
-            }
-        }
-        match claim(&shared.queue, shared.opts.lease, &token) {
-            Ok(Claimed::Task(task)) => {
+        match step(queue, &pending, want, shared.opts.effective_lease(), &token) {
+            Ok(stepped) => {
                 backoff = cfg.reconnect_min;
-                if unconfirmed_since.is_some() {
-                    log::info!(
-                        "task {} attempt {}: claim recovered after its reply was lost",
-                        task.id,
-                        task.attempt
-                    );
+                if failures > 0 && !pending.is_empty() {
+                    log::info!("{} report(s) settled after {failures} failed tries", pending.len());
                 }
-                token = random_id();
-                unconfirmed_since = None;
-                start_task(&shared, &pool, task);
-            }
-            Ok(Claimed::Spent) => {
-                backoff = cfg.reconnect_min;
-                token = random_id();
-                unconfirmed_since = None;
-            }
-            Ok(Claimed::Nothing {
-                next_delayed,
-                next_lease,
-            }) => {
-                backoff = cfg.reconnect_min;
-                let mut wait = IDLE_WAIT_CAP;
-                if let Some(d) = next_delayed {
-                    wait = wait.min(d);
+                failures = 0;
+                settle(&shared, std::mem::take(&mut pending), stepped.finishes);
+                if want == 0 {
+                    continue;
                 }
-                if let Some(l) = next_lease {
-                    // Wake to reap when a lease of the queue could end.
-                    let reap_due = shared.opts.reap_every.saturating_sub(last_reap.elapsed());
-                    wait = wait.min(l.max(reap_due));
+                if !stepped.grants.is_empty() || stepped.token_spent {
+                    if unconfirmed_since.is_some() && !stepped.grants.is_empty() {
+                        log::info!(
+                            "{} claim(s) recovered after their reply was lost",
+                            stepped.grants.len()
+                        );
+                    }
+                    token = random_id();
+                    unconfirmed_since = None;
                 }
-                if unconfirmed_since.is_some() {
-                    // A lost claim request may still reach Redis: look for
-                    // its grant every beat rather than after a lease.
-                    wait = wait.min(cfg.heartbeat_interval);
+                let claimed = stepped.grants.len();
+                for task in stepped.grants {
+                    start_task(&shared, &pool, task);
                 }
-                block_for_work(&shared, &mut blocking, wait.max(Duration::from_millis(1)));
+                if claimed < want && !stepped.token_spent {
+                    // The queue has nothing more for now.
+                    let mut wait = IDLE_WAIT_CAP;
+                    if let Some(d) = stepped.next_delayed {
+                        wait = wait.min(d);
+                    }
+                    if let Some(l) = stepped.next_lease {
+                        // Wake to reap when a lease of the queue could end.
+                        wait = wait.min((l + Duration::from_millis(1)).min(shared.opts.reap_every));
+                    }
+                    if unconfirmed_since.is_some() {
+                        // A lost claim request may still reach Redis: look for
+                        // its grant every beat rather than after a lease.
+                        wait = wait.min(cfg.heartbeat_interval);
+                    }
+                    idle_until = Some(Instant::now() + wait.max(Duration::from_millis(1)));
+                }
             }
             Err(e) => {
-                if matches!(e, Error::Redis(_)) {
-                    // Sent, but no answer: it may have been applied.
-                    unconfirmed_since = Some(Instant::now());
+                failures += 1;
+                if want > 0 && matches!(e, Error::Redis(_)) {
+                    // Sent, but no answer: its claims may have been applied.
+                    unconfirmed_since.get_or_insert_with(Instant::now);
+                }
+                if failures == 1 {
                     log::warn!(
-                        "claim on queue `{}` failed: {e}; retrying with the same claim token",
-                        queue.name
+                        "queue `{}`: round trip failed ({e}); retrying{}",
+                        queue.name,
+                        if pending.is_empty() { "" } else { " until Redis takes the reports" }
                     );
                 } else {
-                    // Refused before any write (CorruptData), or never sent
-                    // (no connection).
-                    log::warn!("claim on queue `{}` failed: {e}", queue.name);
+                    log::debug!("queue `{}`: round trip failed again: {e}", queue.name);
                 }
-                let _ = shared.shutdown_rx.recv_timeout(backoff);
+                let pause = if stopping {
+                    std::thread::sleep(backoff);
+                    continue;
+                } else {
+                    backoff
+                };
+                let _ = shared.shutdown_rx.recv_timeout(pause);
                 backoff = (backoff * 2).min(cfg.reconnect_max);
             }
         }
     }
+    drop(waker);
     if unconfirmed_since.is_some() {
-        match unclaim(&shared.queue, shared.opts.lease, &token) {
+        match unclaim(&shared.queue, shared.opts.effective_lease(), &token) {
             Ok(true) => log::info!("a claim whose reply was lost was handed back"),
             Ok(false) => {}
             Err(e) => log::warn!(
                 "a claim whose reply was lost could not be handed back ({e}); its lease will end it"
             ),
         }
+    }
+}
+
+/// What Redis did with each report: the tasks leave the worker, their
+/// leases end, and [`SwarmWorker::finished`] hears of them.
+fn settle(shared: &Shared, reports: Vec<Report>, replies: Vec<FinishReply>) {
+    if reports.is_empty() {
+        return;
+    }
+    for (r, reply) in reports.into_iter().zip(replies) {
+        let how = match reply {
+            FinishReply::Applied { event, error } => match event.as_str() {
+                "completed" => FinishedHow::Completed,
+                "retrying" => FinishedHow::Retrying(error),
+                "failed" => FinishedHow::Failed(error),
+                "cancelled" => FinishedHow::Cancelled,
+                _ => FinishedHow::HandedBack,
+            },
+            FinishReply::Stale(state) => {
+                if r.how != "handback" {
+                    log::warn!(
+                        "task {} attempt {}: `{}` rejected (fencing token {} is stale; the task is {state} now)",
+                        r.id,
+                        r.attempt,
+                        r.how,
+                        r.fence
+                    );
+                }
+                FinishedHow::Rejected
+            }
+        };
+        if how == FinishedHow::HandedBack && shared.stopping() {
+            shared.handed_back.fetch_add(1, Ordering::SeqCst);
+        }
+        shared.tasks.lock().map.remove(&r.id);
+        shared.publish_finished(Finished {
+            id: r.id,
+            attempt: r.attempt,
+            fencing_token: r.fence,
+            how,
+        });
+    }
+    shared.slot_freed.notify_all();
+}
+
+/// Reports Redis could not be told before shutdown's bound: their tasks'
+/// leases end them (re-queued by whoever reaps).
+fn abandon(shared: &Shared, pending: &mut Vec<Report>, why: &str) {
+    for r in pending.drain(..) {
+        log::warn!(
+            "task {} attempt {}: `{}` not reported ({why}); its lease will end it",
+            r.id,
+            r.attempt,
+            r.how
+        );
+        shared.tasks.lock().map.remove(&r.id);
+        shared.publish_finished(Finished {
+            id: r.id,
+            attempt: r.attempt,
+            fencing_token: r.fence,
+            how: FinishedHow::Abandoned(why.to_string()),
+        });
+    }
+    shared.slot_freed.notify_all();
+}
+
+/// The thread that blocks on the queue's wake-up list for the pump, so the
+/// pump itself stays free to settle reports while the queue is empty.
+struct Waker {
+    requests: Sender<Duration>,
+    woken: Receiver<()>,
+}
+
+impl Waker {
+    fn start(shared: &Arc<Shared>) -> Waker {
+        let (requests, requests_rx) = bounded::<Duration>(1);
+        let (woken_tx, woken) = bounded::<()>(1);
+        let shared = shared.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("swarm-waker-{}", shared.queue.name))
+            .spawn(move || {
+                let mut conn: Option<redis::Connection> = None;
+                for wait in requests_rx.iter() {
+                    if shared.stopping() {
+                        break;
+                    }
+                    block_for_work(&shared, &mut conn, wait);
+                    let _ = woken_tx.try_send(());
+                }
+            });
+        if let Err(e) = spawned {
+            // The pump still wakes at every deadline and report: slower to
+            // notice new work, never wrong.
+            log::warn!("cannot spawn the waker thread ({e}); waking by timer only");
+        }
+        Waker { requests, woken }
+    }
+
+    /// Asks for a wait of up to `wait`; false if the waker is gone.
+    fn request(&self, wait: Duration) -> bool {
+        self.requests.try_send(wait).is_ok()
     }
 }
 
@@ -743,7 +924,7 @@ fn start_task(shared: &Arc<Shared>, pool: &ThreadPool, task: ClaimedTask) {
             field: "fence".into(),
             token: task.fence.to_string(),
         },
-        shared.opts.lease,
+        shared.opts.effective_lease(),
         task.sent,
     );
     let stop = StopSignal::new();
@@ -785,9 +966,12 @@ fn start_task(shared: &Arc<Shared>, pool: &ThreadPool, task: ClaimedTask) {
     if let Err(e) = pool.execute(move || run_task(job_shared, ctx, unusable)) {
         // Only after shutdown; the claim is handed back.
         log::warn!("task {} not started: {e}", task.id);
-        let _ = finish(q, &task.id, task.fence, "handback", "");
-        shared.tasks.lock().map.remove(&task.id);
-        shared.slot_freed.notify_all();
+        if let Some(r) = shared.tasks.lock().map.get_mut(&task.id) {
+            r.finishing = true;
+            r.lease.ending();
+        }
+        let report = Report::new(&task.id, task.fence, task.attempt, "handback", String::new());
+        let _ = shared.reports_tx.send(report);
     }
 }
 
@@ -826,81 +1010,10 @@ fn run_task(shared: Arc<Shared>, ctx: TaskContext, unusable: Option<String>) {
         r.finishing = true;
         r.lease.ending();
     }
-    let how = report(&shared, &ctx, how, &text);
-    if how == FinishedHow::HandedBack && shared.stopping() {
-        shared.handed_back.fetch_add(1, Ordering::SeqCst);
-    }
-    shared.tasks.lock().map.remove(&ctx.id);
-    shared.slot_freed.notify_all();
-    shared.publish_finished(Finished {
-        id: ctx.id.clone(),
-        attempt: ctx.attempt,
-        fencing_token: ctx.fence,
-        how,
-    });
-}
-
-/// Reports an outcome until Redis takes it or proves the claim stale. The
-/// report is fenced and idempotent, so sending it again after a lost reply
-/// is safe. Gives up only when shutdown's bound is reached.
-fn report(shared: &Shared, ctx: &TaskContext, how: &str, text: &str) -> FinishedHow {
-    let cfg = shared.queue.swarm.config();
-    let mut delay = cfg.reconnect_min;
-    let mut failures = 0u32;
-    loop {
-        match finish(&shared.queue, &ctx.id, ctx.fence, how, text) {
-            Ok(FinishReply::Applied { event, error }) => {
-                if failures > 0 {
-                    log::info!(
-                        "task {} attempt {}: `{how}` reported after {failures} failed tries",
-                        ctx.id,
-                        ctx.attempt
-                    );
-                }
-                return match event.as_str() {
-                    "completed" => FinishedHow::Completed,
-                    "retrying" => FinishedHow::Retrying(error),
-                    "failed" => FinishedHow::Failed(error),
-                    "cancelled" => FinishedHow::Cancelled,
-                    _ => FinishedHow::HandedBack,
-                };
-            }
-            Ok(FinishReply::Stale(state)) => {
-                if how != "handback" {
-                    log::warn!(
-                        "task {} attempt {}: `{how}` rejected (fencing token {} is stale; the task is {state} now)",
-                        ctx.id,
-                        ctx.attempt,
-                        ctx.fence
-                    );
-                }
-                return FinishedHow::Rejected;
-            }
-            Err(e) => {
-                failures += 1;
-                let give_up = *shared.give_up_at.lock();
-                if give_up.is_some_and(|at| Instant::now() + delay >= at) {
-                    log::warn!(
-                        "task {} attempt {}: `{how}` not reported before shutdown ended ({e}); its lease will end it",
-                        ctx.id,
-                        ctx.attempt
-                    );
-                    return FinishedHow::Abandoned(e.to_string());
-                }
-                if failures == 1 {
-                    log::warn!(
-                        "task {} attempt {}: reporting `{how}` failed ({e}); retrying until Redis takes it",
-                        ctx.id,
-                        ctx.attempt
-                    );
-                } else {
-                    log::debug!("task {}: reporting `{how}` failed again: {e}", ctx.id);
-                }
-                std::thread::sleep(delay);
-                delay = (delay * 2).min(cfg.reconnect_max);
-            }
-        }
-    }
+    // The pump settles it with the next round trip (its lease stays
+    // registered until then); this thread is free for the next task now.
+    let report = Report::new(&ctx.id, ctx.fence, ctx.attempt, how, text);
+    let _ = shared.reports_tx.send(report);
 }
 
 /// Looks up `cancel_requested` of the running tasks in Redis: the fallback
