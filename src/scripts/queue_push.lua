@@ -9,7 +9,7 @@
 -- ARGV[8] = max lost runs   ARGV[9] = max backoff ms
 -- ARGV[10..] = task id, data (JSON), task id, data, ...
 -- Ready tasks are ordered by priority, then arrival: score = (255 - priority) * 1e12 + seq.
--- Returns the number pushed, or an error (nothing written) if an id exists.
+-- Returns the number pushed.
 local ready, delayed, marker, seq_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local prefix, channel = ARGV[1], ARGV[2]
 want_type(ready, 'zset')
@@ -18,13 +18,8 @@ want_type(marker, 'list')
 want_type(seq_key, 'string')
 local seq0 = redis.call('GET', seq_key)
 if seq0 and not count_of(seq0) then corrupt(seq_key, 'is not a whole number: "' .. seq0 .. '"') end
+-- Ids are 128 random bits (random_id), so no existence check per task.
 local n = (#ARGV - 9) / 2
-for i = 0, n - 1 do
-  local id = ARGV[10 + 2 * i]
-  if redis.call('EXISTS', prefix .. id) == 1 then
-    return redis.error_reply('TASK_EXISTS ' .. id)
-  end
-end
 local now = now_ms()
 local last = redis.call('INCRBY', seq_key, n)
 local base = (255 - tonumber(ARGV[3])) * 1e12 + last - n

@@ -51,15 +51,27 @@ local nreports = tonumber(ARGV[11])
 local now = now_ms()
 local events = {}
 local corrupt_failed = 0
+-- Written in one call each after the reports: ids leaving the running set,
+-- and score/id pairs entering the ended set.
+local leaving, ended_now = {}, {}
 
 -- Settles one report; returns the reply entry.
 local function finish(id, fence_arg, how, text, jitter)
   jitter = tonumber(jitter) or 0
   if jitter < 0 or jitter >= 1 then jitter = 0 end
   local key = prefix .. id
-  local task, why = load_task(key,
-    {'fence', 'attempts', 'max_attempts', 'failures', 'backoff_ms', 'max_backoff_ms',
-     'done_fence', 'done_event', 'error'})
+  -- The ok path (the hot one) reads only what fencing needs; the others
+  -- read their counters too, still before any write.
+  local task, why = load_task(key, {'fence', 'cancel_requested', 'done_fence', 'done_event'})
+  if task and how ~= 'ok' then
+    local more
+    more, why = load_task(key, {'attempts', 'max_attempts', 'failures', 'backoff_ms', 'max_backoff_ms'})
+    if more then
+      for k, v in pairs(more) do task[k] = v end
+    else
+      task = nil
+    end
+  end
   if not task and not why then return {0, 'missing'} end
   if not task then
     -- Unusable record: end it as corrupt if this caller may (it holds the
@@ -77,19 +89,25 @@ local function finish(id, fence_arg, how, text, jitter)
   end
   local current = num_text(task.fence)
   if current == fence_arg and task.state ~= 'running' and task.done_fence == fence_arg and task.done_event then
-    return {1, task.done_event, task.error or ''}
+    return {1, task.done_event, redis.call('HGET', key, 'error') or ''}
   end
   if current ~= fence_arg or task.state ~= 'running' then
     return {0, task.state}
   end
 
-  -- Checked: now write.
-  redis.call('ZREM', Q.running, id)
+  -- Checked: now write. Out of the running set with the batch below.
+  leaving[#leaving + 1] = id
   local event, err_text = nil, ''
+  -- (The `claim` field stays on an ended task: it is only read with
+  -- state 'running'.)
   local function to_end(outcome, set, ...)
     redis.call('HSET', key, 'state', 'end', 'outcome', outcome, 'ended', now, 'updated', now, ...)
-    redis.call('HDEL', key, 'claim')
-    redis.call('ZADD', set, now, id)
+    if set == Q.ended then
+      ended_now[#ended_now + 1] = now
+      ended_now[#ended_now + 1] = id
+    else
+      redis.call('ZADD', set, now, id)
+    end
   end
   if how == 'ok' then
     to_end('ok', Q.ended, 'result', text, 'done_fence', fence_arg, 'done_event', 'completed')
@@ -143,6 +161,8 @@ for i = 1, nreports do
   finishes[i] = finish(ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4])
   a = a + 5
 end
+if #leaving > 0 then redis.call('ZREM', Q.running, unpack(leaving)) end
+if #ended_now > 0 then redis.call('ZADD', Q.ended, unpack(ended_now)) end
 if nreports > 0 then
   -- Retention of ended tasks: bounded by count and age, a bounded batch per call.
   local old = redis.call('ZRANGEBYSCORE', Q.ended, '-inf', now - keep_ms, 'LIMIT', 0, 100)
@@ -163,7 +183,7 @@ end
 -- worker's tasks run again within a lease whoever is left).
 reap_expired(Q, prefix, channel, now, reap_batch, events)
 
-local NEEDS = {'attempts', 'max_attempts', 'fence', 'timeout_ms', 'data'}
+local NEEDS = {'attempts', 'max_attempts', 'fence', 'timeout_ms', 'data', 'run_at', 'cancel_requested'}
 local function grant(id, task)
   return {id, num_text(task.fence), num_text(task.attempts), num_text(task.max_attempts),
     num_text(task.timeout_ms), task.data or 'null'}
@@ -179,7 +199,7 @@ if want > 0 then
     if prev == '' then token_spent = 1 end
     for id in string.gmatch(prev, '%S+') do
       local key = prefix .. id
-      local task = load_task(key, NEEDS)
+      local task = load_task(key, {'attempts', 'max_attempts', 'fence', 'timeout_ms', 'data', 'claim'})
       if task and task.state == 'running' and task.claim == token and redis.call('ZSCORE', Q.running, id) then
         -- The worker's lease starts when it sent this call: the deadline in
         -- Redis must not be earlier.
@@ -216,7 +236,7 @@ if want > 0 then
 
   -- Claim the best ready tasks whose records are usable (a bounded number
   -- of unusable ones are failed on the way).
-  local claimed = {}
+  local claimed, leases = {}, {}
   local fence_floor = now_us()
   local looked = 0
   while #claimed < want and looked < want + 100 do
@@ -252,8 +272,9 @@ if want > 0 then
         redis.call('HSET', key, 'state', 'running', 'worker', node, 'claim', token,
           'attempts', num_text(task.attempts), 'fence', num_text(task.fence),
           'started', now, 'updated', now)
-        redis.call('HDEL', key, 'run_at')
-        redis.call('ZADD', Q.running, now + lease, id)
+        if task.run_at then redis.call('HDEL', key, 'run_at') end
+        leases[#leases + 1] = now + lease
+        leases[#leases + 1] = id
         events[#events + 1] = {task = id, event = 'started', attempt = task.attempts, node = node}
         claimed[#claimed + 1] = id
         grants[#grants + 1] = grant(id, task)
@@ -261,6 +282,7 @@ if want > 0 then
     end
   end
   if #claimed > 0 then
+    redis.call('ZADD', Q.running, unpack(leases))
     redis.call('SET', token_key, table.concat(claimed, ' '), 'PX', token_ttl)
     -- Work is left: make sure a blocked worker wakes for it (the marker
     -- that woke this one may have been the last).

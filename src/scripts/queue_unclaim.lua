@@ -19,7 +19,7 @@ local prev = redis.call('GET', token_key)
 local task, key
 if prev and prev ~= '' then
   key = ARGV[1] .. prev
-  task = load_task(key, {'attempts'})
+  task = load_task(key, {'attempts', 'claim', 'cancel_requested'})
 end
 redis.call('SET', token_key, '', 'PX', tonumber(ARGV[3]))
 if not (task and task.state == 'running' and task.claim == ARGV[2]) then return 0 end

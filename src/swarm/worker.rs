@@ -50,6 +50,10 @@ pub const FINISHED_KEEP: usize = 1024;
 /// a safety net for wake-ups lost with a Redis restart that lost data.
 const IDLE_WAIT_CAP: Duration = Duration::from_secs(60);
 
+/// Reports settled by one round trip at most (one script stays a bounded
+/// amount of work even after an outage let reports pile up).
+const MAX_REPORTS_PER_STEP: usize = 256;
+
 /// `cancel` messages for tasks this worker does not (yet) know are kept
 /// this long: the message can overtake the claim's reply.
 const EARLY_CANCEL_KEEP: Duration = Duration::from_secs(5);
@@ -652,14 +656,15 @@ fn pump(shared: Arc<Shared>, pool: Arc<ThreadPool>) {
             }
             continue;
         }
-        match step(queue, &pending, want, shared.opts.effective_lease(), &token) {
+        let batch = pending.len().min(MAX_REPORTS_PER_STEP);
+        match step(queue, &pending[..batch], want, shared.opts.effective_lease(), &token) {
             Ok(stepped) => {
                 backoff = cfg.reconnect_min;
-                if failures > 0 && !pending.is_empty() {
-                    log::info!("{} report(s) settled after {failures} failed tries", pending.len());
+                if failures > 0 && batch > 0 {
+                    log::info!("{batch} report(s) settled after {failures} failed tries");
                 }
                 failures = 0;
-                settle(&shared, std::mem::take(&mut pending), stepped.finishes);
+                settle(&shared, pending.drain(..batch).collect(), stepped.finishes);
                 if want == 0 {
                     continue;
                 }
