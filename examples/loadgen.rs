@@ -9,7 +9,7 @@
 //! cargo run --release --example loadgen -- semaphore
 //! cargo run --release --example loadgen -- enqueue
 //! cargo run --release --example loadgen -- tasks --threads 32 [--processes 4]
-//! cargo run --release --example loadgen -- failover [--trials 10] [--lease-ms 30000]
+//! cargo run --release --example loadgen -- failover [--trials 10] [--lease-ms 600 --heartbeat-ms 200]
 //! cargo run --release --example loadgen -- fanout --waiters 50 --handles 5
 //! cargo run --release --example loadgen -- all
 //! ```
@@ -30,7 +30,7 @@ mod common;
 const USAGE: &str =
     "usage: loadgen <floor|lock|lock-contended|semaphore|enqueue|tasks|failover|fanout|all> \
 [--rounds N] [--seconds S] [--threads N] [--processes P] [--handles N] [--think-ms MS] [--fair] \
-[--trials N] [--lease-ms MS] [--waiters N]";
+[--trials N] [--lease-ms MS] [--heartbeat-ms MS] [--waiters N]";
 
 struct Opts {
     rounds: usize,
@@ -68,6 +68,10 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     }
     let scenario = argv.remove(0);
     let args = common::args::Args::parse_from(argv, &["fair"])?;
+    if let Some(ms) = args.get("heartbeat-ms") {
+        let _: u64 = ms.parse().map_err(|e| format!("--heartbeat-ms: {e}"))?;
+        std::env::set_var("LOADGEN_HEARTBEAT_MS", ms);
+    }
     let (url, _server) = common::redis_url()?;
     let o = Opts {
         rounds: args.parse_or("rounds", 3)?,
@@ -244,14 +248,19 @@ fn raw_conn(url: &str) -> redis::Connection {
     client.get_connection().expect("raw connection")
 }
 
+/// A handle of its own per caller; `LOADGEN_HEARTBEAT_MS` (set from
+/// `--heartbeat-ms`, inherited by the worker processes) tunes the heartbeat
+/// and with it the shortest lease.
 fn swarm(url: &str, ns: &str) -> Result<Redswarm, Box<dyn std::error::Error>> {
-    Ok(Redswarm::connect(
-        Config::builder()
-            .url(url)
-            .namespace(ns)
-            .pool_size(64)
-            .build()?,
-    )?)
+    let mut b = Config::builder().url(url).namespace(ns).pool_size(64);
+    if let Some(ms) = std::env::var("LOADGEN_HEARTBEAT_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        let beat = Duration::from_millis(ms);
+        b = b.heartbeat_interval(beat);
+    }
+    Ok(Redswarm::connect(b.build()?)?)
 }
 
 fn flush(url: &str) {
