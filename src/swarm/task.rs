@@ -361,11 +361,16 @@ impl TaskInfo {
             .get("result")
             .map(|d| serde_json::from_str(d).unwrap_or(serde_json::Value::String(d.clone())));
         Ok(TaskInfo {
-            id: h.get("id").cloned().unwrap_or_default(),
+            // The key ends with the id (records need not repeat it).
+            id: h
+                .get("id")
+                .cloned()
+                .or_else(|| key.rsplit_once(":task:").map(|(_, id)| id.to_string()))
+                .unwrap_or_default(),
             state,
             data,
             priority: u8::try_from(num("priority")?).map_err(|e| corrupt(e.to_string()))?,
-            attempts: u32::try_from(num("attempts")?).map_err(|e| corrupt(e.to_string()))?,
+            attempts: count("attempts", 0)?,
             failures: count("failures", 0)?,
             max_attempts: u32::try_from(num("max_attempts")?)
                 .map_err(|e| corrupt(e.to_string()))?,
@@ -376,7 +381,10 @@ impl TaskInfo {
             worker: h.get("worker").cloned(),
             created_ms: num("created")?,
             started_ms: opt_num("started"),
-            updated_ms: num("updated")?,
+            updated_ms: match h.get("updated") {
+                Some(_) => num("updated")?,
+                None => num("created")?,
+            },
             ended_ms: opt_num("ended"),
             run_at_ms: opt_num("run_at"),
             error: h.get("error").cloned(),
