@@ -69,9 +69,9 @@ pub use semaphore::{Permit, Semaphore};
 pub use store::PooledConnection;
 pub use subscriber::{Message, SubEvent, Subscription};
 pub use swarm::{
-    decode_events, EventKind, FailedBy, Finished, FinishedHow, Monitor, MonitorStats, Queue, QueueCounts,
-    StopReason, SwarmWorker, TaskContext, TaskEvent, TaskInfo, TaskOptions, TaskOutcome, TaskSet,
-    TaskState, WorkerOptions,
+    decode_events, EventKind, FailedBy, Finished, FinishedHow, Monitor, MonitorStats, Queue,
+    QueueCounts, StopReason, SwarmWorker, TaskContext, TaskEvent, TaskInfo, TaskOptions,
+    TaskOutcome, TaskSet, TaskState, WorkerOptions,
 };
 pub use tracker::{
     ChunkLock, CloseOptions, Closed, Consumer, Consuming, DoneOutcome, Released, TrackedTask,

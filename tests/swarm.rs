@@ -341,12 +341,22 @@ fn child_worker_process() {
     ) else {
         return;
     };
-    let swarm = Redswarm::connect(config(&url, &ns)).unwrap();
+    // "defaults": the library's default heartbeat and worker options.
+    let swarm = if mode == "defaults" {
+        Redswarm::connect(Config::builder().url(&url).namespace(&ns).build().unwrap()).unwrap()
+    } else {
+        Redswarm::connect(config(&url, &ns)).unwrap()
+    };
     let q = swarm.queue("jobs").unwrap();
     let threads = if mode == "forever" { 30 } else { 4 };
-    let w = SwarmWorker::start(&q, opts(threads), move |ctx| {
+    let options = if mode == "defaults" {
+        WorkerOptions::new()
+    } else {
+        opts(threads)
+    };
+    let w = SwarmWorker::start(&q, options, move |ctx| {
         match mode.as_str() {
-            "forever" => std::thread::sleep(600 * SEC),
+            "forever" | "defaults" => std::thread::sleep(600 * SEC),
             "stubborn" => std::thread::sleep(Duration::from_millis(1500)),
             _ => std::thread::sleep(Duration::from_millis(20)),
         }
@@ -1446,4 +1456,180 @@ fn listing_with_a_limit_of_usize_max_returns_every_task() {
     // `usize::MAX as i64 - 1` used to be -2: every task but the last.
     let listed = q.list(TaskSet::Ready, usize::MAX).unwrap();
     assert_eq!(listed.len(), ids.len(), "{listed:?}");
+}
+
+#[test]
+fn with_default_options_a_sigkilled_workers_task_runs_elsewhere_within_seconds() {
+    // Defaults everywhere (1 s heartbeat, default lease and reaping): the
+    // task must not wait for a long lease (it used to take 30 s).
+    let server = RedisServer::start();
+    let s = Redswarm::connect(
+        Config::builder()
+            .url(server.url())
+            .namespace("defaults")
+            .build()
+            .unwrap(),
+    )
+    .unwrap();
+    let q = s.queue("jobs").unwrap();
+    let id = q.push(&"x").unwrap();
+    let mut child = spawn_worker(&server, "defaults", "defaults");
+    wait_running(&q, &id);
+    let _rescuer = SwarmWorker::start(&q, WorkerOptions::new().threads(1), |_| {
+        Ok(json!("rescued"))
+    })
+    .unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let t = wait_ended(&q, &id, 10 * SEC);
+    assert_eq!(t.state, TaskState::End(TaskOutcome::Ok), "{t:?}");
+    assert_eq!(t.result, Some(json!("rescued")));
+    assert_eq!((t.failures, t.lost_runs), (0, 1));
+}
+
+#[test]
+fn a_worker_claims_a_task_for_every_idle_thread_in_one_round_trip() {
+    let server = RedisServer::start();
+    let s = connect(&server, "batch");
+    let q = s.queue("jobs").unwrap();
+    let ids = q.push_many(&(0..8).collect::<Vec<_>>()).unwrap();
+    let (release_tx, release_rx) = crossbeam_channel::bounded::<()>(0);
+    let w = SwarmWorker::start(&q, opts(8), move |_| {
+        let _ = release_rx.recv_timeout(20 * SEC);
+        Ok(Value::Null)
+    })
+    .unwrap();
+    assert!(support::wait_until(10 * SEC, || q
+        .counts()
+        .unwrap()
+        .running
+        == 8));
+    // The claim token of one round trip names every task it claimed.
+    let tokens: Vec<String> = redis_cmd(&server, &["KEYS", "{batch:queue:jobs}:claim:*"]);
+    let claimed: Vec<Vec<String>> = tokens
+        .iter()
+        .map(|k| {
+            redis_cmd::<String>(&server, &["GET", k])
+                .split_whitespace()
+                .map(String::from)
+                .collect()
+        })
+        .collect();
+    assert!(
+        claimed.iter().any(|c| c.len() == 8),
+        "no round trip claimed all 8 tasks: {claimed:?}"
+    );
+    drop(release_tx);
+    for id in &ids {
+        assert_eq!(
+            wait_ended(&q, id, 10 * SEC).state,
+            TaskState::End(TaskOutcome::Ok)
+        );
+    }
+    drop(w);
+}
+
+#[test]
+fn events_come_one_message_per_transition_batch_and_task_events_filter_by_task() {
+    let server = RedisServer::start();
+    let s = connect(&server, "events");
+    let q = s.queue("jobs").unwrap();
+    let raw = s.subscribe(&q.keys().events).unwrap();
+    let first = q.push(&"one").unwrap();
+    let only_first = q.task_events(&first).unwrap();
+    let all = q.events().unwrap();
+    let batch = q.push_many(&[1, 2, 3, 4, 5]).unwrap();
+    // The batch's five `queued` events arrive as one message.
+    let mut sizes = Vec::new();
+    while let Ok(redswarm::SubEvent::Message(m)) = raw.recv_timeout(2 * SEC) {
+        sizes.push(redswarm::decode_events(&m.payload).unwrap().len());
+        if sizes.iter().sum::<usize>() >= 6 {
+            break;
+        }
+    }
+    assert_eq!(sizes, vec![1, 5], "one message per push call");
+    let _w = SwarmWorker::start(&q, opts(2), |_| Ok(Value::Null)).unwrap();
+    for id in batch.iter().chain([&first]) {
+        wait_ended(&q, id, 10 * SEC);
+    }
+    let mut mine = Vec::new();
+    while let Some(e) = only_first.next_event(SEC) {
+        assert_eq!(e.task, first, "task_events showed another task's event");
+        mine.push(e.kind);
+        if e.kind == EventKind::Completed {
+            break;
+        }
+    }
+    assert_eq!(mine, vec![EventKind::Started, EventKind::Completed]);
+    let mut completed = HashSet::new();
+    while let Some(e) = all.next_event(SEC) {
+        if e.kind == EventKind::Completed {
+            completed.insert(e.task);
+        }
+        if completed.len() == 6 {
+            break;
+        }
+    }
+    assert_eq!(completed.len(), 6, "queue events missed completions");
+}
+
+#[test]
+fn a_round_trip_whose_reply_is_lost_settles_each_report_once_and_recovers_its_claims() {
+    let server = RedisServer::start();
+    let proxy = support::FaultProxy::start(server.addr());
+    let s = connect(&server, "lost-step");
+    let behind = Redswarm::connect(config(&proxy.url(), "lost-step")).unwrap();
+    let q = s.queue("jobs").unwrap();
+    let ids = q
+        .push_many_with(
+            &(0..8).collect::<Vec<_>>(),
+            &TaskOptions::new().max_attempts(1),
+        )
+        .unwrap();
+    let (gate_tx, gate_rx) = crossbeam_channel::unbounded::<()>();
+    let fences = Arc::new(Mutex::new(HashMap::new()));
+    let seen = fences.clone();
+    let w = SwarmWorker::start(&behind.queue("jobs").unwrap(), opts(4), move |ctx| {
+        seen.lock()
+            .insert(ctx.id().to_string(), ctx.fencing_token());
+        let _ = gate_rx.recv_timeout(20 * SEC);
+        Ok(json!(ctx.fencing_token()))
+    })
+    .unwrap();
+    assert!(support::wait_until(10 * SEC, || fences.lock().len() == 4));
+    // Lose the reply to the round trip that reports the first task's
+    // result (it carries the other reports and the next claims too).
+    let (id, fence) = fences
+        .lock()
+        .iter()
+        .map(|(i, f)| (i.clone(), *f))
+        .next()
+        .unwrap();
+    let fence = fence.to_string();
+    proxy.drop_reply_to(format!("{id}\r\n${}\r\n{fence}\r\n$2\r\nok\r\n", fence.len()).as_bytes());
+    for _ in 0..8 {
+        gate_tx.send(()).unwrap();
+    }
+    for id in &ids {
+        let t = wait_ended(&q, id, 10 * SEC);
+        assert_eq!(t.state, TaskState::End(TaskOutcome::Ok), "{t:?}");
+        assert_eq!(t.attempts, 1, "the lost reply cost an attempt: {t:?}");
+    }
+    assert_eq!(proxy.dropped_replies(), 1, "the reply was not lost");
+    let mut finished = Vec::new();
+    let rx = w.finished();
+    while finished.len() < ids.len() {
+        match rx.recv_timeout(10 * SEC) {
+            Ok(f) => finished.push(f),
+            Err(_) => break,
+        }
+    }
+    for id in &ids {
+        let hows: Vec<_> = finished
+            .iter()
+            .filter(|f| &f.id == id)
+            .map(|f| &f.how)
+            .collect();
+        assert_eq!(hows, vec![&FinishedHow::Completed], "task {id}");
+    }
 }

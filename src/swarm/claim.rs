@@ -45,7 +45,13 @@ pub(crate) struct Report {
 }
 
 impl Report {
-    pub(crate) fn new(id: &str, fence: u64, attempt: u32, how: &'static str, text: String) -> Report {
+    pub(crate) fn new(
+        id: &str,
+        fence: u64,
+        attempt: u32,
+        how: &'static str,
+        text: String,
+    ) -> Report {
         Report {
             id: id.to_string(),
             fence,

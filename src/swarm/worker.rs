@@ -609,7 +609,11 @@ fn pump(shared: Arc<Shared>, pool: Arc<ThreadPool>) {
         if stopping {
             let give_up = *shared.give_up_at.lock();
             if give_up.is_some_and(|at| Instant::now() >= at) {
-                abandon(&shared, &mut pending, "shutdown ended before Redis took the report");
+                abandon(
+                    &shared,
+                    &mut pending,
+                    "shutdown ended before Redis took the report",
+                );
                 break;
             }
             if pending.is_empty() && shared.tasks.lock().map.is_empty() {
@@ -623,7 +627,11 @@ fn pump(shared: Arc<Shared>, pool: Arc<ThreadPool>) {
         }
         let cut = cut_off(queue.swarm.partition_state());
         // Cut off: start nothing (the supervisor stops what runs).
-        let want = if stopping || cut { 0 } else { free_slots(&shared) };
+        let want = if stopping || cut {
+            0
+        } else {
+            free_slots(&shared)
+        };
         if idle_until.is_some_and(|t| Instant::now() >= t) {
             idle_until = None;
         }
@@ -657,7 +665,13 @@ fn pump(shared: Arc<Shared>, pool: Arc<ThreadPool>) {
             continue;
         }
         let batch = pending.len().min(MAX_REPORTS_PER_STEP);
-        match step(queue, &pending[..batch], want, shared.opts.effective_lease(), &token) {
+        match step(
+            queue,
+            &pending[..batch],
+            want,
+            shared.opts.effective_lease(),
+            &token,
+        ) {
             Ok(stepped) => {
                 backoff = cfg.reconnect_min;
                 if failures > 0 && batch > 0 {
@@ -710,7 +724,11 @@ fn pump(shared: Arc<Shared>, pool: Arc<ThreadPool>) {
                     log::warn!(
                         "queue `{}`: round trip failed ({e}); retrying{}",
                         queue.name,
-                        if pending.is_empty() { "" } else { " until Redis takes the reports" }
+                        if pending.is_empty() {
+                            ""
+                        } else {
+                            " until Redis takes the reports"
+                        }
                     );
                 } else {
                     log::debug!("queue `{}`: round trip failed again: {e}", queue.name);
@@ -975,7 +993,13 @@ fn start_task(shared: &Arc<Shared>, pool: &ThreadPool, task: ClaimedTask) {
             r.finishing = true;
             r.lease.ending();
         }
-        let report = Report::new(&task.id, task.fence, task.attempt, "handback", String::new());
+        let report = Report::new(
+            &task.id,
+            task.fence,
+            task.attempt,
+            "handback",
+            String::new(),
+        );
         let _ = shared.reports_tx.send(report);
     }
 }
