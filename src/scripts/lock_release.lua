@@ -6,14 +6,18 @@
 -- Returns 1 released, 0 not held by anyone (expired or already released),
 --         -1 held by someone else (we lost it; nothing changed).
 -- Errors 'CORRUPT <key>\t<reason>' (before any write) on unusable data.
-want_type(KEYS[1], 'string')
-local cur = redis.call('GET', KEYS[1])
+local cur = redis.pcall('GET', KEYS[1])
+if type(cur) == 'table' and cur['err'] then want_type(KEYS[1], 'string') end
 if cur ~= ARGV[1] then
   if cur then return -1 end
   return 0
 end
 -- Wake a live waiter: heads whose tickets lapsed are dropped first.
-local gone = fair_check(KEYS[2], KEYS[3], now_ms())
+-- Without fair waiters (both keys absent) there is nothing to check.
+local gone = {}
+if redis.call('EXISTS', KEYS[2], KEYS[3]) > 0 then
+  gone = fair_check(KEYS[2], KEYS[3], now_ms())
+end
 redis.call('DEL', KEYS[1])
 fair_drop(KEYS[2], KEYS[3], gone)
 local head = redis.call('ZRANGE', KEYS[2], 0, 0)[1] or ''
