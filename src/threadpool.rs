@@ -4,37 +4,44 @@
 //! thread goes on with the next job (the jobs report their own outcomes:
 //! a task handler's panic is caught inside and reported as its failure).
 
+use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use crossbeam_channel::{bounded, Sender};
 use parking_lot::{Condvar, Mutex};
 
 use crate::error::{Error, Result};
 use crate::util::panic_message;
 
-/// Busy-thread count and the condvar `wait_idle` sleeps on.
-type BusyCount = (Mutex<usize>, Condvar);
+/// A queued job.
+type Job = Box<dyn FnOnce() + Send + 'static>;
 
-/// A queued job. It is handed the busy count so it can mark its thread idle
-/// *before* it hands its result over: whoever holds the result then sees the
-/// thread idle, with no window where `idle()` lags behind `join()`.
-type Job = Box<dyn FnOnce(&BusyCount) + Send + 'static>;
+/// The queue the threads take jobs from. A mutex and two condvars rather
+/// than a channel: an idle thread sleeps until `notify_one` picks it, with
+/// no spinning or yielding (many idle threads on few cores would otherwise
+/// burn the CPU the jobs need).
+struct Queue {
+    state: Mutex<State>,
+    /// Signalled when a job is queued or the pool closes.
+    not_empty: Condvar,
+    /// Signalled when a job is taken (`execute` waits on a full queue).
+    not_full: Condvar,
+    capacity: usize,
+}
 
-fn mark_idle(busy: &BusyCount) {
-    let mut n = busy.0.lock();
-    *n = n.saturating_sub(1);
-    busy.1.notify_all();
+struct State {
+    jobs: VecDeque<Job>,
+    busy: usize,
+    closed: bool,
 }
 
 /// A fixed-size thread pool with a bounded job queue.
 pub struct ThreadPool {
-    name: String,
+    name: Arc<str>,
     size: usize,
-    sender: Mutex<Option<Sender<Job>>>,
+    queue: Arc<Queue>,
     threads: Mutex<Vec<JoinHandle<()>>>,
-    busy: Arc<BusyCount>,
 }
 
 impl ThreadPool {
@@ -42,8 +49,7 @@ impl ThreadPool {
     /// 100000 must fail, not exhaust the process).
     pub const MAX_THREADS: usize = 1024;
 
-    /// Largest job queue of one pool (the queue's slots are allocated up
-    /// front).
+    /// Largest job queue of one pool.
     pub const MAX_QUEUE_CAPACITY: usize = 1 << 16;
 
     /// Starts `threads` threads (1 to [`ThreadPool::MAX_THREADS`]) named
@@ -73,30 +79,32 @@ impl ThreadPool {
                 ),
             ));
         }
-        let (tx, rx) = bounded::<Job>(queue_capacity);
-        let busy: Arc<BusyCount> = Arc::new((Mutex::new(0usize), Condvar::new()));
-        let mut handles = Vec::with_capacity(threads);
+        let queue = Arc::new(Queue {
+            state: Mutex::new(State {
+                jobs: VecDeque::with_capacity(queue_capacity.min(1024)),
+                busy: 0,
+                closed: false,
+            }),
+            not_empty: Condvar::new(),
+            not_full: Condvar::new(),
+            capacity: queue_capacity.max(1),
+        });
+        let name: Arc<str> = Arc::from(name);
+        let pool = ThreadPool {
+            name: name.clone(),
+            size: threads,
+            queue: queue.clone(),
+            threads: Mutex::new(Vec::with_capacity(threads)),
+        };
         for i in 0..threads {
-            let rx = rx.clone();
-            let busy = busy.clone();
+            let (queue, name) = (queue.clone(), name.clone());
             let handle = std::thread::Builder::new()
                 .name(format!("{name}-{i}"))
-                .spawn(move || {
-                    for job in rx.iter() {
-                        *busy.0.lock() += 1;
-                        job(&busy);
-                    }
-                })
+                .spawn(move || run_jobs(&queue, &name))
                 .map_err(|e| Error::invalid("thread pool", format!("cannot spawn thread: {e}")))?;
-            handles.push(handle);
+            pool.threads.lock().push(handle);
         }
-        Ok(ThreadPool {
-            name: name.to_string(),
-            size: threads,
-            sender: Mutex::new(Some(tx)),
-            threads: Mutex::new(handles),
-            busy,
-        })
+        Ok(pool)
     }
 
     /// Number of threads.
@@ -107,7 +115,7 @@ impl ThreadPool {
     /// Threads not running a job right now (jobs queued but not started
     /// are not counted).
     pub fn idle(&self) -> usize {
-        self.size.saturating_sub(*self.busy.0.lock())
+        self.size.saturating_sub(self.queue.state.lock().busy)
     }
 
     /// Queues `job`; blocks while the queue is full. Fails with
@@ -116,29 +124,58 @@ impl ThreadPool {
     where
         F: FnOnce() + Send + 'static,
     {
-        let sender = self.sender.lock().clone().ok_or(Error::ShutDown)?;
-        let pool_name = self.name.clone();
-        let wrapped: Job = Box::new(move |busy| {
-            // A panic fails this job alone; the thread lives on.
-            if let Err(payload) = catch_unwind(AssertUnwindSafe(job)) {
-                let msg = panic_message(payload.as_ref());
-                log::error!("job on thread pool `{pool_name}` panicked: {msg}");
+        let mut state = self.queue.state.lock();
+        loop {
+            if state.closed {
+                return Err(Error::ShutDown);
             }
-            mark_idle(busy);
-        });
-        sender.send(wrapped).map_err(|_| Error::ShutDown)
+            if state.jobs.len() < self.queue.capacity {
+                break;
+            }
+            self.queue.not_full.wait(&mut state);
+        }
+        state.jobs.push_back(Box::new(job));
+        drop(state);
+        self.queue.not_empty.notify_one();
+        Ok(())
     }
 
     /// Stops taking jobs, lets the queued ones finish, and joins every
     /// thread. Idempotent.
     pub fn join(&self) {
-        self.sender.lock().take();
+        self.queue.state.lock().closed = true;
+        self.queue.not_empty.notify_all();
+        self.queue.not_full.notify_all();
         let handles: Vec<_> = std::mem::take(&mut *self.threads.lock());
         for h in handles {
             if h.join().is_err() {
                 log::error!("a thread of pool `{}` died", self.name);
             }
         }
+    }
+}
+
+/// A pool thread: takes jobs until the pool is closed and drained. A job
+/// that panics fails alone: the thread goes on with the next one.
+fn run_jobs(queue: &Queue, name: &str) {
+    let mut state = queue.state.lock();
+    loop {
+        if let Some(job) = state.jobs.pop_front() {
+            state.busy += 1;
+            drop(state);
+            queue.not_full.notify_one();
+            if let Err(payload) = catch_unwind(AssertUnwindSafe(job)) {
+                let msg = panic_message(payload.as_ref());
+                log::error!("job on thread pool `{name}` panicked: {msg}");
+            }
+            state = queue.state.lock();
+            state.busy -= 1;
+            continue;
+        }
+        if state.closed {
+            return;
+        }
+        queue.not_empty.wait(&mut state);
     }
 }
 
