@@ -1,12 +1,16 @@
-//! Swarm workers: N threads, a fetch loop that claims a task only when a
-//! thread is free, and a supervisor that tells tasks to stop when they are
-//! cancelled, time out, lose their lease or the node is cut off.
+//! Swarm workers: N handler threads; a pump thread whose every round trip
+//! (one `queue_step` script) settles the outcomes the handlers reported,
+//! reaps expired leases and claims a task for each idle thread; a waker
+//! thread that blocks on the queue's wake-up list for the pump; and a
+//! supervisor that tells tasks to stop when they are cancelled, time out,
+//! lose their lease or the node is cut off.
 //!
 //! Outages are not the task's fault, and a worker does not let them turn
 //! into failed or twice-run tasks:
-//! - a claim whose reply was lost is sent again with the same token and
-//!   returns the same grant (or, when the worker stops, is handed back by
-//!   token), so it is never left to a lease;
+//! - a round trip whose reply was lost is sent again with the same claim
+//!   token and reports: it returns the same grants and the reports' first
+//!   answers (or, when the worker stops, the claims are handed back by
+//!   token), so nothing is left to a lease;
 //! - a result is reported until Redis takes it or proves the claim stale
 //!   (the report is fenced, so retrying is safe); the task's lease stays
 //!   registered meanwhile;
@@ -410,8 +414,10 @@ impl SwarmWorker {
         self.shared.finished_rx.clone()
     }
 
-    /// Tasks claimed right now (running, or reporting their outcome); never
-    /// more than [`WorkerOptions::threads`].
+    /// Tasks this worker holds right now: running, or finished with their
+    /// outcome waiting for the next round trip to settle it. Running ones
+    /// never outnumber [`WorkerOptions::threads`]; a finished one frees its
+    /// thread at once.
     ///
     /// ```no_run
     /// # fn demo(w: &redswarm::SwarmWorker) { log::info!("{}", w.running()); }
