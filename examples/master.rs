@@ -79,9 +79,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let master = Master::with_options(
         &swarm,
         &cluster,
-        MasterOptions::new()
-            .assign(serve)
-            .rebalance(args.rebalance),
+        MasterOptions::new().assign(serve).rebalance(args.rebalance),
     )?;
 
     if let Some(value) = &args.add {

@@ -80,7 +80,10 @@ fn status(swarm: &Redswarm, queue: &redswarm::Queue, stats: MonitorStats) -> Str
         (Ok(live), Ok(dead)) => format!(
             "{} live nodes, dead: {}",
             live.len(),
-            dead.iter().map(|n| n.id.as_str()).collect::<Vec<_>>().join(" ")
+            dead.iter()
+                .map(|n| n.id.as_str())
+                .collect::<Vec<_>>()
+                .join(" ")
         ),
         (Err(e), _) | (_, Err(e)) => format!("nodes unavailable ({e})"),
     };

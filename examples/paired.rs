@@ -65,9 +65,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     if args.demo {
         return demo(&url, &args.namespace, args.tasks);
     }
-    let name = args
-        .name
-        .unwrap_or_else(|| std::process::id().to_string());
+    let name = args.name.unwrap_or_else(|| std::process::id().to_string());
     participant(
         &url,
         &args.namespace,

@@ -57,7 +57,9 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let count = args.count;
     let started_ms = redis_now_ms(&swarm)?;
     let started = Instant::now();
-    let items: Vec<_> = (0..count).map(|i| json!({ "n": i, "ms": args.ms })).collect();
+    let items: Vec<_> = (0..count)
+        .map(|i| json!({ "n": i, "ms": args.ms }))
+        .collect();
     let mut ids = Vec::with_capacity(count);
     let opts = TaskOptions::new().priority(args.priority);
     for chunk in items.chunks(500) {
@@ -143,7 +145,13 @@ impl Ends {
             // atomic) is seen in exactly one of them.
             let mut pipe = redis::pipe();
             pipe.atomic();
-            for set in [&keys.ended, &keys.failed, &keys.ready, &keys.delayed, &keys.running] {
+            for set in [
+                &keys.ended,
+                &keys.failed,
+                &keys.ready,
+                &keys.delayed,
+                &keys.running,
+            ] {
                 pipe.cmd("ZMSCORE").arg(set).arg(batch);
             }
             #[allow(clippy::type_complexity)]

@@ -145,7 +145,9 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         // Commands run by --exec are in their own process groups, out of
         // the terminal's reach: take them down first.
         common::exec::kill_all_groups();
-        eprintln!("\nsecond interrupt: exiting now; running tasks are re-queued when their leases lapse");
+        eprintln!(
+            "\nsecond interrupt: exiting now; running tasks are re-queued when their leases lapse"
+        );
         std::process::exit(130);
     })?;
     // A worker started while Redis is down waits for it instead of exiting.
@@ -281,7 +283,9 @@ impl Tally {
                 self.failed += 1;
                 log::warn!("task {} failed: {e}", f.id);
             }
-            FinishedHow::Retrying(e) => log::info!("task {} attempt {} failed, retrying: {e}", f.id, f.attempt),
+            FinishedHow::Retrying(e) => {
+                log::info!("task {} attempt {} failed, retrying: {e}", f.id, f.attempt)
+            }
             _ => {}
         }
         Ok(())

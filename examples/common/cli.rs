@@ -37,8 +37,7 @@ pub fn usage<T>(message: impl Into<String>) -> Result<T, Box<dyn Error>> {
 /// `default_log`), flags, then `run`; exits with 0, 1 or 2 as described in
 /// the module docs. Never returns.
 pub fn main<A: Parser>(default_log: &str, run: fn(A) -> Result<(), Box<dyn Error>>) -> ! {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_log))
-        .init();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_log)).init();
     // On a syntax error this prints clap's message and usage and exits 2;
     // on --help it prints the help and exits 0.
     let args = A::parse();

@@ -104,7 +104,11 @@ enum Event {
 }
 
 /// Runs one task (the worker's handler with `--exec`).
-pub fn run_task(opts: &ExecOptions, queue: &str, ctx: &TaskContext) -> Result<serde_json::Value, String> {
+pub fn run_task(
+    opts: &ExecOptions,
+    queue: &str,
+    ctx: &TaskContext,
+) -> Result<serde_json::Value, String> {
     if let Some(why) = ctx.stop_reason() {
         return Err(format!("stopped before the command started: {why:?}"));
     }
