@@ -93,6 +93,7 @@ struct Worker {
     lines: Arc<Mutex<Vec<String>>>,
     reader: Option<std::thread::JoinHandle<()>>,
     stderr: PathBuf,
+    dir: PathBuf,
 }
 
 impl Worker {
@@ -100,7 +101,9 @@ impl Worker {
         let stderr = dir.join(format!("worker-{ns}.err"));
         let mut cmd = command("worker", &server.url(), ns);
         // The exec tests' commands write their pids here.
-        cmd.env("PIDS_DIR", dir)
+        let pids_dir = dir.join("pids");
+        std::fs::create_dir_all(&pids_dir).expect("pids dir");
+        cmd.env("PIDS_DIR", &pids_dir)
             .args(args)
             .stdout(Stdio::piped())
             .stderr(std::fs::File::create(&stderr).expect("stderr file"));
@@ -118,6 +121,7 @@ impl Worker {
             lines,
             reader: Some(reader),
             stderr,
+            dir: dir.to_path_buf(),
         }
     }
 
@@ -155,6 +159,24 @@ impl Drop for Worker {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if std::thread::panicking() {
+            // A failed exec test may leave commands running (their own
+            // process groups outlive a SIGKILLed worker): end them.
+            for entry in std::fs::read_dir(self.dir.join("pids"))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let pids = std::fs::read_to_string(entry.path()).unwrap_or_default();
+                for pid in pids
+                    .split_whitespace()
+                    .filter_map(|p| p.parse::<i32>().ok())
+                {
+                    // SAFETY: kill(2) has no memory effects.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            }
+        }
     }
 }
 
@@ -406,7 +428,7 @@ fn exec_kills_the_process_group_on_cancel_and_on_timeout() {
 
     // Cancel: a command that ignores SIGTERM needs the SIGKILL.
     let hang = queue.push(&json!({ "do": "hang" })).unwrap();
-    let group = pids(&dir.join(&hang));
+    let group = pids(&dir.join("pids").join(&hang));
     assert!(group.iter().all(|&p| alive(p)), "the command runs");
     queue.cancel(&hang).unwrap();
     let t = ended(&queue, &hang);
@@ -425,7 +447,7 @@ fn exec_kills_the_process_group_on_cancel_and_on_timeout() {
                 .max_attempts(1),
         )
         .unwrap();
-    let group = pids(&dir.join(&slow));
+    let group = pids(&dir.join("pids").join(&slow));
     let t = ended(&queue, &slow);
     assert_eq!(t.state, TaskState::End(TaskOutcome::Failed), "{t:?}");
     assert!(
@@ -510,6 +532,51 @@ fn worker_counts_tasks_that_finish_during_the_shutdown_grace() {
         );
     }
     assert!(err.contains("stopped after 2 tasks done"), "{err}");
+    swarm.shutdown();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn second_interrupt_exits_at_once_and_takes_exec_children_down() {
+    let server = RedisServer::start();
+    let dir = scratch_dir("second-interrupt");
+    let worker = Worker::start(
+        &server,
+        "second-interrupt",
+        &dir,
+        &[
+            "--queue",
+            "exec",
+            "--grace-ms",
+            "600000",
+            "--exec",
+            EXEC_SCRIPT,
+        ],
+    );
+    let swarm = connect(&server, "second-interrupt");
+    let queue = swarm.queue("exec").unwrap();
+    let slow = queue.push(&json!({ "do": "slow" })).unwrap();
+    let group = pids(&dir.join("pids").join(&slow));
+    worker.interrupt();
+    // The first interrupt starts the (ten-minute) grace; the second one
+    // must not wait for it.
+    let stderr = worker.stderr.clone();
+    assert!(
+        wait_until(PATIENCE, || std::fs::read_to_string(&stderr)
+            .unwrap_or_default()
+            .contains("stopping")),
+        "the worker did not start its shutdown"
+    );
+    worker.interrupt();
+    let (code, err, _) = worker.wait();
+    assert_eq!(code, Some(130), "{err}");
+    assert!(
+        wait_until(PATIENCE, || group.iter().all(|&p| !alive(p))),
+        "processes {group:?} of the running command outlived the worker"
+    );
+    // Left under its lease: still running in Redis, for a reaper to re-queue.
+    let t = queue.get(&slow).unwrap().expect("task record");
+    assert_eq!(t.state, TaskState::Running, "{t:?}");
     swarm.shutdown();
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -28,7 +28,7 @@ impl Progress {
             // The template is a constant: if indicatif rejects it, fall
             // back to its default style rather than fail the run.
             if let Ok(style) = ProgressStyle::with_template(
-                "{bar:40} {pos}/{len} {msg} [{elapsed_precise}, {per_sec}, eta {eta}]",
+                "{bar:40} {pos}/{len} {msg} [{elapsed_precise}, eta {eta}]",
             ) {
                 bar.set_style(style);
             }
@@ -53,7 +53,8 @@ impl Progress {
         match &self.bar {
             Some(bar) => {
                 bar.set_position(done);
-                bar.set_message(format!("ended ({failed} failed)"));
+                let rate = done as f64 / self.started.elapsed().as_secs_f64().max(1e-3);
+                bar.set_message(format!("ended, {failed} failed, {rate:.0}/s"));
             }
             None => {
                 if self.last_line.is_none_or(|t| t.elapsed() >= PLAIN_EVERY) {
