@@ -23,7 +23,7 @@
 //!   it left running in its group is killed too: the task is over, and a
 //!   leftover must not outlive the lease that covered it.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -60,26 +60,23 @@ pub struct ExecOptions {
 /// Process groups of the children running now, so that a forced exit of
 /// the worker (a second Ctrl-C) can take them down with it: they are in
 /// their own groups, so the terminal's SIGINT does not reach them.
-fn live_groups() -> &'static Mutex<HashSet<i32>> {
-    static GROUPS: OnceLock<Mutex<HashSet<i32>>> = OnceLock::new();
+fn live_groups() -> &'static Mutex<HashMap<i32, Arc<Group>>> {
+    static GROUPS: OnceLock<Mutex<HashMap<i32, Arc<Group>>>> = OnceLock::new();
     GROUPS.get_or_init(Default::default)
 }
 
 /// SIGKILLs the process group of every child still running (for a forced
 /// exit of the worker).
 pub fn kill_all_groups() {
-    if let Ok(groups) = live_groups().lock() {
-        for &pgid in groups.iter() {
-            // SAFETY: kill(2) has no memory effects; a negative pid names
-            // the process group, which exists while its id is in this set
-            // (it is removed before the group leader is reaped).
-            unsafe { libc::kill(-pgid, libc::SIGKILL) };
-        }
+    let groups = live_groups().lock().unwrap_or_else(|p| p.into_inner());
+    for group in groups.values() {
+        group.signal(libc::SIGKILL);
     }
 }
 
-/// The child's process group, signalled only while its leader is unreaped:
-/// until then the id cannot be reused by an unrelated group.
+/// The child's process group. It is signalled only while its leader is
+/// unreaped: until then no other process or group can get its id, so a
+/// late signal cannot hit a stranger.
 struct Group {
     pgid: i32,
     reaped: Mutex<bool>,
@@ -89,10 +86,35 @@ impl Group {
     fn signal(&self, sig: i32) {
         let reaped = self.reaped.lock().unwrap_or_else(|p| p.into_inner());
         if !*reaped {
-            // SAFETY: as in kill_all_groups.
+            // SAFETY: kill(2) has no memory effects; a negative pid names
+            // the process group, whose leader (our child) is not reaped.
             unsafe { libc::kill(-self.pgid, sig) };
         }
     }
+
+    /// Kills the group and reaps the leader by pid: for when the thread
+    /// that would wait for it could not be started.
+    fn kill_and_reap(&self) {
+        let mut reaped = self.reaped.lock().unwrap_or_else(|p| p.into_inner());
+        if !*reaped {
+            // SAFETY: as in signal(); waitpid writes only into `status`.
+            unsafe {
+                libc::kill(-self.pgid, libc::SIGKILL);
+                let mut status = 0;
+                libc::waitpid(self.pgid, &mut status, 0);
+            }
+            *reaped = true;
+        }
+    }
+}
+
+/// Starts a named helper thread.
+fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<(), String> {
+    std::thread::Builder::new()
+        .name(name.to_string())
+        .spawn(f)
+        .map(drop)
+        .map_err(|e| format!("cannot start a {name} thread: {e}"))
 }
 
 /// What the helper threads report to the task's thread.
@@ -136,52 +158,61 @@ pub fn run_task(
         .spawn()
         .map_err(|e| format!("cannot start `sh -c {:?}`: {e}", opts.command))?;
     // The pid is the group id (process_group(0)); a child pid always fits.
+    let pgid = i32::try_from(child.id()).map_err(|_| "child pid out of range".to_string())?;
     let group = Arc::new(Group {
-        pgid: i32::try_from(child.id()).map_err(|_| "child pid out of range".to_string())?,
+        pgid,
         reaped: Mutex::new(false),
     });
-    if let Ok(mut groups) = live_groups().lock() {
-        groups.insert(group.pgid);
-    }
+    live_groups()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(pgid, group.clone());
     let (tx, rx) = unbounded();
-    start_helpers(&mut child, payload, &tx);
-    // The waiter owns the child from here on.
-    {
+    let started = start_helpers(&mut child, payload, &tx).and_then(|()| {
+        // The waiter owns the child from here on.
         let (group, tx) = (group.clone(), tx.clone());
-        std::thread::spawn(move || wait_and_reap(child, &group, &tx));
-    }
+        spawn("exec-wait", move || wait_and_reap(child, &group, &tx))
+    });
     drop(tx);
-    let outcome = supervise(opts, ctx, &group, &rx);
-    if let Ok(mut groups) = live_groups().lock() {
-        groups.remove(&group.pgid);
-    }
+    let outcome = match started {
+        Ok(()) => supervise(opts, ctx, &group, &rx),
+        Err(e) => {
+            group.kill_and_reap();
+            Err(e)
+        }
+    };
+    live_groups()
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&pgid);
     outcome
 }
 
 /// Feeds stdin and reads stdout and stderr on their own threads: a child
 /// that fills one pipe while we block on another would deadlock with us.
-fn start_helpers(child: &mut Child, payload: String, tx: &Sender<Event>) {
+fn start_helpers(child: &mut Child, payload: String, tx: &Sender<Event>) -> Result<(), String> {
     if let Some(mut stdin) = child.stdin.take() {
-        std::thread::spawn(move || {
+        spawn("exec-stdin", move || {
             // A child that does not read its stdin closes it: EPIPE is fine.
             let _ = stdin.write_all(payload.as_bytes());
             let _ = stdin.write_all(b"\n");
             // Dropping stdin closes it: the child sees end of input.
-        });
+        })?;
     }
     if let Some(stdout) = child.stdout.take() {
         let tx = tx.clone();
-        std::thread::spawn(move || {
+        spawn("exec-stdout", move || {
             let out = read_stdout(stdout, &tx);
             let _ = tx.send(Event::Stdout(out));
-        });
+        })?;
     }
     if let Some(stderr) = child.stderr.take() {
         let tx = tx.clone();
-        std::thread::spawn(move || {
+        spawn("exec-stderr", move || {
             let _ = tx.send(Event::StderrTail(read_tail(stderr)));
-        });
+        })?;
     }
+    Ok(())
 }
 
 /// Stdout minus the progress lines, which go out as events as they come.
@@ -259,8 +290,8 @@ fn wait_and_reap(mut child: Child, group: &Group, tx: &Sender<Event>) {
     }
     let status = {
         let mut reaped = group.reaped.lock().unwrap_or_else(|p| p.into_inner());
-        // SAFETY: as in kill_all_groups; the leader is a zombie, not reaped,
-        // so the group id is still this child's.
+        // SAFETY: kill(2) has no memory effects; the leader is a zombie,
+        // not reaped, so the group id is still this child's.
         unsafe { libc::kill(-group.pgid, libc::SIGKILL) };
         let status = child.wait();
         *reaped = true;
