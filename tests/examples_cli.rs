@@ -308,6 +308,21 @@ fn worker_rejects_a_short_lease_before_pushing_anything() {
     swarm.shutdown();
 }
 
+#[test]
+fn monitor_rejects_a_zero_interval_before_connecting() {
+    let server = RedisServer::start();
+    let mut cmd = command("monitor", &server.url(), "zero-interval");
+    cmd.args(["--interval-ms", "0"]);
+    let out = run(cmd);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("--interval-ms"), "{err}");
+    let keys: u64 = redis::cmd("DBSIZE")
+        .query(&mut server.conn())
+        .expect("DBSIZE");
+    assert_eq!(keys, 0, "the rejected monitor joined Redis");
+}
+
 /// The command of the exec tests: what it does depends on the payload's
 /// `do` (read from stdin; REDSWARM_TASK must hold the same payload).
 const EXEC_SCRIPT: &str = r#"
