@@ -17,46 +17,55 @@
 use std::io::Write;
 use std::time::Duration;
 
+use clap::Parser;
 use redswarm::{
     ClusterEvent, ClusterWorker, ClusterWorkerOptions, Config, Master, MasterOptions, Redswarm,
 };
 
 mod common;
 
-const USAGE: &str = "usage: cluster_worker [--cluster NAME] [--namespace NS] [--capacity N] \
-[--lease-ms MS] [--demo N]";
-
-fn main() {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    if let Err(e) = run() {
-        eprintln!("cluster_worker: {e}\n{USAGE}");
-        std::process::exit(1);
-    }
+/// Joins a job cluster and prints the jobs it is given and loses.
+#[derive(Parser, Debug)]
+#[command(name = "cluster_worker", version)]
+struct Args {
+    /// Cluster to join.
+    #[arg(long, value_name = "NAME", default_value = "demo")]
+    cluster: String,
+    /// Key namespace (default: REDSWARM_NAMESPACE, else `redswarm`).
+    #[arg(long, value_name = "NS")]
+    namespace: Option<String>,
+    /// Most jobs this worker takes (default: unlimited).
+    #[arg(long, value_name = "N")]
+    capacity: Option<u32>,
+    /// Membership lease in milliseconds.
+    #[arg(long = "lease-ms", value_name = "MS", value_parser = common::cli::millis)]
+    lease: Option<Duration>,
+    /// Also run a master here that adds N demo jobs.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    demo: usize,
 }
 
-fn run() -> Result<(), Box<dyn std::error::Error>> {
-    let args = common::args::Args::parse(&["help"])?;
-    if args.flag("help") {
-        println!("{USAGE}");
-        return Ok(());
-    }
-    let cluster = args.get("cluster").unwrap_or("demo").to_string();
-    let demo: usize = args.parse_or("demo", 0)?;
+fn main() {
+    common::cli::main::<Args>("warn", run)
+}
+
+fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    let cluster = args.cluster.clone();
+    let demo = args.demo;
 
     let (url, _server) = common::redis_url()?;
     let mut builder = Config::builder_from_env()?.url(url);
-    if let Some(ns) = args.get("namespace") {
+    if let Some(ns) = &args.namespace {
         builder = builder.namespace(ns);
     }
     let swarm = Redswarm::connect(builder.build()?)?;
 
     let mut opts = ClusterWorkerOptions::new();
-    if let Some(c) = args.get("capacity") {
-        opts = opts.capacity(c.parse().map_err(|e| format!("--capacity {c:?}: {e}"))?);
+    if let Some(c) = args.capacity {
+        opts = opts.capacity(c);
     }
-    if let Some(ms) = args.get("lease-ms") {
-        let ms: u64 = ms.parse().map_err(|e| format!("--lease-ms {ms:?}: {e}"))?;
-        opts = opts.lease(Duration::from_millis(ms));
+    if let Some(lease) = args.lease {
+        opts = opts.lease(lease);
     }
     let worker = ClusterWorker::join(&swarm, &cluster, opts)?;
     eprintln!(

@@ -15,6 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
+use clap::Parser;
 use redswarm::{Config, FanoutError, Redswarm};
 
 mod common;
@@ -22,18 +23,29 @@ mod common;
 /// Counter of real backend calls, in Redis so every server process adds to it.
 const BACKEND_CALLS: &str = "legacy-demo:backend-calls";
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    let args: Vec<String> = std::env::args().collect();
-    if let Some(i) = args.iter().position(|a| a == "--port") {
-        let port: u16 = args.get(i + 1).ok_or("--port needs a number")?.parse()?;
-        return serve(port);
+/// A thread-per-connection HTTP server whose expensive lookups go
+/// through `fanout`.
+#[derive(Parser, Debug)]
+#[command(name = "legacy_server", version)]
+#[command(group(clap::ArgGroup::new("mode").required(true).args(["port", "demo"])))]
+struct Args {
+    /// Serve `GET /price/<sku>` on 127.0.0.1:PORT (Redis from REDIS_URL).
+    #[arg(long, value_name = "PORT")]
+    port: Option<u16>,
+    /// Start two servers and a burst of 60 requests; print the backend calls.
+    #[arg(long)]
+    demo: bool,
+}
+
+fn main() {
+    common::cli::main::<Args>("warn", run)
+}
+
+fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    match args.port {
+        Some(port) => serve(port),
+        None => demo(),
     }
-    if args.iter().any(|a| a == "--demo") {
-        return demo();
-    }
-    eprintln!("usage: legacy_server --port PORT | --demo");
-    std::process::exit(2);
 }
 
 /// The legacy server: one OS thread per connection.

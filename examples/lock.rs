@@ -8,12 +8,22 @@
 
 use std::time::Duration;
 
+use clap::Parser;
 use redswarm::{Config, Redswarm};
 
 mod common;
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+/// Threads take turns on one lock, checking fencing tokens; then a
+/// multi-lock and a semaphore.
+#[derive(Parser, Debug)]
+#[command(name = "lock", version)]
+struct Args {}
+
+fn main() {
+    common::cli::main::<Args>("info", run)
+}
+
+fn run(_args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let (url, _server) = common::redis_url()?;
     let swarm = Redswarm::connect(Config::builder_from_env()?.url(url).build()?)?;
 
@@ -33,7 +43,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     .lock(Duration::from_secs(30))?;
                 let token = guard.fencing_token();
                 let prev = highest.fetch_max(token, std::sync::atomic::Ordering::SeqCst);
-                assert!(token > prev, "storage would reject a stale token");
+                if token <= prev {
+                    return Err(redswarm::Error::InvalidInput {
+                        what: "fencing token",
+                        reason: format!("{token} is not above {prev}: the storage would reject it"),
+                    });
+                }
                 println!("thread {t} round {round}: holding with fencing token {token}");
                 std::thread::sleep(Duration::from_millis(50));
                 guard.release()?;

@@ -19,35 +19,59 @@
 
 use std::time::Duration;
 
+use clap::Parser;
 use redswarm::{Config, Master, MasterOptions, Redswarm};
 
 mod common;
 
-const USAGE: &str = "usage: master [--cluster NAME] [--namespace NS] [--demo N] [--rebalance] \
-[--add PAYLOAD [--id ID]] [--delete ID] [--list] [--serve]";
-
-fn main() {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    if let Err(e) = run() {
-        eprintln!("master: {e}\n{USAGE}");
-        std::process::exit(1);
-    }
+/// A job-cluster master: add, delete and list jobs, or hold the master
+/// seat and assign jobs to workers until Ctrl-C.
+#[derive(Parser, Debug)]
+#[command(name = "master", version)]
+struct Args {
+    /// Cluster to manage.
+    #[arg(long, value_name = "NAME", default_value = "demo")]
+    cluster: String,
+    /// Key namespace (default: REDSWARM_NAMESPACE, else `redswarm`).
+    #[arg(long, value_name = "NS")]
+    namespace: Option<String>,
+    /// Add N demo jobs, then serve.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    demo: usize,
+    /// Move jobs to workers that join.
+    #[arg(long)]
+    rebalance: bool,
+    /// Add a job (JSON if it parses, else the text as a string).
+    #[arg(long, value_name = "PAYLOAD", value_parser = common::cli::json_or_string)]
+    add: Option<serde_json::Value>,
+    /// With --add: the job's id (default: a random one).
+    #[arg(long, value_name = "ID", requires = "add")]
+    id: Option<String>,
+    /// Delete a job.
+    #[arg(long, value_name = "ID")]
+    delete: Option<String>,
+    /// List jobs and workers.
+    #[arg(long)]
+    list: bool,
+    /// Serve (hold or stand by for the master seat) after the one-shot
+    /// commands; the default when none is given.
+    #[arg(long)]
+    serve: bool,
 }
 
-fn run() -> Result<(), Box<dyn std::error::Error>> {
-    let args = common::args::Args::parse(&["help", "list", "serve", "rebalance"])?;
-    if args.flag("help") {
-        println!("{USAGE}");
-        return Ok(());
-    }
-    let cluster = args.get("cluster").unwrap_or("demo").to_string();
-    let demo: usize = args.parse_or("demo", 0)?;
-    let one_shot = args.get("add").is_some() || args.get("delete").is_some() || args.flag("list");
-    let serve = args.flag("serve") || demo > 0 || !one_shot;
+fn main() {
+    common::cli::main::<Args>("warn", run)
+}
+
+fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    let cluster = args.cluster.clone();
+    let demo = args.demo;
+    let one_shot = args.add.is_some() || args.delete.is_some() || args.list;
+    let serve = args.serve || demo > 0 || !one_shot;
 
     let (url, _server) = common::redis_url()?;
     let mut builder = Config::builder_from_env()?.url(url);
-    if let Some(ns) = args.get("namespace") {
+    if let Some(ns) = &args.namespace {
         builder = builder.namespace(ns);
     }
     let swarm = Redswarm::connect(builder.build()?)?;
@@ -55,24 +79,19 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let master = Master::with_options(
         &swarm,
         &cluster,
-        MasterOptions::new()
-            .assign(serve)
-            .rebalance(args.flag("rebalance")),
+        MasterOptions::new().assign(serve).rebalance(args.rebalance),
     )?;
 
-    if let Some(payload) = args.get("add") {
-        // JSON if it parses, else the text as a JSON string.
-        let value: serde_json::Value =
-            serde_json::from_str(payload).unwrap_or_else(|_| serde_json::json!(payload));
-        match args.get("id") {
+    if let Some(value) = &args.add {
+        match &args.id {
             Some(id) => {
-                let added = master.add_job_with_id(id, &value)?;
+                let added = master.add_job_with_id(id, value)?;
                 println!("{id} {}", if added { "added" } else { "already there" });
             }
-            None => println!("{} added", master.add_job(&value)?),
+            None => println!("{} added", master.add_job(value)?),
         }
     }
-    if let Some(id) = args.get("delete") {
+    if let Some(id) = &args.delete {
         master.delete_job(id)?;
         println!("{id} deleted");
     }
@@ -82,7 +101,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     if demo > 0 {
         eprintln!("added {demo} demo jobs to cluster `{cluster}`");
     }
-    if args.flag("list") {
+    if args.list {
         print_listing(&master)?;
     }
     if !serve {

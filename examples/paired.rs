@@ -20,44 +20,61 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use clap::Parser;
 use redswarm::{Config, PairedOutcome, Redswarm};
 use serde_json::json;
 
 mod common;
 
-const USAGE: &str = "usage: paired [--demo] [--name NAME] [--tasks N] [--work-ms MS] \
-[--lease-ms MS] [--batch TAG] [--namespace NS]";
-
-fn main() {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    if let Err(e) = run() {
-        eprintln!("paired: {e}\n{USAGE}");
-        std::process::exit(1);
-    }
+/// Paired workers: every participant joins the same tasks; one wins each,
+/// the others stand by and take over when it fails or dies.
+#[derive(Parser, Debug)]
+#[command(name = "paired", version)]
+struct Args {
+    /// Start two participants of this binary and SIGKILL the winner of task 2.
+    #[arg(long)]
+    demo: bool,
+    /// This participant's name (default: its pid).
+    #[arg(long, value_name = "NAME")]
+    name: Option<String>,
+    /// Tasks to join.
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    tasks: u32,
+    /// How long the winner works on a task, in milliseconds.
+    #[arg(long = "work-ms", value_name = "MS", default_value = "3000",
+          value_parser = common::cli::millis)]
+    work: Duration,
+    /// The winner's lease, in milliseconds.
+    #[arg(long = "lease-ms", value_name = "MS", default_value = "2000",
+          value_parser = common::cli::millis)]
+    lease: Duration,
+    /// Tag of the task ids (finished tasks are remembered for 20 s).
+    #[arg(long, value_name = "TAG", default_value = "1")]
+    batch: String,
+    /// Key namespace.
+    #[arg(long, value_name = "NS", default_value = "paired-example")]
+    namespace: String,
 }
 
-fn run() -> Result<(), Box<dyn std::error::Error>> {
-    let args = common::args::Args::parse(&["demo", "help"])?;
-    if args.flag("help") {
-        println!("{USAGE}");
-        return Ok(());
-    }
-    let tasks: u32 = args.parse_or("tasks", 4)?;
-    let work = Duration::from_millis(args.parse_or("work-ms", 3000)?);
-    let lease = Duration::from_millis(args.parse_or("lease-ms", 2000)?);
-    let batch = args.get("batch").unwrap_or("1").to_string();
+fn main() {
+    common::cli::main::<Args>("warn", run)
+}
+
+fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let (url, _server) = common::redis_url()?;
-    let namespace = args
-        .get("namespace")
-        .unwrap_or("paired-example")
-        .to_string();
-    if args.flag("demo") {
-        return demo(&url, &namespace, tasks);
+    if args.demo {
+        return demo(&url, &args.namespace, args.tasks);
     }
-    let name = args
-        .get("name")
-        .map_or_else(|| std::process::id().to_string(), str::to_string);
-    participant(&url, &namespace, &name, &batch, tasks, work, lease)
+    let name = args.name.unwrap_or_else(|| std::process::id().to_string());
+    participant(
+        &url,
+        &args.namespace,
+        &name,
+        &args.batch,
+        args.tasks,
+        args.work,
+        args.lease,
+    )
 }
 
 /// One participant: joins `push:<batch>:1..=tasks` in turn.

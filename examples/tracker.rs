@@ -17,13 +17,11 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use clap::Parser;
 use redswarm::{CloseOptions, Config, Redswarm, Released, Tracker, TrackerOptions};
 use serde::{Deserialize, Serialize};
 
 mod common;
-
-const USAGE: &str = "usage: tracker [--kill] [--streams N] [--chunks K] [--chunk-ms MS] \
-[--lock-timeout-ms MS] [--namespace NS] [--role encoder --name NAME]";
 
 #[derive(Serialize, Deserialize)]
 struct StreamInfo {
@@ -31,12 +29,41 @@ struct StreamInfo {
     format: String,
 }
 
+/// Chunk tracker demo: two encoders lock chunks of streams; closed streams
+/// are merged once no chunk is locked.
+#[derive(Parser, Debug)]
+#[command(name = "tracker", version)]
+struct Args {
+    /// SIGKILL encoder B while it encodes a chunk of stream 2.
+    #[arg(long)]
+    kill: bool,
+    /// Streams to encode.
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    streams: u32,
+    /// Chunks per stream encoder A encodes.
+    #[arg(long, value_name = "K", default_value_t = 3)]
+    chunks: u32,
+    /// Milliseconds per chunk.
+    #[arg(long = "chunk-ms", value_name = "MS", default_value = "400",
+          value_parser = common::cli::millis)]
+    chunk: Duration,
+    /// Milliseconds after which an unrenewed chunk lock times out.
+    #[arg(long = "lock-timeout-ms", value_name = "MS", default_value = "2000",
+          value_parser = common::cli::millis)]
+    lock_timeout: Duration,
+    /// Key namespace (default: a fresh one per run).
+    #[arg(long, value_name = "NS")]
+    namespace: Option<String>,
+    /// Internal: run as the child encoder process.
+    #[arg(long, value_name = "ROLE", hide = true, value_parser = ["encoder"])]
+    role: Option<String>,
+    /// Internal: the child encoder's name.
+    #[arg(long, value_name = "NAME", hide = true, default_value = "B")]
+    name: String,
+}
+
 fn main() {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
-    if let Err(e) = run() {
-        eprintln!("tracker: {e}\n{USAGE}");
-        std::process::exit(1);
-    }
+    common::cli::main::<Args>("warn", run)
 }
 
 struct Settings {
@@ -67,31 +94,24 @@ fn connect(s: &Settings, name: &str) -> Result<(Redswarm, Tracker), Box<dyn std:
     Ok((swarm, tracker))
 }
 
-fn run() -> Result<(), Box<dyn std::error::Error>> {
-    let args = common::args::Args::parse(&["kill", "help"])?;
-    if args.flag("help") {
-        println!("{USAGE}");
-        return Ok(());
-    }
+fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let (url, _server) = common::redis_url()?;
     let settings = Settings {
         url,
-        namespace: args.get("namespace").map_or_else(
-            || format!("tracker-example-{}", std::process::id()),
-            str::to_string,
-        ),
-        streams: args.parse_or("streams", 3)?,
-        chunks: args.parse_or("chunks", 3)?,
-        chunk: Duration::from_millis(args.parse_or("chunk-ms", 400)?),
-        lock_timeout: Duration::from_millis(args.parse_or("lock-timeout-ms", 2000)?),
+        namespace: args
+            .namespace
+            .unwrap_or_else(|| format!("tracker-example-{}", std::process::id())),
+        streams: args.streams,
+        chunks: args.chunks,
+        chunk: args.chunk,
+        lock_timeout: args.lock_timeout,
     };
-    if args.get("role") == Some("encoder") {
-        let name = args.get("name").unwrap_or("B").to_string();
+    if args.role.is_some() {
         // A slower server: one long chunk per stream, still encoding when
         // the other server is done and the stream ends.
-        return encoder(&settings, &name);
+        return encoder(&settings, &args.name);
     }
-    demo(&settings, args.flag("kill"))
+    demo(&settings, args.kill)
 }
 
 /// The slow encoding server: one long chunk per stream (random names, as

@@ -78,3 +78,9 @@ pub use tracker::{
     Tracker, TrackerOptions, TrackerStats, TrackerTaskState, Unlocked,
 };
 pub use util::MAX_TTL;
+
+/// The README's code blocks, compiled as doc tests so that they cannot
+/// drift from the API (`cargo test --doc`).
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -3,6 +3,9 @@
 #![allow(dead_code)]
 
 pub mod args;
+pub mod cli;
+pub mod exec;
+pub mod progress;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
