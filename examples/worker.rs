@@ -59,10 +59,10 @@ struct Args {
     #[arg(long, value_name = "PCT", value_parser = clap::value_parser!(u8).range(1..=100))]
     partition: Option<u8>,
     /// Task lease in milliseconds (renewed by the heartbeat; at least three
-    /// heartbeat intervals).
-    #[arg(long = "lease-ms", value_name = "MS", default_value = "10000",
-          value_parser = common::cli::millis)]
-    lease: Duration,
+    /// heartbeat intervals; default three heartbeats, 3 s: a killed
+    /// worker's tasks run elsewhere that soon).
+    #[arg(long = "lease-ms", value_name = "MS", value_parser = common::cli::millis)]
+    lease: Option<Duration>,
     /// Shutdown grace in milliseconds: how long running tasks may finish
     /// after Ctrl-C before they are stopped and handed back.
     #[arg(long = "grace-ms", value_name = "MS", default_value_t = 5000)]
@@ -114,17 +114,18 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         Ok(c) => c,
         Err(e) => return usage(e.to_string()),
     };
-    if args.lease < config.min_renewable_ttl() {
+    let lease = args.lease.unwrap_or(config.min_renewable_ttl());
+    if lease < config.min_renewable_ttl() {
         return usage(format!(
             "--lease-ms {} is below {} ms: three heartbeat intervals, so a lease could lapse between two renewals",
-            args.lease.as_millis(),
+            lease.as_millis(),
             config.min_renewable_ttl().as_millis()
         ));
     }
-    if args.lease > redswarm::MAX_TTL {
+    if lease > redswarm::MAX_TTL {
         return usage(format!(
             "--lease-ms {} is above the limit of {} ms",
-            args.lease.as_millis(),
+            lease.as_millis(),
             redswarm::MAX_TTL.as_millis()
         ));
     }
@@ -174,7 +175,7 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         &queue,
         WorkerOptions::new()
             .threads(usize::from(args.threads))
-            .lease(args.lease)
+            .lease(lease)
             .grace(grace),
         handler,
     )?;

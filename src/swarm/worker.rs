@@ -336,7 +336,7 @@ impl SwarmWorker {
         let mut opts = opts;
         let lease = opts
             .lease
-            .unwrap_or_else(|| queue.swarm.config().heartbeat_interval.saturating_mul(3));
+            .unwrap_or_else(|| queue.swarm.config().min_renewable_ttl());
         check_ttl("worker lease", lease)?;
         validate_ttl(&queue.swarm, lease, true)?;
         opts.lease = Some(lease);
