@@ -1,6 +1,7 @@
 //! The task queue: push, inspect, cancel, re-queue, delete, events.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 
 use parking_lot::Mutex;
 use std::time::Duration;
@@ -80,8 +81,9 @@ const MAX_DATA_BYTES: usize = 4 << 20;
 #[derive(Clone, Debug)]
 pub struct Queue {
     pub(crate) swarm: Runtime,
-    pub(crate) name: String,
-    pub(crate) keys: QueueKeys,
+    pub(crate) name: Arc<str>,
+    /// Shared: every running task's context holds a clone of its queue.
+    pub(crate) keys: Arc<QueueKeys>,
     pub(crate) keep_ended: u64,
     pub(crate) keep_ended_for: Duration,
 }
@@ -143,9 +145,9 @@ pub enum TaskSet {
 impl Queue {
     pub(crate) fn new(swarm: &Runtime, name: &str) -> Result<Queue> {
         Ok(Queue {
-            keys: swarm.keys().queue(name)?,
+            keys: Arc::new(swarm.keys().queue(name)?),
             swarm: swarm.clone(),
-            name: name.to_string(),
+            name: Arc::from(name),
             keep_ended: 10_000,
             keep_ended_for: Duration::from_secs(24 * 3600),
         })

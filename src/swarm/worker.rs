@@ -957,7 +957,8 @@ fn start_task(shared: &Arc<Shared>, pool: &ThreadPool, task: ClaimedTask) {
         task.sent,
     );
     let stop = StopSignal::new();
-    let (control_tx, control_rx) = bounded(64);
+    // Small: control messages are rare (a full channel drops and logs).
+    let (control_tx, control_rx) = bounded(8);
     {
         let mut tasks = shared.tasks.lock();
         if tasks.early_cancels.remove(&task.id).is_some() {
