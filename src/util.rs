@@ -18,7 +18,13 @@ pub(crate) fn random_id() -> String {
         log::error!("no OS randomness ({e}); ids fall back to time, pid and a counter");
         bytes = fallback_bytes();
     }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut id = String::with_capacity(32);
+    for b in bytes {
+        id.push(char::from(HEX[usize::from(b >> 4)]));
+        id.push(char::from(HEX[usize::from(b & 15)]));
+    }
+    id
 }
 
 /// Unique (not unpredictable) bytes for a system without a random source:
