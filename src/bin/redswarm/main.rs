@@ -234,7 +234,11 @@ impl Ctx {
                 format!("refusing to {question} without --yes (no terminal to ask on)"),
             ));
         }
-        eprint!("{question}? [y/N] ");
+        let mut ask = question.to_string();
+        if let Some(first) = ask.get(..1) {
+            ask.replace_range(..1, &first.to_ascii_uppercase());
+        }
+        eprint!("{ask}? [y/N] ");
         let _ = std::io::stderr().flush();
         let mut answer = String::new();
         stdin.lock().read_line(&mut answer)?;
