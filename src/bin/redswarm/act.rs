@@ -42,6 +42,11 @@ pub fn retry(ctx: &Ctx, queue: &str, ids: &[String], all: bool, confirm: &Confir
         }
         return Ok(Exit::Ok);
     }
+    // Check every id before changing anything, so a bad one cannot leave
+    // the others half done and unreported.
+    for id in ids {
+        redswarm::keys::validate_name("task id", id)?;
+    }
     let mut exit = Exit::Ok;
     let mut results = Vec::new();
     for id in ids {
