@@ -251,9 +251,11 @@ impl Ctx {
 }
 
 fn connect() -> Result<Redswarm, Failure> {
-    // This process only looks: it must not take the peer-ping port that a
-    // worker on the same host may be configured with.
+    // This process only looks: it must not take the peer-ping port or the
+    // node id that a worker on the same host may be configured with (a
+    // live namesake would refuse it).
     std::env::remove_var("REDSWARM_PEER_LISTEN");
+    std::env::remove_var("REDSWARM_NODE_ID");
     let config: Config = Config::builder_from_env()?.pool_size(2).build()?;
     Ok(Redswarm::connect(config)?)
 }
