@@ -64,7 +64,7 @@ pub fn queues(swarm: &Redswarm) -> Result<Vec<QueueStatus>> {
 pub fn queue_status(queue: &Queue) -> Result<QueueStatus> {
     let k = &queue.keys;
     let mut status = QueueStatus {
-        name: queue.name.clone(),
+        name: queue.name.to_string(),
         counts: QueueCounts::default(),
         ended_last_minute: 0,
         failed_last_minute: 0,
