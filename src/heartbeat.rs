@@ -502,11 +502,13 @@ impl Scheduler {
                 self.next_beat = now + interval;
                 self.send_beat();
             }
+            self.shared.leases.set_wake_at(None);
             let earliest_lease = self.shared.leases.fence(Instant::now());
             let mut wake_at = earliest_lease.unwrap_or(self.next_beat).min(self.next_beat);
             if let Some((_, deadline)) = self.in_flight {
                 wake_at = wake_at.min(deadline);
             }
+            self.shared.leases.set_wake_at(Some(wake_at));
             let timeout = wake_at.saturating_duration_since(Instant::now());
             let verdicts = self.pinger.results().clone();
             select! {

@@ -27,6 +27,10 @@ pub(crate) struct LeaseRegistry {
     next_id: AtomicU64,
     /// Tells the scheduler that a deadline may have moved earlier.
     changed: Sender<()>,
+    /// When the scheduler will wake next (None while it is computing
+    /// that): a new lease whose deadline comes later needs no wake-up, so
+    /// taking and dropping a lock does not cost a thread switch.
+    wake_at: Mutex<Option<Instant>>,
 }
 
 impl LeaseRegistry {
@@ -37,6 +41,7 @@ impl LeaseRegistry {
             leases: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             changed,
+            wake_at: Mutex::new(None),
         };
         (Arc::new(registry), rx)
     }
@@ -46,8 +51,19 @@ impl LeaseRegistry {
     }
 
     pub(crate) fn insert(&self, state: Arc<LeaseState>) {
+        let deadline = state.local_deadline();
         self.leases.lock().insert(state.id, state);
-        self.notify();
+        // After the insert: a scheduler that already took its snapshot has
+        // published its wake-up time (or None while between the two).
+        if self.wake_at.lock().is_none_or(|at| deadline < at) {
+            self.notify();
+        }
+    }
+
+    /// The scheduler is about to look at the leases (`None`) or will wake
+    /// at `at`.
+    pub(crate) fn set_wake_at(&self, at: Option<Instant>) {
+        *self.wake_at.lock() = at;
     }
 
     fn remove(&self, id: u64) {
