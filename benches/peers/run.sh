@@ -8,8 +8,9 @@
 #       one round of one script; prints its one line of JSON (loadgen --peers)
 #
 # Knobs: ROUNDS (3), COUNT (20000 jobs per `tasks` round, as loadgen),
-# LOCK_SECONDS (3), LOCK_CLIENTS (8). Installs the pinned packages with
-# `npm ci` when node_modules is missing or older than package-lock.json.
+# ROUND_SECONDS (3: enqueue-one and the lock), LOCK_CLIENTS (8). Installs
+# the pinned packages with `npm ci` when node_modules is missing or older
+# than package-lock.json.
 # Writes to the server at REDIS_URL (queues and a lock key of its own, deleted
 # afterwards); use a throwaway server.
 set -euo pipefail
@@ -46,7 +47,7 @@ fi
 
 ROUNDS="${ROUNDS:-3}"
 COUNT="${COUNT:-20000}"
-LOCK_SECONDS="${LOCK_SECONDS:-3}"
+ROUND_SECONDS="${ROUND_SECONDS:-3}"
 LOCK_CLIENTS="${LOCK_CLIENTS:-8}"
 results="$(mktemp)"
 trap 'rm -f "$results"' EXIT
@@ -70,10 +71,12 @@ for lib in bullmq bee; do
 done
 measure "bullmq: addBulk, batches of 1,000 (jobs/s)" queue.js --lib bullmq --scenario enqueue-batch
 measure "bee: saveAll, batches of 1,000 (jobs/s)" queue.js --lib bee --scenario enqueue-batch
-measure "bullmq: add one by one (jobs/s)" queue.js --lib bullmq --scenario enqueue-one
-measure "bee: createJob().save() one by one (jobs/s)" queue.js --lib bee --scenario enqueue-one
+measure "bullmq: add one by one (jobs/s)" \
+  queue.js --lib bullmq --scenario enqueue-one --seconds "$ROUND_SECONDS"
+measure "bee: createJob().save() one by one (jobs/s)" \
+  queue.js --lib bee --scenario enqueue-one --seconds "$ROUND_SECONDS"
 measure "redlock: $LOCK_CLIENTS clients contend for one lock (cycles/s)" \
-  lock.js --clients "$LOCK_CLIENTS" --seconds "$LOCK_SECONDS"
+  lock.js --clients "$LOCK_CLIENTS" --seconds "$ROUND_SECONDS"
 
 node - "$results" "$ROUNDS" <<'EOF'
 // Medians per label, in the order measured.

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod args;
+pub mod peers;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
