@@ -41,6 +41,7 @@ function parseArgs(argv) {
       throw new Error(`--${k} must be a ${k === 'think-ms' ? 'non-negative' : 'positive'} number`);
     }
   }
+  if (!Number.isInteger(o.clients)) throw new Error(`--clients must be a whole number\n${USAGE}`);
   o.url = process.env.REDIS_URL;
   if (!o.url) throw new Error(`REDIS_URL is not set\n${USAGE}`);
   return o;

@@ -49,6 +49,9 @@ function parseArgs(argv) {
     o[k] = Number(o[k]);
     if (!(o[k] > 0)) throw new Error(`--${k} must be a positive number\n${USAGE}`);
   }
+  for (const k of ['concurrency', 'count']) {
+    if (!Number.isInteger(o[k])) throw new Error(`--${k} must be a whole number\n${USAGE}`);
+  }
   if (!['bullmq', 'bee'].includes(o.lib)) throw new Error(`--lib bullmq|bee\n${USAGE}`);
   if (!['tasks', 'enqueue-batch', 'enqueue-one'].includes(o.scenario)) {
     throw new Error(`--scenario tasks|enqueue-batch|enqueue-one\n${USAGE}`);
@@ -97,7 +100,7 @@ function bullmq(o, name) {
       return () => w.close();
     },
     pending: async () => {
-      const c = await queue.getJobCounts('wait', 'active', 'delayed', 'prioritized', 'paused');
+      const c = await queue.getJobCounts('waiting', 'active', 'delayed', 'prioritized');
       return Object.values(c).reduce((a, b) => a + b, 0);
     },
     cleanup: async () => {
