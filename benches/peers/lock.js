@@ -97,7 +97,8 @@ async function main() {
   stop = true;
   // As loadgen's `rate`: cycles finished before every client stopped,
   // over the time until they all stopped.
-  const cycles = (await Promise.all(running)).reduce((a, b) => a + b, 0);
+  const perClient = await Promise.all(running);
+  const cycles = perClient.reduce((a, b) => a + b, 0);
   const secs = (nowMs() - started) / 1000;
   for (const c of conns) c.disconnect();
   if (cycles === 0) throw new Error(`no lock cycle completed (${failed} failed): ${firstError}`);
@@ -118,6 +119,9 @@ async function main() {
       handoff_max_ms: handoffs.length ? handoffs[handoffs.length - 1] : 0,
       stalls_over_50ms: handoffs.filter((ms) => ms > 50).length,
       handoffs: handoffs.length,
+      // redlock is unfair (waiters poll): how evenly the clients fared.
+      cycles_per_client_min: Math.min(...perClient),
+      cycles_per_client_max: Math.max(...perClient),
       failed,
     })
   );

@@ -109,7 +109,11 @@ for (const [label, rs] of rows) {
   } else if (rs[0].handoff_p50_ms !== undefined) {
     const p = (k) => fmt(median(rs.map((r) => r[k])));
     const stalls = rs.reduce((a, r) => a + r.stalls_over_50ms, 0);
-    notes = `hand-off p50 ${p('handoff_p50_ms')} ms, p99 ${p('handoff_p99_ms')} ms, stalls > 50 ms: ${stalls}`;
+    const least = Math.min(...rs.map((r) => r.cycles_per_client_min));
+    const most = Math.max(...rs.map((r) => r.cycles_per_client_max));
+    notes =
+      `hand-off p50 ${p('handoff_p50_ms')} ms, p99 ${p('handoff_p99_ms')} ms, ` +
+      `stalls > 50 ms: ${stalls}; cycles per client per round ${least} – ${most}`;
   }
   console.log(`| ${label} | ${fmt(median(rates))} | ${spread} | ${notes} |`);
 }
