@@ -12,10 +12,13 @@
 //! cargo run --release --example loadgen -- failover [--trials 10] [--lease-ms 600 --heartbeat-ms 200]
 //! cargo run --release --example loadgen -- fanout --waiters 50 --handles 5
 //! cargo run --release --example loadgen -- all
+//! cargo run --release --example loadgen -- peers
 //! ```
 //!
 //! Against `REDIS_URL`, or a throwaway `redis-server` when it is unset.
 //! `--rounds N` (default 3) and `--seconds S` (default 3) per round.
+//! `--peers` adds BullMQ, bee-queue or redlock rows (Node.js, `benches/peers/`)
+//! to `tasks`, `enqueue` and `lock-contended`; `peers` runs all of them alone.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -28,8 +31,8 @@ use serde_json::json;
 mod common;
 
 const USAGE: &str =
-    "usage: loadgen <floor|lock|lock-contended|semaphore|enqueue|tasks|failover|fanout|all> \
-[--rounds N] [--seconds S] [--threads N] [--processes P] [--handles N] [--think-ms MS] [--fair] \
+    "usage: loadgen <floor|lock|lock-contended|semaphore|enqueue|tasks|failover|fanout|all|peers> \
+[--peers] [--rounds N] [--seconds S] [--threads N] [--processes P] [--handles N] [--think-ms MS] [--fair] \
 [--trials N] [--lease-ms MS] [--heartbeat-ms MS] [--waiters N]";
 
 struct Opts {
@@ -43,6 +46,7 @@ struct Opts {
     trials: usize,
     lease: Option<Duration>,
     waiters: usize,
+    peers: bool,
     url: String,
 }
 
@@ -67,7 +71,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         return Ok(());
     }
     let scenario = argv.remove(0);
-    let args = common::args::Args::parse_from(argv, &["fair"])?;
+    let args = common::args::Args::parse_from(argv, &["fair", "peers"])?;
     if let Some(ms) = args.get("heartbeat-ms") {
         let _: u64 = ms.parse().map_err(|e| format!("--heartbeat-ms: {e}"))?;
         std::env::set_var("LOADGEN_HEARTBEAT_MS", ms);
@@ -88,6 +92,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             .transpose()
             .map_err(|e| format!("--lease-ms: {e}"))?,
         waiters: args.parse_or("waiters", 50)?,
+        peers: args.flag("peers"),
         url,
     };
     println!(
@@ -106,6 +111,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         "tasks" => tasks(&o)?,
         "failover" => failover(&o)?,
         "fanout" => fanout(&o)?,
+        "peers" => common::peers::run_all(&o.url, o.rounds, o.seconds.as_secs_f64())?,
         "all" => {
             floor(&o)?;
             lock(&o)?;
@@ -465,14 +471,21 @@ fn lock_contended(o: &Opts) -> Result<(), Box<dyn std::error::Error>> {
             .unwrap_or(0.0)
     };
     stalls += h.iter().filter(|ms| **ms > 50.0).count();
+    let mut rows = vec![("redswarm lock + release, all handles", cycles)];
+    let (secs, think) = (o.seconds.as_secs_f64(), o.think.as_millis());
+    let peer = format!(
+        "lock.js --clients {} --seconds {secs} --think-ms {think}",
+        o.handles
+    );
+    rows.extend(peer_rows(o, &peer)?);
     table(
         &format!(
             "contended lock, {} handles (one connection each), think {:?}, fair {}",
             o.handles, o.think, o.fair
         ),
         "cycles/s",
-        &[("redswarm lock + release, all handles", cycles)],
-        None,
+        &rows,
+        (rows.len() > 1).then_some(0),
     );
     println!(
         "hand-off release → next holder: p50 {:.3} ms, p99 {:.3} ms, max {:.1} ms, stalls > 50 ms: {stalls} (of {})",
@@ -543,13 +556,17 @@ fn enqueue(o: &Opts) -> Result<(), Box<dyn std::error::Error>> {
             Box::new(move || q.push(&json!({ "n": 1 })).is_ok())
         }))
     })?;
+    let secs = o.seconds.as_secs_f64();
     table(
         "enqueue in batches of 1,000",
         "tasks/s",
         &[
             ("raw pipelined LPUSH (same run)", lpush),
             ("redswarm push_many", batched),
-        ],
+        ]
+        .into_iter()
+        .chain(peer_rows(o, "queue.js --scenario enqueue-batch")?)
+        .collect::<Vec<_>>(),
         Some(0),
     );
     table(
@@ -558,7 +575,13 @@ fn enqueue(o: &Opts) -> Result<(), Box<dyn std::error::Error>> {
         &[
             ("raw SET, 1 connection (same run)", set),
             ("redswarm push", single),
-        ],
+        ]
+        .into_iter()
+        .chain(peer_rows(
+            o,
+            &format!("queue.js --scenario enqueue-one --seconds {secs}"),
+        )?)
+        .collect::<Vec<_>>(),
         Some(0),
     );
     flush(&o.url);
@@ -630,6 +653,8 @@ fn tasks(o: &Opts) -> Result<(), Box<dyn std::error::Error>> {
             Ok(count as f64 / secs)
         }
     })?;
+    // One Node.js worker process with the same total concurrency.
+    let peer = format!("queue.js --scenario tasks --concurrency {total_threads} --count {count}");
     table(
         &format!(
             "no-op tasks end to end ({count} per round), {} process(es) × {} threads",
@@ -640,7 +665,10 @@ fn tasks(o: &Opts) -> Result<(), Box<dyn std::error::Error>> {
         &[
             ("raw LMOVE+LREM loop, same thread count (same run)", floor),
             ("redswarm push → worker → completed", tasks),
-        ],
+        ]
+        .into_iter()
+        .chain(peer_rows(o, &peer)?)
+        .collect::<Vec<_>>(),
         Some(0),
     );
     let cpu = Stat::new(cpu_per_task);
@@ -821,4 +849,29 @@ fn fanout(o: &Opts) -> Result<(), Box<dyn std::error::Error>> {
         None,
     );
     Ok(())
+}
+
+/// With `--peers`, the Node.js peers' rows for `benches/peers/run.sh --one
+/// <script_args>` (`queue.js`: BullMQ and bee-queue; `lock.js`: redlock),
+/// each over `--rounds` rounds against the same server.
+fn peer_rows(
+    o: &Opts,
+    script_args: &str,
+) -> Result<Vec<(&'static str, Stat)>, Box<dyn std::error::Error>> {
+    if !o.peers {
+        return Ok(Vec::new());
+    }
+    let run_sh = match common::peers::script() {
+        Ok(run_sh) => run_sh,
+        Err(why) => {
+            println!("{why}");
+            return Ok(Vec::new());
+        }
+    };
+    let peers = common::peers::libs(script_args);
+    let rate = |args: String| rounds(o, || common::peers::rate(&run_sh, &o.url, &args));
+    peers
+        .iter()
+        .map(|(label, lib)| Ok((*label, rate(format!("{script_args} {lib}"))?)))
+        .collect()
 }

@@ -5,6 +5,7 @@
 pub mod args;
 pub mod cli;
 pub mod exec;
+pub mod peers;
 pub mod progress;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
