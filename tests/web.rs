@@ -219,15 +219,19 @@ fn allowed_retry_requeues_the_failed_task_and_needs_the_action_header() {
 
     let (status, _, body) = http(addr, "POST", &path, &[("X-Redswarm-Action", "retry")]);
     assert_eq!(status, 200, "{body}");
+    assert!(body.contains("requeued"), "{body}");
     let c = jobs.counts().unwrap();
-    assert_eq!((c.failed, c.ready), (1, 1), "exactly the one task is back: {c:?}");
+    assert_eq!((c.failed, c.ready + c.delayed), (1, 1), "exactly the one task is back: {c:?}");
     assert_eq!(
         jobs.get(&ids[0]).unwrap().unwrap().state,
         redswarm::TaskState::Queued
     );
 
-    let (status, _, body) = http(addr, "POST", "/api/queues/jobs/failed/no-such-task/retry", &[("X-Redswarm-Action", "retry")]);
-    assert!(status == 404 || status == 409, "{status} {body}");
+    let action = [("X-Redswarm-Action", "retry")];
+    let (status, _, body) = http(addr, "POST", &path, &action);
+    assert_eq!(status, 409, "retrying it again: it is not failed any more: {body}");
+    let (status, _, body) = http(addr, "POST", "/api/queues/jobs/failed/no-such-task/retry", &action);
+    assert_eq!(status, 404, "{body}");
     assert_eq!(jobs.counts().unwrap().failed, 1);
 }
 
@@ -265,7 +269,7 @@ fn running_task_shows_its_latest_progress() {
         // before the server's subscription took effect is followed by
         // more.
         let mut pct = 0;
-        while !ctx.sleep(Duration::from_millis(50)) {
+        while ctx.sleep(Duration::from_millis(50)) {
             pct = (pct + 1).min(42);
             ctx.progress(json!({ "pct": pct, "step": "resizing" }));
         }
@@ -284,6 +288,11 @@ fn running_task_shows_its_latest_progress() {
     let running = get_json(server.addr(), "/api/queues/jobs/running");
     assert_eq!(running[0]["progress"]["step"], "resizing");
     assert_eq!(running[0]["task"]["worker"], swarm.node_id());
+    jobs.cancel(&id).unwrap();
+    assert!(
+        wait_until(WAIT, || get_json(server.addr(), "/api/overview")["running"] == json!([])),
+        "the cancelled task is still listed as running"
+    );
     worker.shutdown();
 }
 
@@ -392,4 +401,117 @@ fn status_page_in_chromium_shows_the_counts_in_redis() {
     let lock_row = element(&dom, "tr", r#"data-lock="orders""#).expect("the lock is listed");
     assert!(lock_row.contains(swarm.node_id()), "{lock_row}");
     assert_eq!(element(&dom, "p", r#"id="error""#), Some(""), "the page reported an error");
+}
+
+/// A handle with a readable node id, as the screenshot shows it.
+fn node(redis: &RedisServer, ns: &str, id: &str) -> Redswarm {
+    Redswarm::connect(
+        Config::builder()
+            .url(redis.url())
+            .namespace(ns)
+            .node_id(id)
+            .build()
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+/// Builds a busy swarm (queues with running, failed, ready and delayed
+/// tasks, a lock, a semaphore, a job cluster, a chunk tracker), serves it
+/// and saves the page as `docs/status-page.png`, the README's picture:
+/// `cargo test --features web --test web -- --ignored screenshot`.
+#[test]
+#[ignore = "writes docs/status-page.png for the README; run by hand"]
+fn screenshot_for_the_readme() {
+    let browser = chromium().expect("chromium is needed for the screenshot");
+    let redis = RedisServer::start();
+    let ns = "shop";
+    let a = node(&redis, ns, "worker-a");
+    let b = node(&redis, ns, "worker-b");
+    let web = node(&redis, ns, "ops-console");
+
+    let emails = b.queue("emails").unwrap();
+    for i in 0..40 {
+        emails.push(&json!({ "to": format!("user{i}@example.com") })).unwrap();
+    }
+    let w = SwarmWorker::start(&emails, WorkerOptions::new().threads(2), |_| Ok(json!("sent"))).unwrap();
+    assert!(wait_until(WAIT, || emails.counts().unwrap().ended == 40));
+    w.shutdown();
+    for i in 0..6 {
+        emails.push(&json!({ "to": format!("late{i}@example.com") })).unwrap();
+    }
+    for _ in 0..3 {
+        emails
+            .push_with(&json!("digest"), &TaskOptions::new().delay(Duration::from_secs(3600)))
+            .unwrap();
+    }
+
+    let thumbs = a.queue("thumbnails").unwrap();
+    for i in 0..5 {
+        thumbs.push(&json!({ "image": format!("cat{i}.png") })).unwrap();
+    }
+    for why in ["image decode error: truncated JPEG at byte 48211", "S3 PutObject: 503 Slow Down"] {
+        thumbs
+            .push_with(&json!({ "fail": why }), &TaskOptions::new().max_attempts(1))
+            .unwrap();
+    }
+    let worker = SwarmWorker::start(&thumbs, WorkerOptions::new().threads(2).grace(Duration::from_millis(200)), |ctx| {
+        if let Some(why) = ctx.data()["fail"].as_str() {
+            return Err(why.to_string());
+        }
+        if let Some(stop_at) = ctx.data()["slow"].as_u64() {
+            let mut pct = 0;
+            while ctx.sleep(Duration::from_millis(100)) {
+                pct = (pct + 5).min(stop_at);
+                ctx.progress(json!({ "pct": pct, "step": "resize 2048px" }));
+            }
+            return Ok(Value::Null);
+        }
+        Ok(json!("ok"))
+    })
+    .unwrap();
+    assert!(wait_until(WAIT, || {
+        let c = thumbs.counts().unwrap();
+        c.ended == 5 && c.failed == 2
+    }));
+    for stop_at in [35, 80] {
+        thumbs.push(&json!({ "slow": stop_at })).unwrap();
+    }
+    assert!(wait_until(WAIT, || thumbs.counts().unwrap().running == 2));
+    for i in 0..12 {
+        thumbs.push(&json!({ "image": format!("dog{i}.png") })).unwrap();
+    }
+
+    let _lock = b.try_lock("billing:nightly", Duration::from_secs(300)).unwrap().unwrap();
+    let quota = a.semaphore("partner-api", 5).unwrap();
+    let _p1 = quota.try_acquire().unwrap().unwrap();
+    let _p2 = b.semaphore("partner-api", 5).unwrap().try_acquire().unwrap().unwrap();
+    let master = redswarm::Master::new(&web, "streams").unwrap();
+    let cw1 = redswarm::ClusterWorker::join(&a, "streams", redswarm::ClusterWorkerOptions::new().capacity(10)).unwrap();
+    let cw2 = redswarm::ClusterWorker::join(&b, "streams", redswarm::ClusterWorkerOptions::new().capacity(10)).unwrap();
+    for feed in ["orders", "refunds", "stock", "prices", "reviews"] {
+        master.add_job_with_id(feed, &json!({ "follow": feed })).unwrap();
+    }
+    let tracker = a.tracker("uploads").unwrap();
+    let _chunk = tracker.lock("video-17", "chunk-3").unwrap();
+
+    let server = WebServer::start(&web, WebOptions::new().listen("127.0.0.1:0").allow_actions(true)).unwrap();
+    // Let progress arrive and the cluster assign its jobs.
+    std::thread::sleep(Duration::from_secs(2));
+    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/status-page.png");
+    std::fs::create_dir_all(out.parent().unwrap()).unwrap();
+    let profile = tempfile_dir();
+    let status = Command::new(browser)
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--virtual-time-budget=3000"])
+        .arg(format!("--user-data-dir={}", profile.display()))
+        .arg(format!("--screenshot={}", out.display()))
+        .arg(format!("--window-size={}", std::env::var("SHOT_SIZE").unwrap_or_else(|_| "1280,900".into())))
+        .arg(server.url())
+        .status()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&profile);
+    assert!(status.success());
+    assert!(std::fs::metadata(&out).unwrap().len() > 10_000);
+    drop((cw1, cw2));
+    worker.shutdown();
 }

@@ -6,7 +6,7 @@ use serde_json::Value;
 
 use super::progress::ProgressBoard;
 use super::WebOptions;
-use crate::admin::{self, QueueStatus, TaskRow};
+use crate::admin::{self, QueueStatus, RetryOutcome, TaskRow};
 use crate::error::Result;
 use crate::handle::Redswarm;
 
@@ -196,10 +196,17 @@ pub(crate) fn trackers(swarm: &Redswarm) -> Result<Value> {
 }
 
 /// Re-queues one failed task through the same fenced script as
-/// `redswarm retry`.
-pub(crate) fn retry(swarm: &Redswarm, name: &str, id: &str) -> Result<Value> {
+/// `redswarm retry`: 200 when re-queued, 404 for no such task, 409 for a
+/// task that is not failed (nothing changed then).
+pub(crate) fn retry(swarm: &Redswarm, name: &str, id: &str) -> Result<(u16, Value)> {
     let queue = swarm.queue(name)?;
     let outcome = admin::retry_task(&queue, id)?;
     log::info!("status server: retry of task {id} in queue {name}: {outcome:?}");
-    json(serde_json::json!({ "queue": name, "task": id, "outcome": outcome }))
+    let status = match outcome {
+        RetryOutcome::Requeued => 200,
+        RetryOutcome::Missing => 404,
+        RetryOutcome::NotFailed => 409,
+    };
+    let body = serde_json::json!({ "queue": name, "task": id, "outcome": outcome });
+    Ok((status, body))
 }

@@ -73,7 +73,7 @@ pub(crate) fn collect(swarm: &Redswarm) -> Result<Registry> {
         "unreadable",
         "1 for each thing whose keys hold data of the wrong shape",
     );
-    let mut mark = |kind: &str, name: &str, problem: &Option<String>| {
+    let mark = |kind: &str, name: &str, problem: &Option<String>| {
         if problem.is_some() {
             unreadable.get_or_create(&labels(&[("kind", kind), ("name", name)])).set(1);
         }

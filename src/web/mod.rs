@@ -290,10 +290,10 @@ impl WebServer {
         ));
         let mut threads = Vec::with_capacity(options.threads);
         for i in 0..options.threads {
-            let (http, router, stopping) = (http.clone(), router.clone(), stopping.clone());
+            let (h, r, s) = (http.clone(), router.clone(), stopping.clone());
             let spawned = std::thread::Builder::new()
                 .name(format!("redswarm-web-{i}"))
-                .spawn(move || serve(&http, &router, &stopping));
+                .spawn(move || serve(&h, &r, &s));
             match spawned {
                 Ok(t) => threads.push(t),
                 Err(e) => {

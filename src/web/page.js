@@ -33,12 +33,22 @@
     s = s % 60;
     if (d) return sign + d + "d " + h + "h";
     if (h) return sign + h + "h " + m + "m";
-    return sign + m + "m " + s + "s";
+    if (m) return sign + m + "m " + s + "s";
+    return sign + s + "s";
+  }
+
+  function plural(n, word) { return n + " " + word + (n === 1 ? "" : "s"); }
+
+  // Task ids are long: the first 8 characters, the whole id on hover.
+  function shortId(id) {
+    return id.length > 10 ? el("span", {title: id}, id.slice(0, 8) + "…") : id;
   }
 
   function ago(now, at) { return at ? dur(now - at) + " ago" : "–"; }
 
   // columns: [{h: header, num: bool, field: name for data-field, get: row -> text or node, cls}]
+  // A column marked `optional` is left out when no row has a value in it
+  // (the "problem" columns, empty unless something in Redis is corrupt).
   function table(containerId, columns, rows, empty, rowAttrs) {
     var box = $(containerId);
     box.textContent = "";
@@ -46,6 +56,9 @@
       box.appendChild(el("p", {class: "empty"}, empty));
       return;
     }
+    columns = columns.filter(function (c) {
+      return !c.optional || rows.some(function (r) { return c.get(r) !== ""; });
+    });
     var head = el("tr");
     columns.forEach(function (c) { head.appendChild(el("th", {class: c.num ? "num" : null}, c.h)); });
     var body = el("tbody");
@@ -77,6 +90,13 @@
       });
     }
     var text = typeof p === "string" ? p : JSON.stringify(p);
+    if (n !== null && typeof p === "object") {
+      // The number is drawn as the bar: show the other fields beside it.
+      var rest = Object.keys(p).filter(function (k) { return p[k] !== n; }).map(function (k) {
+        return typeof p[k] === "string" ? p[k] : k + "=" + JSON.stringify(p[k]);
+      });
+      text = Math.round(n) + "%" + (rest.length ? " " + rest.join(", ") : "");
+    }
     if (text.length > 80) text = text.slice(0, 77) + "…";
     if (n === null) return el("span", {class: "mono"}, text);
     var pct = n <= 1 && typeof p === "number" && !Number.isInteger(n) ? n * 100 : n;
@@ -144,64 +164,64 @@
       {h: "failed", num: true, field: "failed", get: function (q) { return q.counts.failed; }, cls: function (q) { return q.counts.failed ? "bad" : ""; }},
       {h: "done/min", num: true, field: "ended_last_minute", get: function (q) { return q.ended_last_minute; }},
       {h: "failed/min", num: true, field: "failed_last_minute", get: function (q) { return q.failed_last_minute; }},
-      {h: "problem", cls: "err", get: function (q) { return q.problem || ""; }}
+      {h: "problem", cls: "err", optional: true, get: function (q) { return q.problem || ""; }}
     ], d.queues, "no queues in this namespace", function (q) { return {"data-queue": q.name}; });
 
     table("running", [
       {h: "queue", get: function (r) { return r.queue; }},
-      {h: "task", cls: "mono", get: function (r) { return r.id; }},
-      {h: "worker", get: function (r) { return r.task && r.task.worker || "–"; }},
+      {h: "task", cls: "mono", get: function (r) { return shortId(r.id); }},
+      {h: "worker", cls: "nowrap", get: function (r) { return r.task && r.task.worker || "–"; }},
       {h: "attempt", num: true, get: function (r) { return r.task ? r.task.attempts : "–"; }},
-      {h: "started", get: function (r) { return r.task ? ago(now, r.task.started_ms) : "–"; }},
-      {h: "lease left", num: true, get: function (r) { return dur(r.at_ms - now); }},
+      {h: "started", cls: "nowrap", get: function (r) { return r.task ? ago(now, r.task.started_ms) : "–"; }},
+      {h: "lease left", num: true, cls: "nowrap", get: function (r) { return dur(r.at_ms - now); }},
       {h: "progress", field: "progress", get: function (r) { return r.problem ? r.problem : progress(r.progress); }}
     ], d.running, "nothing running", function (r) { return {"data-queue": r.queue, "data-id": r.id}; });
 
     table("failed", [
       {h: "queue", get: function (r) { return r.queue; }},
-      {h: "task", cls: "mono", get: function (r) { return r.id; }},
-      {h: "failed", get: function (r) { return ago(now, r.at_ms); }},
-      {h: "attempts", num: true, get: function (r) { return r.task ? r.task.failures + "/" + r.task.max_attempts + (r.task.lost_runs ? " +" + r.task.lost_runs + " lost" : "") : "–"; }},
+      {h: "task", cls: "mono", get: function (r) { return shortId(r.id); }},
+      {h: "failed", cls: "nowrap", get: function (r) { return ago(now, r.at_ms); }},
+      {h: "attempts", num: true, cls: "nowrap", get: function (r) { return r.task ? r.task.failures + "/" + r.task.max_attempts + (r.task.lost_runs ? " +" + r.task.lost_runs + " lost" : "") : "–"; }},
       {h: "error", cls: "err", field: "error", get: function (r) {
         if (!r.task) return r.problem || "record gone";
         var by = r.task.failed_by && r.task.failed_by !== "handler" ? "[" + r.task.failed_by + "] " : "";
         return by + (r.task.error || "");
       }},
-      {h: "", get: function (r) { return retryButton(r, d.actions_allowed); }}
+      {h: "", cls: "nowrap", get: function (r) { return retryButton(r, d.actions_allowed); }}
     ], d.failed, "no failed tasks", function (r) { return {"data-queue": r.queue, "data-id": r.id}; });
 
     table("nodes", [
       {h: "node", cls: "mono", get: function (n) { return n.id + (n.is_self ? " (this page)" : ""); }},
-      {h: "host", get: function (n) { return n.host + " pid " + n.pid; }},
-      {h: "uptime", num: true, get: function (n) { return dur(n.uptime_ms); }},
+      {h: "host", cls: "nowrap", get: function (n) { return n.host + " pid " + n.pid; }},
+      {h: "uptime", num: true, cls: "nowrap", get: function (n) { return dur(n.uptime_ms); }},
       {h: "peer", cls: "mono", get: function (n) { return n.peer_addr || "–"; }},
       {h: "state", get: function (n) { return n.state; }, cls: function (n) { return n.state === "live" ? "ok" : "bad"; }},
       {h: "lease", num: true, get: function (n) { return dur(n.lease_left_ms); }},
       {h: "holds", get: function (n) {
         var h = n.holds || {};
-        return (h.locks || []).length + " locks, " + (h.permits || []).length + " permits, " +
-          (h.running_tasks || 0) + " tasks, " + (h.cluster_jobs || 0) + " jobs";
+        return [plural((h.locks || []).length, "lock"), plural((h.permits || []).length, "permit"),
+          plural(h.running_tasks || 0, "task"), plural(h.cluster_jobs || 0, "job")].join(" · ");
       }}
     ], d.nodes, "no nodes", function (n) { return {"data-node": n.id}; });
 
     table("locks", [
       {h: "lock", get: function (l) { return l.name; }},
-      {h: "holder", cls: "mono", field: "holder", get: function (l) { return l.holder_node || "–"; }},
-      {h: "ttl left", num: true, get: function (l) { return dur(l.ttl_left_ms); }},
+      {h: "holder", cls: "nowrap", field: "holder", get: function (l) { return l.holder_node || "–"; }},
+      {h: "ttl left", num: true, cls: "nowrap", get: function (l) { return dur(l.ttl_left_ms); }},
       {h: "fencing token", num: true, cls: "mono", field: "fencing_token", get: function (l) { return l.fencing_token === null ? "–" : l.fencing_token; }},
       {h: "waiters", num: true, get: function (l) { return l.waiters; }},
-      {h: "problem", cls: "err", get: function (l) { return l.problem || ""; }}
+      {h: "problem", cls: "err", optional: true, get: function (l) { return l.problem || ""; }}
     ], d.locks, "no locks held", function (l) { return {"data-lock": l.name}; });
 
     table("semaphores", [
       {h: "semaphore", get: function (x) { return x.name; }},
       {h: "permits", num: true, field: "permits", get: function (x) { return x.permits.length; }},
-      {h: "holders", cls: "mono", get: function (x) {
+      {h: "holders", get: function (x) {
         return x.permits.map(function (p) { return (p.node || "?") + " (" + dur(p.ttl_left_ms) + ")"; }).join(", ") || "–";
       }},
       {h: "waiters", num: true, get: function (x) { return x.waiters; }},
       {h: "expired", num: true, get: function (x) { return x.expired; }},
-      {h: "problem", cls: "err", get: function (x) { return x.problem || ""; }}
+      {h: "problem", cls: "err", optional: true, get: function (x) { return x.problem || ""; }}
     ], d.semaphores, "no permits held");
 
     table("clusters", [
@@ -209,10 +229,10 @@
       {h: "jobs", num: true, get: function (c) { return c.jobs; }},
       {h: "pending", num: true, get: function (c) { return c.pending; }},
       {h: "master", get: function (c) { return c.master_lease_left_ms === null ? "none" : "lease " + dur(c.master_lease_left_ms); }},
-      {h: "workers (jobs/capacity)", cls: "mono", get: function (c) {
-        return c.workers.map(function (w) { return w.id + " " + w.jobs + "/" + w.capacity; }).join(", ") || "–";
+      {h: "workers (jobs/capacity)", get: function (c) {
+        return c.workers.map(function (w) { return (w.node || w.id.slice(0, 8)) + " " + w.jobs + "/" + w.capacity; }).join(", ") || "–";
       }},
-      {h: "problem", cls: "err", get: function (c) { return c.problem || ""; }}
+      {h: "problem", cls: "err", optional: true, get: function (c) { return c.problem || ""; }}
     ], d.clusters, "no job clusters");
 
     table("trackers", [
@@ -222,7 +242,7 @@
       {h: "locked", num: true, get: function (x) { return x.locked; }},
       {h: "completed", num: true, get: function (x) { return x.completed; }},
       {h: "failed", num: true, get: function (x) { return x.failed; }},
-      {h: "problem", cls: "err", get: function (x) { return x.problem || ""; }}
+      {h: "problem", cls: "err", optional: true, get: function (x) { return x.problem || ""; }}
     ], d.trackers, "no chunk trackers");
   }
 

@@ -93,11 +93,14 @@ impl Router {
     pub(crate) fn answer(&self, request: Request) {
         let answer = self.route(&request);
         let head = *request.method() == Method::Head;
+        let body = if head { Vec::new() } else { answer.body };
+        let length = body.len();
+        // A known length: no chunked encoding for simple clients.
         let mut response = Response::new(
             answer.status.into(),
             Vec::new(),
-            Cursor::new(if head { Vec::new() } else { answer.body }),
-            None,
+            Cursor::new(body),
+            Some(length),
             None,
         );
         for (name, value) in [
@@ -230,7 +233,7 @@ impl Router {
             _ => return Answer::error(404, "no such action"),
         };
         match result {
-            Ok(value) => Answer::json(200, &value),
+            Ok((status, value)) => Answer::json(status, &value),
             Err(e) => Answer::from_error(&e),
         }
     }
@@ -245,7 +248,7 @@ fn add_header(response: &mut Response<Cursor<Vec<u8>>>, name: &str, value: &str)
     }
 }
 
-fn header_value<'r>(request: &'r Request, name: &str) -> Option<&'r str> {
+fn header_value<'r>(request: &'r Request, name: &'static str) -> Option<&'r str> {
     request
         .headers()
         .iter()
