@@ -21,6 +21,10 @@
 //! `lock:x`: the first is refused by `Config`, and `Keys::new("a:lock")`
 //! builds `{a%3Alock:lock:x}`, not `{a:lock:x}`.
 //!
+//! Admin listings find queues, held locks, semaphores, clusters and
+//! trackers with `SCAN MATCH` on [`Keys::scan_pattern`] and map each key
+//! back with [`Keys::name_in_key`] (see [`Family`] for which key of each).
+//!
 //! | key / channel | type | holds |
 //! |---|---|---|
 //! | `{ns:nodes}` | zset | node id → membership deadline (ms, Redis clock) |
@@ -602,6 +606,128 @@ impl Keys {
     }
 }
 
+/// A kind of named thing the admin listings discover with `SCAN`
+/// ([`Keys::scan_pattern`], [`Keys::name_in_key`]).
+///
+/// ```
+/// let f = redswarm::keys::Family::Queue;
+/// assert_eq!(f.word(), "queue");
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    /// Task queues: any of their `ready`, `delayed`, `running`, `ended`,
+    /// `failed` or `seq` keys (never a task hash).
+    Queue,
+    /// Locks that are held now: the owner key (it ends at the tag's `}`).
+    Lock,
+    /// Semaphores with live or unexpired permits: the holders zset.
+    Semaphore,
+    /// Job clusters: the `meta` hash every cluster gets when opened.
+    Cluster,
+    /// Chunk trackers: any of their `since`, `stats`, `locks`, `released`
+    /// or `processing` keys (never a task record).
+    Tracker,
+}
+
+impl Family {
+    /// The feature word inside the hash tag (`{ns:<word>:<name>}`).
+    ///
+    /// ```
+    /// assert_eq!(redswarm::keys::Family::Semaphore.word(), "sem");
+    /// ```
+    pub fn word(&self) -> &'static str {
+        match self {
+            Family::Queue => "queue",
+            Family::Lock => "lock",
+            Family::Semaphore => "sem",
+            Family::Cluster => "cluster",
+            Family::Tracker => "tracker",
+        }
+    }
+
+    /// What follows the tag in the keys the pattern matches (a `SCAN`
+    /// glob: `[...]` is one character of the set). Each is chosen so
+    /// that no per-item key (task, job, chunk record) matches: a million
+    /// task hashes are never returned, only filtered out by Redis.
+    fn suffix_glob(&self) -> &'static str {
+        match self {
+            // ready, delayed, running, ended, failed, seq (not task:, claim:, marker).
+            Family::Queue => ":[rdefs]*",
+            Family::Lock => "",
+            Family::Semaphore => ":holders",
+            Family::Cluster => ":meta",
+            // since, stats, locks, released, processing (not task:, chunks:).
+            Family::Tracker => ":[slrp]*",
+        }
+    }
+}
+
+/// `s` with the `SCAN MATCH` glob characters (`*`, `?`, `[`, `]`, `\`)
+/// escaped.
+fn glob_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+impl Keys {
+    /// The `SCAN MATCH` pattern that finds the things of `family` in this
+    /// namespace (see [`Family`] for which key of each it matches). Use
+    /// [`Keys::name_in_key`] on every key it returns.
+    ///
+    /// ```
+    /// use redswarm::keys::{Family, Keys};
+    /// assert_eq!(Keys::new("ns").scan_pattern(Family::Lock), "{ns:lock:*}");
+    /// assert_eq!(Keys::new("ns").scan_pattern(Family::Semaphore), "{ns:sem:*}:holders");
+    /// ```
+    pub fn scan_pattern(&self, family: Family) -> String {
+        format!(
+            "{{{}:{}:*}}{}",
+            glob_escape(&self.tag_ns),
+            family.word(),
+            family.suffix_glob()
+        )
+    }
+
+    /// The name of the `family` thing that `key` belongs to, or `None` if
+    /// the key is not one this namespace builds for that family (a glob
+    /// match is looser than the key shapes: the name must be valid and end
+    /// at the first `}`).
+    ///
+    /// ```
+    /// use redswarm::keys::{Family, Keys};
+    /// let k = Keys::new("ns");
+    /// assert_eq!(k.name_in_key(Family::Queue, "{ns:queue:mail:out}:ready").as_deref(), Some("mail:out"));
+    /// assert_eq!(k.name_in_key(Family::Queue, "{ns:queue:mail}:task:1"), None);
+    /// assert_eq!(k.name_in_key(Family::Lock, "{ns:lock:a}:fence"), None);
+    /// ```
+    pub fn name_in_key(&self, family: Family, key: &str) -> Option<String> {
+        let prefix = format!("{{{}:{}:", self.tag_ns, family.word());
+        let rest = key.strip_prefix(&prefix)?;
+        let (name, after) = rest.split_once('}')?;
+        validate_name("name", name).ok()?;
+        let fits = match family {
+            Family::Queue => matches!(
+                after,
+                ":ready" | ":delayed" | ":running" | ":ended" | ":failed" | ":seq"
+            ),
+            Family::Lock => after.is_empty(),
+            Family::Semaphore => after == ":holders",
+            Family::Cluster => after == ":meta",
+            Family::Tracker => matches!(
+                after,
+                ":since" | ":stats" | ":locks" | ":released" | ":processing"
+            ),
+        };
+        fits.then(|| name.to_string())
+    }
+}
+
 impl ClusterKeys {
     /// Hash of one job.
     ///
@@ -965,6 +1091,57 @@ mod tests {
         assert_ne!(
             Keys::new("a:lock").lock("x").unwrap().owner,
             Keys::new("a").lock("lock:x").unwrap().owner
+        );
+    }
+
+    /// Every key a family's listing should find is found by its pattern
+    /// (checked with Redis's own glob rules in tests/admin.rs) and maps back
+    /// to its name; per-item keys never do.
+    #[test]
+    fn name_in_key_finds_the_family_keys_only() {
+        let k = Keys::new("ns");
+        let q = k.queue("a:b").unwrap();
+        for key in [
+            &q.ready, &q.delayed, &q.running, &q.ended, &q.failed, &q.seq,
+        ] {
+            assert_eq!(
+                k.name_in_key(Family::Queue, key).as_deref(),
+                Some("a:b"),
+                "{key}"
+            );
+        }
+        for key in [q.task("1"), q.claim("c"), q.marker.clone(), q.task("r")] {
+            assert_eq!(k.name_in_key(Family::Queue, &key), None, "{key}");
+        }
+        let l = k.lock("x").unwrap();
+        assert_eq!(k.name_in_key(Family::Lock, &l.owner).as_deref(), Some("x"));
+        assert_eq!(k.name_in_key(Family::Lock, &l.fence), None);
+        assert_eq!(k.name_in_key(Family::Queue, &l.owner), None);
+        let m = k.semaphore("s").unwrap();
+        assert_eq!(
+            k.name_in_key(Family::Semaphore, &m.holders).as_deref(),
+            Some("s")
+        );
+        let c = k.cluster("c").unwrap();
+        assert_eq!(
+            k.name_in_key(Family::Cluster, &c.meta).as_deref(),
+            Some("c")
+        );
+        assert_eq!(k.name_in_key(Family::Cluster, &c.job("meta")), None);
+        let t = k.tracker("t").unwrap();
+        for key in [&t.since, &t.stats, &t.locks, &t.released, &t.processing] {
+            assert_eq!(
+                k.name_in_key(Family::Tracker, key).as_deref(),
+                Some("t"),
+                "{key}"
+            );
+        }
+        assert_eq!(k.name_in_key(Family::Tracker, &t.task("s").unwrap()), None);
+        // Another namespace's keys are not ours.
+        assert_eq!(Keys::new("n").name_in_key(Family::Lock, &l.owner), None);
+        assert_eq!(
+            Keys::new("a*[b").scan_pattern(Family::Lock),
+            "{a\\*\\[b:lock:*}"
         );
     }
 

@@ -23,6 +23,7 @@
 //! the features, with [`Redswarm`] a thin facade on top.
 #![deny(missing_docs)]
 
+pub mod admin;
 pub mod cluster;
 mod config;
 mod error;

@@ -36,7 +36,7 @@ use crate::keys::LockKeys;
 use crate::lease::{Lease, LeaseLost, LeaseTarget};
 use crate::runtime::Runtime;
 use crate::scripts::{invoke, lua_script};
-use crate::util::{check_ttl, millis, random_id};
+use crate::util::{check_ttl, millis, owner_token};
 
 lua_script!(LOCK_ACQUIRE, "lock_acquire.lua");
 lua_script!(LOCK_RELEASE, "lock_release.lua");
@@ -171,7 +171,7 @@ impl LockOptions {
     /// ```
     pub fn try_lock(&self) -> Result<Option<LockGuard>> {
         let keys = self.validate()?;
-        let token = random_id();
+        let token = owner_token(self.swarm.node_id());
         match once_more_if_lost(|| self.try_once(&keys, &token)) {
             Ok(Attempt::Granted { fence, sent }) => Ok(Some(self.guard(keys, token, fence, sent))),
             Ok(Attempt::Busy { .. }) => {
@@ -202,7 +202,7 @@ impl LockOptions {
     /// ```
     pub fn lock(&self, wait: Duration) -> Result<LockGuard> {
         let keys = self.validate()?;
-        let token = random_id();
+        let token = owner_token(self.swarm.node_id());
         // Whether the last attempt's outcome is unknown (its reply was lost).
         let unknown = Cell::new(false);
         let granted = wait_for_grant(

@@ -20,7 +20,7 @@ use crate::lease::LeaseLost;
 use crate::lock::{attempt, Attempt, LockGuard};
 use crate::runtime::Runtime;
 use crate::subscriber::Subscription;
-use crate::util::{random_id, Deadline};
+use crate::util::{owner_token, Deadline};
 
 /// Options for a multi-lock; start with [`Redswarm::multi_lock`].
 ///
@@ -103,7 +103,7 @@ impl MultiLockOptions {
             .iter()
             .map(|n| self.swarm.keys().lock(n))
             .collect::<Result<_>>()?;
-        let token = random_id();
+        let token = owner_token(self.swarm.node_id());
         // Saturating: a wait of Duration::MAX waits forever.
         let deadline = Deadline::after(wait);
         let mut sub: Option<(usize, Subscription)> = None;

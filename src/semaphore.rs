@@ -28,7 +28,7 @@ use crate::keys::SemaphoreKeys;
 use crate::lease::{Lease, LeaseLost, LeaseTarget};
 use crate::runtime::Runtime;
 use crate::scripts::{invoke, lua_script};
-use crate::util::{millis, random_id};
+use crate::util::{millis, owner_token};
 
 lua_script!(SEM_ACQUIRE, "semaphore_acquire.lua");
 lua_script!(SEM_RELEASE, "semaphore_release.lua");
@@ -130,7 +130,7 @@ impl Semaphore {
     /// ```
     pub fn try_acquire(&self) -> Result<Option<Permit>> {
         validate_ttl(&self.swarm, self.ttl, self.auto_extend)?;
-        let id = random_id();
+        let id = owner_token(self.swarm.node_id());
         match once_more_if_lost(|| self.attempt(&id)) {
             Ok(Ok(p)) => Ok(Some(p)),
             Ok(Err(_)) => {
@@ -157,7 +157,7 @@ impl Semaphore {
     /// ```
     pub fn acquire(&self, wait: Duration) -> Result<Permit> {
         validate_ttl(&self.swarm, self.ttl, self.auto_extend)?;
-        let id = random_id();
+        let id = owner_token(self.swarm.node_id());
         // Whether the last attempt's outcome is unknown (its reply was lost).
         let unknown = Cell::new(false);
         let granted = wait_for_grant(

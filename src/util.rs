@@ -21,6 +21,22 @@ pub(crate) fn random_id() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// A fresh owner token (lock) or permit id (semaphore) of node `node`:
+/// `<node>:<random hex>`. Scripts only compare tokens, so the prefix costs
+/// nothing there; it lets an operator see which node holds what (node ids
+/// contain no `:`, see [`crate::keys::validate_node_id`]).
+pub(crate) fn owner_token(node: &str) -> String {
+    format!("{node}:{}", random_id())
+}
+
+/// The node that made `token` with [`owner_token`], if it has that form.
+pub(crate) fn token_node(token: &str) -> Option<&str> {
+    token
+        .split_once(':')
+        .map(|(node, _)| node)
+        .filter(|n| !n.is_empty())
+}
+
 /// Unique (not unpredictable) bytes for a system without a random source:
 /// the time, the pid and a counter. (Not `RandomState`: std seeds it from
 /// the same source and gives up when that fails.)
@@ -214,5 +230,14 @@ mod tests {
         assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
         let f = super::fallback_bytes();
         assert_ne!(f, super::fallback_bytes());
+    }
+
+    #[test]
+    fn owner_tokens_name_their_node() {
+        let t = super::owner_token("worker-7.example");
+        assert_eq!(super::token_node(&t), Some("worker-7.example"));
+        assert_ne!(t, super::owner_token("worker-7.example"));
+        assert_eq!(super::token_node("0123abcd"), None);
+        assert_eq!(super::token_node(":x"), None);
     }
 }

@@ -90,7 +90,7 @@ pub struct Queue {
 /// log::info!("{} ready, {} running", c.ready, c.running);
 /// # Ok(()) }
 /// ```
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct QueueCounts {
     /// Ready to run.
     pub ready: u64,
