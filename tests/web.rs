@@ -30,10 +30,17 @@ fn connect(server: &RedisServer, ns: &str) -> Redswarm {
 }
 
 /// One HTTP/1.1 exchange over a fresh connection: (status, head, body).
-fn http(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)]) -> (u16, String, String) {
+fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, String, String) {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(WAIT)).unwrap();
-    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n");
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n"
+    );
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -62,7 +69,10 @@ fn run_tasks(queue: &Queue, ok: u64, bad: u64) {
     }
     for i in 0..bad {
         queue
-            .push_with(&json!({ "ok": false, "n": i }), &TaskOptions::new().max_attempts(1))
+            .push_with(
+                &json!({ "ok": false, "n": i }),
+                &TaskOptions::new().max_attempts(1),
+            )
             .unwrap();
     }
     let worker = SwarmWorker::start(queue, WorkerOptions::new().threads(2), |ctx| {
@@ -106,9 +116,15 @@ fn json_api_and_metrics_report_what_redis_holds() {
     run_tasks(&jobs, 3, 2);
     let mail = swarm.queue("mail").unwrap();
     mail.push(&json!("waiting")).unwrap();
-    mail.push_with(&json!("later"), &TaskOptions::new().delay(Duration::from_secs(600)))
+    mail.push_with(
+        &json!("later"),
+        &TaskOptions::new().delay(Duration::from_secs(600)),
+    )
+    .unwrap();
+    let lock = swarm
+        .try_lock("orders", Duration::from_secs(60))
+        .unwrap()
         .unwrap();
-    let lock = swarm.try_lock("orders", Duration::from_secs(60)).unwrap().unwrap();
 
     let server = start(&swarm, WebOptions::new());
     let addr = server.addr();
@@ -122,7 +138,12 @@ fn json_api_and_metrics_report_what_redis_holds() {
     assert_eq!(q["failed_last_minute"], 2);
 
     let queues = get_json(addr, "/api/queues");
-    let names: Vec<&str> = queues.as_array().unwrap().iter().map(|q| q["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = queues
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|q| q["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["jobs", "mail"]);
 
     let failed = get_json(addr, "/api/queues/jobs/failed");
@@ -134,7 +155,13 @@ fn json_api_and_metrics_report_what_redis_holds() {
         .collect();
     errors.sort();
     assert_eq!(errors, ["boom 0", "boom 1"]);
-    assert_eq!(get_json(addr, "/api/queues/jobs/failed?limit=1").as_array().unwrap().len(), 1);
+    assert_eq!(
+        get_json(addr, "/api/queues/jobs/failed?limit=1")
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
 
     let o = get_json(addr, "/api/overview");
     assert_eq!(o["namespace"], "webapi");
@@ -144,8 +171,16 @@ fn json_api_and_metrics_report_what_redis_holds() {
     assert_eq!(o["totals"]["ended"], 3);
     assert_eq!(o["totals"]["failed"], 2);
     assert_eq!(o["failed"].as_array().unwrap().len(), 2);
-    assert!(o["failed"].as_array().unwrap().iter().all(|r| r["queue"] == "jobs"));
-    assert!(o["nodes"].as_array().unwrap().iter().any(|n| n["id"] == swarm.node_id()));
+    assert!(o["failed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|r| r["queue"] == "jobs"));
+    assert!(o["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|n| n["id"] == swarm.node_id()));
     let locks = o["locks"].as_array().unwrap();
     assert_eq!(locks.len(), 1);
     assert_eq!(locks[0]["name"], "orders");
@@ -166,13 +201,24 @@ fn json_api_and_metrics_report_what_redis_holds() {
         (r#"redswarm_nodes{state="live"}"#, 1.0),
         ("redswarm_locks_held", 1.0),
     ] {
-        assert_eq!(sample(&metrics, series), Some(value), "{series} in\n{metrics}");
+        assert_eq!(
+            sample(&metrics, series),
+            Some(value),
+            "{series} in\n{metrics}"
+        );
     }
     assert!(metrics.trim_end().ends_with("# EOF"), "{metrics}");
 
     assert_eq!(http(addr, "GET", "/api/nope", &[]).0, 404);
-    assert_eq!(http(addr, "GET", "/api/queues/jobs/failed?limit=0", &[]).0, 400);
-    assert_eq!(http(addr, "GET", "/api/queues/a%7Bb/failed", &[]).0, 400, "a name with a brace");
+    assert_eq!(
+        http(addr, "GET", "/api/queues/jobs/failed?limit=0", &[]).0,
+        400
+    );
+    assert_eq!(
+        http(addr, "GET", "/api/queues/a%7Bb/failed", &[]).0,
+        400,
+        "a name with a brace"
+    );
     assert_eq!(http(addr, "DELETE", "/api/queues/jobs", &[]).0, 405);
     drop(lock);
 }
@@ -187,11 +233,19 @@ fn read_only_server_refuses_actions_with_403() {
     let server = start(&swarm, WebOptions::new());
 
     let path = format!("/api/queues/jobs/failed/{id}/retry");
-    let (status, _, body) = http(server.addr(), "POST", &path, &[("X-Redswarm-Action", "retry")]);
+    let (status, _, body) = http(
+        server.addr(),
+        "POST",
+        &path,
+        &[("X-Redswarm-Action", "retry")],
+    );
     assert_eq!(status, 403, "{body}");
     assert!(body.contains("read-only"), "{body}");
     assert_eq!(jobs.counts().unwrap().failed, 1, "the task stays failed");
-    assert_eq!(get_json(server.addr(), "/api/overview")["actions_allowed"], false);
+    assert_eq!(
+        get_json(server.addr(), "/api/overview")["actions_allowed"],
+        false
+    );
 }
 
 #[test]
@@ -212,7 +266,10 @@ fn allowed_retry_requeues_the_failed_task_and_needs_the_action_header() {
         addr,
         "POST",
         &path,
-        &[("X-Redswarm-Action", "retry"), ("Origin", "http://evil.example")],
+        &[
+            ("X-Redswarm-Action", "retry"),
+            ("Origin", "http://evil.example"),
+        ],
     );
     assert_eq!(status, 403, "{body}");
     assert_eq!(jobs.counts().unwrap().failed, 2);
@@ -221,7 +278,11 @@ fn allowed_retry_requeues_the_failed_task_and_needs_the_action_header() {
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("requeued"), "{body}");
     let c = jobs.counts().unwrap();
-    assert_eq!((c.failed, c.ready + c.delayed), (1, 1), "exactly the one task is back: {c:?}");
+    assert_eq!(
+        (c.failed, c.ready + c.delayed),
+        (1, 1),
+        "exactly the one task is back: {c:?}"
+    );
     assert_eq!(
         jobs.get(&ids[0]).unwrap().unwrap().state,
         redswarm::TaskState::Queued
@@ -229,8 +290,16 @@ fn allowed_retry_requeues_the_failed_task_and_needs_the_action_header() {
 
     let action = [("X-Redswarm-Action", "retry")];
     let (status, _, body) = http(addr, "POST", &path, &action);
-    assert_eq!(status, 409, "retrying it again: it is not failed any more: {body}");
-    let (status, _, body) = http(addr, "POST", "/api/queues/jobs/failed/no-such-task/retry", &action);
+    assert_eq!(
+        status, 409,
+        "retrying it again: it is not failed any more: {body}"
+    );
+    let (status, _, body) = http(
+        addr,
+        "POST",
+        "/api/queues/jobs/failed/no-such-task/retry",
+        &action,
+    );
     assert_eq!(status, 404, "{body}");
     assert_eq!(jobs.counts().unwrap().failed, 1);
 }
@@ -245,16 +314,55 @@ fn token_keeps_out_requests_without_it() {
         let (status, head, _) = http(addr, "GET", path, &[]);
         assert_eq!(status, 401, "{path}");
         assert!(head.contains("WWW-Authenticate: Basic"), "{head}");
-        assert_eq!(http(addr, "GET", path, &[("Authorization", "Bearer wrong")]).0, 401, "{path}");
-        assert_eq!(http(addr, "GET", path, &[("Authorization", "Bearer s3cret")]).0, 200, "{path}");
+        assert_eq!(
+            http(addr, "GET", path, &[("Authorization", "Bearer wrong")]).0,
+            401,
+            "{path}"
+        );
+        assert_eq!(
+            http(addr, "GET", path, &[("Authorization", "Bearer s3cret")]).0,
+            200,
+            "{path}"
+        );
         // "admin:s3cret", as a browser sends it after the prompt.
-        assert_eq!(http(addr, "GET", path, &[("Authorization", "Basic YWRtaW46czNjcmV0")]).0, 200, "{path}");
+        assert_eq!(
+            http(
+                addr,
+                "GET",
+                path,
+                &[("Authorization", "Basic YWRtaW46czNjcmV0")]
+            )
+            .0,
+            200,
+            "{path}"
+        );
     }
     // Without the token even a refused action is not revealed as such.
-    assert_eq!(http(addr, "POST", "/api/queues/q/failed/x/retry", &[("X-Redswarm-Action", "1")]).0, 401);
+    assert_eq!(
+        http(
+            addr,
+            "POST",
+            "/api/queues/q/failed/x/retry",
+            &[("X-Redswarm-Action", "1")]
+        )
+        .0,
+        401
+    );
 
-    assert!(WebServer::start(&swarm, WebOptions::new().listen("127.0.0.1:0").token(Some(String::new()))).is_err());
-    assert!(WebServer::start(&swarm, WebOptions::new().listen("127.0.0.1:0").token(Some("a b".into()))).is_err());
+    assert!(WebServer::start(
+        &swarm,
+        WebOptions::new()
+            .listen("127.0.0.1:0")
+            .token(Some(String::new()))
+    )
+    .is_err());
+    assert!(WebServer::start(
+        &swarm,
+        WebOptions::new()
+            .listen("127.0.0.1:0")
+            .token(Some("a b".into()))
+    )
+    .is_err());
 }
 
 #[test]
@@ -290,7 +398,8 @@ fn running_task_shows_its_latest_progress() {
     assert_eq!(running[0]["task"]["worker"], swarm.node_id());
     jobs.cancel(&id).unwrap();
     assert!(
-        wait_until(WAIT, || get_json(server.addr(), "/api/overview")["running"] == json!([])),
+        wait_until(WAIT, || get_json(server.addr(), "/api/overview")["running"]
+            == json!([])),
         "the cancelled task is still listed as running"
     );
     worker.shutdown();
@@ -300,7 +409,12 @@ fn running_task_shows_its_latest_progress() {
 fn chromium() -> Option<&'static str> {
     ["chromium", "chromium-browser", "google-chrome"]
         .into_iter()
-        .find(|b| Command::new(b).arg("--version").output().is_ok_and(|o| o.status.success()))
+        .find(|b| {
+            Command::new(b)
+                .arg("--version")
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
 }
 
 /// The page's DOM after its script ran (headless Chromium, virtual time).
@@ -321,12 +435,20 @@ fn dump_dom(browser: &str, url: &str) -> String {
         .output()
         .unwrap();
     let _ = std::fs::remove_dir_all(&profile);
-    assert!(out.status.success(), "chromium failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "chromium failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
 fn tempfile_dir() -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("redswarm-web-chromium-{}-{}", std::process::id(), rand_suffix()));
+    let dir = std::env::temp_dir().join(format!(
+        "redswarm-web-chromium-{}-{}",
+        std::process::id(),
+        rand_suffix()
+    ));
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
@@ -359,7 +481,9 @@ fn element<'d>(dom: &'d str, tag: &str, attrs: &str) -> Option<&'d str> {
 fn status_page_in_chromium_shows_the_counts_in_redis() {
     let Some(browser) = chromium() else {
         if std::env::var_os("CI").is_some() {
-            panic!("chromium is not installed, and CI must run the browser test (.ci/run installs it)");
+            panic!(
+                "chromium is not installed, and CI must run the browser test (.ci/run installs it)"
+            );
         }
         eprintln!("SKIPPED status_page_in_chromium_shows_the_counts_in_redis: chromium is not installed (apt-get install chromium)");
         return;
@@ -369,7 +493,10 @@ fn status_page_in_chromium_shows_the_counts_in_redis() {
     let jobs = swarm.queue("jobs").unwrap();
     run_tasks(&jobs, 4, 2);
     jobs.push(&json!("waiting")).unwrap();
-    let _lock = swarm.try_lock("orders", Duration::from_secs(60)).unwrap().unwrap();
+    let _lock = swarm
+        .try_lock("orders", Duration::from_secs(60))
+        .unwrap()
+        .unwrap();
     let server = start(&swarm, WebOptions::new());
 
     let dom = dump_dom(browser, &server.url());
@@ -400,7 +527,11 @@ fn status_page_in_chromium_shows_the_counts_in_redis() {
     }
     let lock_row = element(&dom, "tr", r#"data-lock="orders""#).expect("the lock is listed");
     assert!(lock_row.contains(swarm.node_id()), "{lock_row}");
-    assert_eq!(element(&dom, "p", r#"id="error""#), Some(""), "the page reported an error");
+    assert_eq!(
+        element(&dom, "p", r#"id="error""#),
+        Some(""),
+        "the page reported an error"
+    );
 }
 
 /// A handle with a readable node id, as the screenshot shows it.
@@ -432,43 +563,64 @@ fn screenshot_for_the_readme() {
 
     let emails = b.queue("emails").unwrap();
     for i in 0..40 {
-        emails.push(&json!({ "to": format!("user{i}@example.com") })).unwrap();
+        emails
+            .push(&json!({ "to": format!("user{i}@example.com") }))
+            .unwrap();
     }
-    let w = SwarmWorker::start(&emails, WorkerOptions::new().threads(2), |_| Ok(json!("sent"))).unwrap();
+    let w = SwarmWorker::start(&emails, WorkerOptions::new().threads(2), |_| {
+        Ok(json!("sent"))
+    })
+    .unwrap();
     assert!(wait_until(WAIT, || emails.counts().unwrap().ended == 40));
     w.shutdown();
     for i in 0..6 {
-        emails.push(&json!({ "to": format!("late{i}@example.com") })).unwrap();
+        emails
+            .push(&json!({ "to": format!("late{i}@example.com") }))
+            .unwrap();
     }
     for _ in 0..3 {
         emails
-            .push_with(&json!("digest"), &TaskOptions::new().delay(Duration::from_secs(3600)))
+            .push_with(
+                &json!("digest"),
+                &TaskOptions::new().delay(Duration::from_secs(3600)),
+            )
             .unwrap();
     }
 
     let thumbs = a.queue("thumbnails").unwrap();
     for i in 0..5 {
-        thumbs.push(&json!({ "image": format!("cat{i}.png") })).unwrap();
+        thumbs
+            .push(&json!({ "image": format!("cat{i}.png") }))
+            .unwrap();
     }
-    for why in ["image decode error: truncated JPEG at byte 48211", "S3 PutObject: 503 Slow Down"] {
+    for why in [
+        "image decode error: truncated JPEG at byte 48211",
+        "S3 PutObject: 503 Slow Down",
+    ] {
         thumbs
             .push_with(&json!({ "fail": why }), &TaskOptions::new().max_attempts(1))
             .unwrap();
     }
-    let worker = SwarmWorker::start(&thumbs, WorkerOptions::new().threads(2).grace(Duration::from_millis(200)), |ctx| {
-        if let Some(why) = ctx.data()["fail"].as_str() {
-            return Err(why.to_string());
-        }
-        if let Some(stop_at) = ctx.data()["slow"].as_u64() {
-            let mut pct = 0;
-            while ctx.sleep(Duration::from_millis(100)) {
-                pct = (pct + 5).min(stop_at);
-                ctx.progress(json!({ "pct": pct, "step": "resize 2048px" }));
+    let worker = SwarmWorker::start(
+        &thumbs,
+        WorkerOptions::new()
+            .threads(2)
+            .grace(Duration::from_millis(200)),
+        |ctx| {
+            if let Some(why) = ctx.data()["fail"].as_str() {
+                return Err(why.to_string());
             }
-            return Ok(Value::Null);
-        }
-        Ok(json!("ok"))
-    })
+            if let Some(stop_at) = ctx.data()["slow"].as_u64() {
+                let mut pct = 0;
+                while ctx.sleep(Duration::from_millis(100)) {
+                    pct = (pct + 5).min(stop_at);
+                    ctx.progress(json!({ "pct": pct, "step": "resize 2048px" }));
+                }
+                return Ok(Value::Null);
+            }
+            Ok(json!("ok"))
+        },
+    )
     .unwrap();
     assert!(wait_until(WAIT, || {
         let c = thumbs.counts().unwrap();
@@ -479,33 +631,68 @@ fn screenshot_for_the_readme() {
     }
     assert!(wait_until(WAIT, || thumbs.counts().unwrap().running == 2));
     for i in 0..12 {
-        thumbs.push(&json!({ "image": format!("dog{i}.png") })).unwrap();
+        thumbs
+            .push(&json!({ "image": format!("dog{i}.png") }))
+            .unwrap();
     }
 
-    let _lock = b.try_lock("billing:nightly", Duration::from_secs(300)).unwrap().unwrap();
+    let _lock = b
+        .try_lock("billing:nightly", Duration::from_secs(300))
+        .unwrap()
+        .unwrap();
     let quota = a.semaphore("partner-api", 5).unwrap();
     let _p1 = quota.try_acquire().unwrap().unwrap();
-    let _p2 = b.semaphore("partner-api", 5).unwrap().try_acquire().unwrap().unwrap();
+    let _p2 = b
+        .semaphore("partner-api", 5)
+        .unwrap()
+        .try_acquire()
+        .unwrap()
+        .unwrap();
     let master = redswarm::Master::new(&web, "streams").unwrap();
-    let cw1 = redswarm::ClusterWorker::join(&a, "streams", redswarm::ClusterWorkerOptions::new().capacity(10)).unwrap();
-    let cw2 = redswarm::ClusterWorker::join(&b, "streams", redswarm::ClusterWorkerOptions::new().capacity(10)).unwrap();
+    let cw1 = redswarm::ClusterWorker::join(
+        &a,
+        "streams",
+        redswarm::ClusterWorkerOptions::new().capacity(10),
+    )
+    .unwrap();
+    let cw2 = redswarm::ClusterWorker::join(
+        &b,
+        "streams",
+        redswarm::ClusterWorkerOptions::new().capacity(10),
+    )
+    .unwrap();
     for feed in ["orders", "refunds", "stock", "prices", "reviews"] {
-        master.add_job_with_id(feed, &json!({ "follow": feed })).unwrap();
+        master
+            .add_job_with_id(feed, &json!({ "follow": feed }))
+            .unwrap();
     }
     let tracker = a.tracker("uploads").unwrap();
     let _chunk = tracker.lock("video-17", "chunk-3").unwrap();
 
-    let server = WebServer::start(&web, WebOptions::new().listen("127.0.0.1:0").allow_actions(true)).unwrap();
+    let server = WebServer::start(
+        &web,
+        WebOptions::new().listen("127.0.0.1:0").allow_actions(true),
+    )
+    .unwrap();
     // Let progress arrive and the cluster assign its jobs.
     std::thread::sleep(Duration::from_secs(2));
     let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/status-page.png");
     std::fs::create_dir_all(out.parent().unwrap()).unwrap();
     let profile = tempfile_dir();
     let status = Command::new(browser)
-        .args(["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--virtual-time-budget=3000"])
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--virtual-time-budget=3000",
+        ])
         .arg(format!("--user-data-dir={}", profile.display()))
         .arg(format!("--screenshot={}", out.display()))
-        .arg(format!("--window-size={}", std::env::var("SHOT_SIZE").unwrap_or_else(|_| "1280,900".into())))
+        .arg(format!(
+            "--window-size={}",
+            std::env::var("SHOT_SIZE").unwrap_or_else(|_| "1280,900".into())
+        ))
         .arg(server.url())
         .status()
         .unwrap();

@@ -64,7 +64,11 @@ fn json(value: impl Serialize) -> Result<Value> {
     Ok(serde_json::to_value(value)?)
 }
 
-pub(crate) fn overview(swarm: &Redswarm, options: &WebOptions, board: &ProgressBoard) -> Result<Value> {
+pub(crate) fn overview(
+    swarm: &Redswarm,
+    options: &WebOptions,
+    board: &ProgressBoard,
+) -> Result<Value> {
     let now_ms = swarm.redis_time_ms()?;
     let nodes = admin::nodes(swarm)?;
     let queues = admin::queues(swarm)?;
@@ -96,7 +100,10 @@ pub(crate) fn overview(swarm: &Redswarm, options: &WebOptions, board: &ProgressB
                 let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
                 board.retain(&q.name, &ids);
             }
-            running.extend(rows.into_iter().map(|row| with_progress(&q.name, row, board)));
+            running.extend(
+                rows.into_iter()
+                    .map(|row| with_progress(&q.name, row, board)),
+            );
         } else {
             board.retain(&q.name, &[]);
         }
@@ -109,9 +116,9 @@ pub(crate) fn overview(swarm: &Redswarm, options: &WebOptions, board: &ProgressB
         }
     }
     // Most recent failures first across queues; running by lease deadline.
-    failed.sort_by(|a, b| b.row.at_ms.cmp(&a.row.at_ms));
+    failed.sort_by_key(|r| std::cmp::Reverse(r.row.at_ms));
     failed.truncate(options.list_limit);
-    running.sort_by(|a, b| a.row.at_ms.cmp(&b.row.at_ms));
+    running.sort_by_key(|r| r.row.at_ms);
     running.truncate(options.list_limit);
     json(Overview {
         namespace: swarm.config().namespace().to_string(),
@@ -144,7 +151,8 @@ fn with_progress(queue: &str, row: TaskRow, board: &ProgressBoard) -> QueuedRow 
     let mut out = plain(queue, row);
     if let Some(r) = report {
         out.progress = Some(r.data);
-        out.progress_age_ms = Some(u64::try_from(r.received.elapsed().as_millis()).unwrap_or(u64::MAX));
+        out.progress_age_ms =
+            Some(u64::try_from(r.received.elapsed().as_millis()).unwrap_or(u64::MAX));
     }
     out
 }

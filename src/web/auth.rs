@@ -100,22 +100,49 @@ mod tests {
     #[test]
     fn bearer_token_must_match() {
         assert_eq!(check(Some("s3cret"), None), Verdict::Refused);
-        assert_eq!(check(Some("s3cret"), Some("Bearer s3cret")), Verdict::Allowed);
-        assert_eq!(check(Some("s3cret"), Some("bearer  s3cret ")), Verdict::Allowed);
-        assert_eq!(check(Some("s3cret"), Some("Bearer s3cre")), Verdict::Refused);
-        assert_eq!(check(Some("s3cret"), Some("Bearer s3cretX")), Verdict::Refused);
+        assert_eq!(
+            check(Some("s3cret"), Some("Bearer s3cret")),
+            Verdict::Allowed
+        );
+        assert_eq!(
+            check(Some("s3cret"), Some("bearer  s3cret ")),
+            Verdict::Allowed
+        );
+        assert_eq!(
+            check(Some("s3cret"), Some("Bearer s3cre")),
+            Verdict::Refused
+        );
+        assert_eq!(
+            check(Some("s3cret"), Some("Bearer s3cretX")),
+            Verdict::Refused
+        );
         assert_eq!(check(Some("s3cret"), Some("s3cret")), Verdict::Refused);
-        assert_eq!(check(Some("s3cret"), Some("Token s3cret")), Verdict::Refused);
+        assert_eq!(
+            check(Some("s3cret"), Some("Token s3cret")),
+            Verdict::Refused
+        );
     }
 
     #[test]
     fn basic_auth_password_is_the_token() {
         // base64("admin:s3cret") and base64("any:s3cret")
-        assert_eq!(check(Some("s3cret"), Some("Basic YWRtaW46czNjcmV0")), Verdict::Allowed);
-        assert_eq!(check(Some("s3cret"), Some("Basic YW55OnMzY3JldA==")), Verdict::Allowed);
+        assert_eq!(
+            check(Some("s3cret"), Some("Basic YWRtaW46czNjcmV0")),
+            Verdict::Allowed
+        );
+        assert_eq!(
+            check(Some("s3cret"), Some("Basic YW55OnMzY3JldA==")),
+            Verdict::Allowed
+        );
         // base64("admin:wrong"), base64("s3cret") without a colon, garbage
-        assert_eq!(check(Some("s3cret"), Some("Basic YWRtaW46d3Jvbmc=")), Verdict::Refused);
-        assert_eq!(check(Some("s3cret"), Some("Basic czNjcmV0")), Verdict::Refused);
+        assert_eq!(
+            check(Some("s3cret"), Some("Basic YWRtaW46d3Jvbmc=")),
+            Verdict::Refused
+        );
+        assert_eq!(
+            check(Some("s3cret"), Some("Basic czNjcmV0")),
+            Verdict::Refused
+        );
         assert_eq!(check(Some("s3cret"), Some("Basic !!!!")), Verdict::Refused);
         assert_eq!(check(Some("s3cret"), Some("Basic")), Verdict::Refused);
     }

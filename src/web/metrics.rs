@@ -75,13 +75,17 @@ pub(crate) fn collect(swarm: &Redswarm) -> Result<Registry> {
     );
     let mark = |kind: &str, name: &str, problem: &Option<String>| {
         if problem.is_some() {
-            unreadable.get_or_create(&labels(&[("kind", kind), ("name", name)])).set(1);
+            unreadable
+                .get_or_create(&labels(&[("kind", kind), ("name", name)]))
+                .set(1);
         }
     };
 
     let node_gauge = gauges(&mut registry, "nodes", "Nodes by lease state");
     for state in ["live", "lapsed"] {
-        node_gauge.get_or_create(&labels(&[("state", state)])).set(0);
+        node_gauge
+            .get_or_create(&labels(&[("state", state)]))
+            .set(0);
     }
     for n in &nodes {
         let state = match n.state {
@@ -117,8 +121,12 @@ pub(crate) fn collect(swarm: &Redswarm) -> Result<Registry> {
                 .set(clamp(n));
         }
         let q_label = labels(&[("queue", &q.name)]);
-        ended.get_or_create(&q_label).set(clamp(q.ended_last_minute));
-        failed.get_or_create(&q_label).set(clamp(q.failed_last_minute));
+        ended
+            .get_or_create(&q_label)
+            .set(clamp(q.ended_last_minute));
+        failed
+            .get_or_create(&q_label)
+            .set(clamp(q.failed_last_minute));
     }
 
     let held = Gauge::<i64>::default();
@@ -137,8 +145,16 @@ pub(crate) fn collect(swarm: &Redswarm) -> Result<Registry> {
         lock_waiters.inc_by(clamp(l.waiters));
     }
 
-    let permits = gauges(&mut registry, "semaphore_permits_held", "Live permits per semaphore");
-    let sem_waiters = gauges(&mut registry, "semaphore_waiters", "Fair-mode waiters per semaphore");
+    let permits = gauges(
+        &mut registry,
+        "semaphore_permits_held",
+        "Live permits per semaphore",
+    );
+    let sem_waiters = gauges(
+        &mut registry,
+        "semaphore_waiters",
+        "Fair-mode waiters per semaphore",
+    );
     for s in &semaphores {
         mark("semaphore", &s.name, &s.problem);
         let l = labels(&[("semaphore", &s.name)]);
@@ -147,9 +163,17 @@ pub(crate) fn collect(swarm: &Redswarm) -> Result<Registry> {
     }
 
     let jobs = gauges(&mut registry, "cluster_jobs", "Jobs per cluster");
-    let pending = gauges(&mut registry, "cluster_pending_jobs", "Jobs waiting for a worker");
+    let pending = gauges(
+        &mut registry,
+        "cluster_pending_jobs",
+        "Jobs waiting for a worker",
+    );
     let workers = gauges(&mut registry, "cluster_workers", "Workers per cluster");
-    let master = gauges(&mut registry, "cluster_master_up", "1 while a master holds the lease");
+    let master = gauges(
+        &mut registry,
+        "cluster_master_up",
+        "1 while a master holds the lease",
+    );
     for c in &clusters {
         mark("cluster", &c.name, &c.problem);
         let l = labels(&[("cluster", &c.name)]);

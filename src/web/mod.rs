@@ -240,7 +240,9 @@ pub struct WebServer {
 
 impl std::fmt::Debug for WebServer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WebServer").field("addr", &self.addr).finish()
+        f.debug_struct("WebServer")
+            .field("addr", &self.addr)
+            .finish()
     }
 }
 
@@ -412,7 +414,11 @@ impl Drop for WebServer {
 }
 
 /// One request thread: answers until the server is stopped.
-fn serve(http: &tiny_http::Server, router: &router::Router, stopping: &std::sync::atomic::AtomicBool) {
+fn serve(
+    http: &tiny_http::Server,
+    router: &router::Router,
+    stopping: &std::sync::atomic::AtomicBool,
+) {
     use std::sync::atomic::Ordering;
     loop {
         match http.recv() {

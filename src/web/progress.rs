@@ -97,7 +97,12 @@ impl Drop for ProgressBoard {
     }
 }
 
-fn listen(sub: &Subscription, stopped: &Receiver<()>, board: &Mutex<Board>, keys: &crate::keys::Keys) {
+fn listen(
+    sub: &Subscription,
+    stopped: &Receiver<()>,
+    board: &Mutex<Board>,
+    keys: &crate::keys::Keys,
+) {
     loop {
         select! {
             recv(stopped) -> _ => return,
@@ -175,11 +180,23 @@ mod tests {
     #[test]
     fn progress_is_kept_until_the_task_ends() {
         let mut b = Board::new();
-        record(&mut b, "q".into(), event("t", EventKind::Progress, Some(50.into())));
-        record(&mut b, "q".into(), event("t", EventKind::Progress, Some(70.into())));
+        record(
+            &mut b,
+            "q".into(),
+            event("t", EventKind::Progress, Some(50.into())),
+        );
+        record(
+            &mut b,
+            "q".into(),
+            event("t", EventKind::Progress, Some(70.into())),
+        );
         let k = ("q".to_string(), "t".to_string());
         assert_eq!(b[&k].data, serde_json::json!(70));
-        record(&mut b, "other".into(), event("t", EventKind::Completed, None));
+        record(
+            &mut b,
+            "other".into(),
+            event("t", EventKind::Completed, None),
+        );
         assert!(b.contains_key(&k), "another queue's task of the same id");
         record(&mut b, "q".into(), event("t", EventKind::Completed, None));
         assert!(b.is_empty());
@@ -189,7 +206,11 @@ mod tests {
     fn board_is_bounded() {
         let mut b = Board::new();
         for i in 0..MAX_TRACKED + 10 {
-            record(&mut b, "q".into(), event(&i.to_string(), EventKind::Progress, Some(1.into())));
+            record(
+                &mut b,
+                "q".into(),
+                event(&i.to_string(), EventKind::Progress, Some(1.into())),
+            );
         }
         assert_eq!(b.len(), MAX_TRACKED);
         assert!(b.contains_key(&("q".to_string(), (MAX_TRACKED + 9).to_string())));

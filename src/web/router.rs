@@ -163,9 +163,7 @@ impl Router {
             Err(a) => return a,
         };
         let result = match segments {
-            [] | ["index.html"] => {
-                return Answer::text(200, "text/html; charset=utf-8", PAGE_HTML)
-            }
+            [] | ["index.html"] => return Answer::text(200, "text/html; charset=utf-8", PAGE_HTML),
             ["app.js"] => return Answer::text(200, "text/javascript; charset=utf-8", PAGE_JS),
             ["app.css"] => return Answer::text(200, "text/css; charset=utf-8", PAGE_CSS),
             ["metrics"] => {
