@@ -702,3 +702,52 @@ fn screenshot_for_the_readme() {
     drop((cw1, cw2));
     worker.shutdown();
 }
+
+/// `redswarm web` serves until interrupted, then exits 0.
+#[cfg(feature = "cli")]
+#[test]
+fn redswarm_web_command_serves_until_interrupted() {
+    use std::io::BufRead;
+    let redis = RedisServer::start();
+    let swarm = connect(&redis, "webcli");
+    run_tasks(&swarm.queue("jobs").unwrap(), 2, 1);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_redswarm"))
+        .args(["web", "--listen", "127.0.0.1:0", "--token", "t0ken"])
+        .env("REDIS_URL", redis.url())
+        .env("REDSWARM_NAMESPACE", "webcli")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.contains("read-only, token required"), "{line}");
+    let addr: SocketAddr = line
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    assert_eq!(http(addr, "GET", "/api/queues/jobs", &[]).0, 401);
+    let (status, _, body) = http(addr, "GET", "/api/queues/jobs", &[("Authorization", "Bearer t0ken")]);
+    assert_eq!(status, 200, "{body}");
+    let q: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!((q["counts"]["ended"].as_u64(), q["counts"]["failed"].as_u64()), (Some(2), Some(1)));
+
+    let killed = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let mut status = None;
+    assert!(
+        wait_until(WAIT, || {
+            status = child.try_wait().unwrap();
+            status.is_some()
+        }),
+        "redswarm web did not stop on SIGINT"
+    );
+    assert_eq!(status.unwrap().code(), Some(0));
+}
