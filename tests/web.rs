@@ -731,10 +731,21 @@ fn redswarm_web_command_serves_until_interrupted() {
         .and_then(|a| a.parse().ok())
         .unwrap_or_else(|| panic!("no address in {line:?}"));
     assert_eq!(http(addr, "GET", "/api/queues/jobs", &[]).0, 401);
-    let (status, _, body) = http(addr, "GET", "/api/queues/jobs", &[("Authorization", "Bearer t0ken")]);
+    let (status, _, body) = http(
+        addr,
+        "GET",
+        "/api/queues/jobs",
+        &[("Authorization", "Bearer t0ken")],
+    );
     assert_eq!(status, 200, "{body}");
     let q: Value = serde_json::from_str(&body).unwrap();
-    assert_eq!((q["counts"]["ended"].as_u64(), q["counts"]["failed"].as_u64()), (Some(2), Some(1)));
+    assert_eq!(
+        (
+            q["counts"]["ended"].as_u64(),
+            q["counts"]["failed"].as_u64()
+        ),
+        (Some(2), Some(1))
+    );
 
     let killed = Command::new("kill")
         .args(["-INT", &child.id().to_string()])

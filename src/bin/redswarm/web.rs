@@ -41,9 +41,8 @@ pub(crate) fn run(ctx: &Ctx, args: &WebArgs) -> Outcome {
         .token
         .clone()
         .or_else(|| std::env::var(TOKEN_ENV).ok().filter(|t| !t.is_empty()));
-    let refresh = Duration::try_from_secs_f64(args.refresh).map_err(|e| {
-        Failure::new(Exit::Usage, format!("--refresh {}: {e}", args.refresh))
-    })?;
+    let refresh = Duration::try_from_secs_f64(args.refresh)
+        .map_err(|e| Failure::new(Exit::Usage, format!("--refresh {}: {e}", args.refresh)))?;
     let has_token = token.is_some();
     let options = WebOptions::new()
         .listen(args.listen.as_str())
@@ -74,7 +73,11 @@ pub(crate) fn run(ctx: &Ctx, args: &WebArgs) -> Outcome {
         } else {
             "read-only"
         },
-        if has_token { "token required" } else { "no token" }
+        if has_token {
+            "token required"
+        } else {
+            "no token"
+        }
     ))?;
     server.join();
     Ok(Exit::Ok)
