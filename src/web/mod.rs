@@ -50,10 +50,20 @@ use crate::error::{Error, Result};
 use crate::handle::Redswarm;
 
 /// Default listen address: loopback only.
+///
+/// ```
+/// let addr: std::net::SocketAddr = redswarm::web::DEFAULT_LISTEN.parse().unwrap();
+/// assert!(addr.ip().is_loopback());
+/// ```
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7480";
 
 /// Environment variable the `redswarm web` command reads the token from
 /// when `--token` is not given.
+///
+/// ```
+/// let token = std::env::var(redswarm::web::TOKEN_ENV).ok();
+/// let opts = redswarm::web::WebOptions::new().token(token);
+/// ```
 pub const TOKEN_ENV: &str = "REDSWARM_WEB_TOKEN";
 
 /// How the status server listens and what it allows.
