@@ -488,7 +488,7 @@ fn status_page_in_chromium_shows_the_counts_in_redis() {
         eprintln!("SKIPPED status_page_in_chromium_shows_the_counts_in_redis: chromium is not installed (apt-get install chromium)");
         return;
     };
-    let redis = RedisServer::start();
+    let mut redis = RedisServer::start();
     let swarm = connect(&redis, "webpage");
     let jobs = swarm.queue("jobs").unwrap();
     run_tasks(&jobs, 4, 2);
@@ -531,6 +531,15 @@ fn status_page_in_chromium_shows_the_counts_in_redis() {
         element(&dom, "p", r#"id="error""#),
         Some(""),
         "the page reported an error"
+    );
+
+    // With Redis gone the page says it cannot read the status.
+    redis.kill();
+    let dom = dump_dom(browser, &server.url());
+    let banner = element(&dom, "p", r#"id="error""#).unwrap_or_default();
+    assert!(
+        banner.starts_with("cannot read the status: "),
+        "banner {banner:?} in\n{dom}"
     );
 }
 
@@ -761,4 +770,30 @@ fn redswarm_web_command_serves_until_interrupted() {
         "redswarm web did not stop on SIGINT"
     );
     assert_eq!(status.unwrap().code(), Some(0));
+}
+
+#[test]
+fn redis_down_answers_503_and_the_server_recovers() {
+    let mut redis = RedisServer::start();
+    let swarm = connect(&redis, "webdown");
+    swarm.queue("jobs").unwrap().push(&json!(1)).unwrap();
+    let server = start(&swarm, WebOptions::new());
+    let addr = server.addr();
+    assert_eq!(get_json(addr, "/api/queues/jobs")["counts"]["ready"], 1);
+
+    redis.kill();
+    for path in ["/api/overview", "/metrics"] {
+        let (status, _, body) = http(addr, "GET", path, &[]);
+        assert_eq!(status, 503, "{path}: {body}");
+        let e: Value = serde_json::from_str(&body).unwrap();
+        assert!(!e["error"].as_str().unwrap().is_empty(), "{body}");
+    }
+    // The page itself is static: it still loads, and says what is wrong.
+    assert_eq!(http(addr, "GET", "/", &[]).0, 200);
+
+    redis.restart();
+    assert!(
+        wait_until(WAIT, || http(addr, "GET", "/api/overview", &[]).0 == 200),
+        "the server did not recover after Redis came back"
+    );
 }
