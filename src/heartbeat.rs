@@ -510,7 +510,17 @@ impl Scheduler {
             let timeout = wake_at.saturating_duration_since(Instant::now());
             let verdicts = self.pinger.results().clone();
             select! {
-                recv(stop) -> _ => return,
+                recv(stop) -> _ => {
+                    // The node deregisters once this returns: a beat still
+                    // in flight would register it again after that (a
+                    // handle shut down right after connecting, as a
+                    // command-line tool does, left a live node behind).
+                    // Wait for its reply, at most until its deadline.
+                    if let Some((_, deadline)) = self.in_flight {
+                        let _ = self.io.replies.recv_deadline(deadline);
+                    }
+                    return;
+                }
                 recv(self.io.replies) -> msg => match msg {
                     Ok((request, result)) => self.on_reply(request, result),
                     Err(_) => return,

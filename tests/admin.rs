@@ -444,13 +444,20 @@ fn corrupt_keys_are_reported_in_their_row() {
         .as_deref()
         .unwrap()
         .contains("{adm-bad:lock:l}:queue"));
-    // The lock's token names no node: shown without one.
+    // The lock's token names no node: shown without one; a lock that
+    // never expires is a problem.
     cmd(&server, &["DEL", "{adm-bad:lock:l}:queue"]);
+    let l = admin::locks(&swarm).unwrap();
+    assert_eq!(l[0].holder_node, None);
+    let p = l[0].problem.as_deref().unwrap();
+    assert!(p.contains("has no TTL"), "{p}");
+    cmd(&server, &["PEXPIRE", "{adm-bad:lock:l}", "60000"]);
     let l = admin::locks(&swarm).unwrap();
     assert_eq!(
         (l[0].holder_node.as_ref(), l[0].problem.as_ref()),
         (None, None)
     );
+    assert!(l[0].ttl_left_ms.is_some_and(|t| t > 0));
     let sem = admin::semaphores(&swarm).unwrap();
     assert!(sem[0]
         .problem

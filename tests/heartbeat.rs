@@ -320,3 +320,29 @@ fn a_slow_peer_cannot_stall_the_heartbeat() {
         .iter()
         .any(|n| n.id == swarm.node_id()));
 }
+
+/// A handle shut down right after connecting (what a command-line tool
+/// does) leaves no live node behind: a beat still in flight at shutdown
+/// must not re-register the node after it deregistered.
+#[test]
+fn shutdown_right_after_connect_leaves_no_live_node() {
+    let server = RedisServer::start();
+    let observer = Redswarm::connect(config(server.url(), "leave").build().unwrap()).unwrap();
+    for _ in 0..40 {
+        let s = Redswarm::connect(config(server.url(), "leave").build().unwrap()).unwrap();
+        s.shutdown();
+    }
+    // Any beat that was in flight has landed by now.
+    std::thread::sleep(HEARTBEAT);
+    let live: Vec<String> = observer
+        .live_nodes()
+        .unwrap()
+        .into_iter()
+        .map(|n| n.id)
+        .collect();
+    assert_eq!(
+        live,
+        [observer.node_id()],
+        "nodes left behind by shut-down handles"
+    );
+}

@@ -113,6 +113,9 @@ pub fn clusters(swarm: &Redswarm) -> Result<Vec<ClusterStatus>> {
         row.pending = pending;
         // PTTL: -2 no key, -1 no expiry (not something redswarm writes).
         row.master_lease_left_ms = (master_ttl >= 0).then_some(master_ttl);
+        if master_ttl == -1 {
+            row.problem = Some(format!("`{}` has no TTL: nothing will expire it", k.master));
+        }
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
         for (w, _) in &workers {

@@ -31,7 +31,8 @@ pub struct LockStatus {
     pub name: String,
     /// Node of the holder (`None`: free by now, or a token without a node).
     pub holder_node: Option<String>,
-    /// TTL left (ms); `None` when the lock was released meanwhile.
+    /// TTL left (ms); `None` when the lock was released meanwhile (or the
+    /// key has no TTL, which `problem` then reports).
     pub ttl_left_ms: Option<i64>,
     /// The holder's fencing token (the counter's value while it is held).
     pub fencing_token: Option<u64>,
@@ -88,11 +89,15 @@ pub fn locks(swarm: &Redswarm) -> Result<Vec<LockStatus>> {
         row.waiters = waiters;
         if let Some(owner) = owner {
             row.holder_node = token_node(&owner).map(str::to_string);
-            row.ttl_left_ms = Some(pttl);
+            // PTTL: -1 no expiry (redswarm always sets one), -2 gone.
+            row.ttl_left_ms = (pttl >= 0).then_some(pttl);
             match fence.map(|f| f.parse::<u64>()) {
                 Some(Ok(f)) => row.fencing_token = Some(f),
                 Some(Err(_)) => row.problem = Some(format!("`{}` is not a whole number", k.fence)),
                 None => {}
+            }
+            if pttl == -1 {
+                row.problem = Some(format!("`{}` has no TTL: nothing will expire it", k.owner));
             }
         }
         rows.push(row);

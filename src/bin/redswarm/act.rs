@@ -16,7 +16,10 @@ pub fn retry(ctx: &Ctx, queue: &str, ids: &[String], all: bool, confirm: &Confir
         let failed = q.counts()?.failed;
         ctx.confirm(
             confirm,
-            &format!("re-queue all {failed} failed tasks of queue `{queue}`"),
+            &format!(
+                "re-queue all {} of queue `{queue}`",
+                tasks(failed, "failed task")
+            ),
         )?;
         // Bounded by the count seen when asked: tasks failing again while
         // this runs are not retried in a loop.
@@ -33,10 +36,16 @@ pub fn retry(ctx: &Ctx, queue: &str, ids: &[String], all: bool, confirm: &Confir
             ctx.print_json(&json!({ "queue": queue, "requeued": requeued }))?;
         } else {
             ctx.print(&format!(
-                "re-queued {requeued} failed tasks of queue `{queue}`\n"
+                "re-queued {} of queue `{queue}`\n",
+                tasks(requeued, "failed task")
             ))?;
         }
         return Ok(Exit::Ok);
+    }
+    // Check every id before changing anything, so a bad one cannot leave
+    // the others half done and unreported.
+    for id in ids {
+        redswarm::keys::validate_name("task id", id)?;
     }
     let mut exit = Exit::Ok;
     let mut results = Vec::new();
@@ -144,7 +153,10 @@ pub fn purge(ctx: &Ctx, queue: &str, ended: bool, failed: bool, confirm: &Confir
     for (set, word) in sets {
         let n = admin::purge(&q, set)?;
         report.insert(word.to_string(), json!(n));
-        out.push_str(&format!("deleted {n} {word} tasks of queue `{queue}`\n"));
+        out.push_str(&format!(
+            "deleted {} of queue `{queue}`\n",
+            tasks(n, &format!("{word} task"))
+        ));
     }
     if ctx.json {
         report.insert("queue".into(), json!(queue));
@@ -153,4 +165,13 @@ pub fn purge(ctx: &Ctx, queue: &str, ended: bool, failed: bool, confirm: &Confir
         ctx.print(&out)?;
     }
     Ok(Exit::Ok)
+}
+
+/// `n` and `what`, plural unless `n` is 1: `1 failed task`, `3 failed tasks`.
+fn tasks(n: u64, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
 }

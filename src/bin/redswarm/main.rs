@@ -237,7 +237,11 @@ impl Ctx {
                 format!("refusing to {question} without --yes (no terminal to ask on)"),
             ));
         }
-        eprint!("{question}? [y/N] ");
+        let mut ask = question.to_string();
+        if let Some(first) = ask.get(..1) {
+            ask.replace_range(..1, &first.to_ascii_uppercase());
+        }
+        eprint!("{ask}? [y/N] ");
         let _ = std::io::stderr().flush();
         let mut answer = String::new();
         stdin.lock().read_line(&mut answer)?;
@@ -250,9 +254,11 @@ impl Ctx {
 }
 
 fn connect() -> Result<Redswarm, Failure> {
-    // This process only looks: it must not take the peer-ping port that a
-    // worker on the same host may be configured with.
+    // This process only looks: it must not take the peer-ping port or the
+    // node id that a worker on the same host may be configured with (a
+    // live namesake would refuse it).
     std::env::remove_var("REDSWARM_PEER_LISTEN");
+    std::env::remove_var("REDSWARM_NODE_ID");
     let config: Config = Config::builder_from_env()?.pool_size(2).build()?;
     Ok(Redswarm::connect(config)?)
 }
