@@ -797,3 +797,18 @@ fn redis_down_answers_503_and_the_server_recovers() {
         "the server did not recover after Redis came back"
     );
 }
+
+#[test]
+fn shutdown_closes_the_port() {
+    let redis = RedisServer::start();
+    let swarm = connect(&redis, "webstop");
+    let server = start(&swarm, WebOptions::new());
+    let addr = server.addr();
+    assert_eq!(http(addr, "GET", "/", &[]).0, 200);
+    server.shutdown();
+    assert!(
+        wait_until(WAIT, || TcpStream::connect(addr).is_err()),
+        "{addr} still accepts connections after shutdown"
+    );
+    server.shutdown(); // idempotent
+}

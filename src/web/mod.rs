@@ -241,7 +241,9 @@ impl WebOptions {
 /// ```
 pub struct WebServer {
     addr: SocketAddr,
-    http: Arc<tiny_http::Server>,
+    /// Taken (and so closed, once the request threads let go of it) at
+    /// shutdown, so the port stops accepting.
+    http: Mutex<Option<Arc<tiny_http::Server>>>,
     board: Arc<progress::ProgressBoard>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     thread_count: usize,
@@ -311,7 +313,7 @@ impl WebServer {
                 Err(e) => {
                     let server = WebServer {
                         addr,
-                        http,
+                        http: Mutex::new(Some(http)),
                         board,
                         thread_count: threads.len(),
                         threads: Mutex::new(threads),
@@ -340,7 +342,7 @@ impl WebServer {
         );
         Ok(WebServer {
             addr,
-            http,
+            http: Mutex::new(Some(http)),
             board,
             thread_count: threads.len(),
             threads: Mutex::new(threads),
@@ -374,7 +376,8 @@ impl WebServer {
         format!("http://{}/", self.addr)
     }
 
-    /// Stops answering and waits for requests in progress. Idempotent.
+    /// Stops answering, waits for requests in progress and closes the
+    /// port. Idempotent.
     ///
     /// ```no_run
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -386,10 +389,12 @@ impl WebServer {
     pub fn shutdown(&self) {
         use std::sync::atomic::Ordering;
         if !self.stopping.swap(true, Ordering::SeqCst) {
-            // One wake-up per thread (each unblock ends one recv, now or
-            // later), also for threads a concurrent join() is waiting on.
-            for _ in 0..self.thread_count {
-                self.http.unblock();
+            if let Some(http) = self.http.lock().as_ref() {
+                // One wake-up per thread (each unblock ends one recv, now
+                // or later), also for threads a concurrent join() awaits.
+                for _ in 0..self.thread_count {
+                    http.unblock();
+                }
             }
         }
         let threads = std::mem::take(&mut *self.threads.lock());
@@ -397,10 +402,13 @@ impl WebServer {
             let _ = t.join();
         }
         self.board.stop();
+        // The last reference once the threads are gone: dropping it stops
+        // tiny_http's accept thread and closes the listening socket.
+        drop(self.http.lock().take());
     }
 
-    /// Blocks until the server is shut down (from another thread, or
-    /// never: the `redswarm web` command runs until it is killed).
+    /// Blocks until the server is shut down from another thread (the
+    /// `redswarm web` command does it on Ctrl-C).
     ///
     /// ```no_run
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
