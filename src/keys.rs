@@ -805,6 +805,37 @@ impl ClusterKeys {
     }
 }
 
+impl Keys {
+    /// The `PSUBSCRIBE` pattern of every queue's event channel
+    /// (`{ns:queue:<q>}:events`), for watchers of all queues at once (the
+    /// status server's progress column). A task's own channel
+    /// (`...}:task:<id>:events`) does not match: a name holds no `}`.
+    ///
+    /// ```
+    /// assert_eq!(redswarm::keys::Keys::new("ns").queue_events_pattern(), "{ns:queue:*}:events");
+    /// ```
+    pub fn queue_events_pattern(&self) -> String {
+        format!("{{{}:queue:*}}:events", self.tag_ns)
+    }
+
+    /// The queue whose event channel `channel` is, or `None` when it is
+    /// not one (the inverse of [`QueueKeys::events`]).
+    ///
+    /// ```
+    /// let k = redswarm::keys::Keys::new("ns");
+    /// assert_eq!(k.queue_of_events_channel("{ns:queue:mail}:events").as_deref(), Some("mail"));
+    /// assert_eq!(k.queue_of_events_channel("{ns:queue:mail}:task:1:events"), None);
+    /// assert_eq!(k.queue_of_events_channel("{other:queue:mail}:events"), None);
+    /// ```
+    pub fn queue_of_events_channel(&self, channel: &str) -> Option<String> {
+        let name = channel
+            .strip_prefix(&format!("{{{}:queue:", self.tag_ns))?
+            .strip_suffix("}:events")?;
+        validate_name("queue name", name).ok()?;
+        Some(name.to_string())
+    }
+}
+
 impl QueueKeys {
     /// Hash of one task.
     ///

@@ -51,6 +51,8 @@ pub mod swarm;
 mod threadpool;
 mod tracker;
 mod util;
+#[cfg(feature = "web")]
+pub mod web;
 
 pub use cluster::{
     ClusterEvent, ClusterWorker, ClusterWorkerOptions, DeleteReason, Job, JobId, JobInfo, Master,

@@ -8,6 +8,7 @@
 mod act;
 mod show;
 mod table;
+mod web;
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::process::ExitCode;
@@ -133,6 +134,8 @@ enum Command {
     Clusters,
     /// Chunk trackers: released, processing, locked, completed, failed.
     Trackers,
+    /// Serve the status page, its JSON API and Prometheus /metrics.
+    Web(web::WebArgs),
 }
 
 #[derive(Args)]
@@ -295,6 +298,7 @@ fn run(cli: Cli) -> Outcome {
         Command::Semaphores => show::semaphores(&ctx),
         Command::Clusters => show::clusters(&ctx),
         Command::Trackers => show::trackers(&ctx),
+        Command::Web(a) => web::run(&ctx, &a),
     };
     ctx.swarm.shutdown();
     outcome
