@@ -111,8 +111,14 @@ fn listen(
                     let Some(queue) = keys.queue_of_events_channel(&m.channel) else {
                         continue;
                     };
-                    match serde_json::from_slice::<TaskEvent>(&m.payload) {
-                        Ok(e) => record(&mut board.lock(), queue, e),
+                    // One message carries every event of one script call.
+                    match crate::swarm::decode_events(&m.payload) {
+                        Ok(events) => {
+                            let mut board = board.lock();
+                            for e in events {
+                                record(&mut board, queue.clone(), e);
+                            }
+                        }
                         Err(e) => log::debug!("status server: malformed event on {}: {e}", m.channel),
                     }
                 }
