@@ -14,12 +14,12 @@ if cur ~= ARGV[1] then
 end
 -- Wake a live waiter: heads whose tickets lapsed are dropped first.
 -- Without fair waiters (both keys absent) there is nothing to check.
-local gone = {}
-if redis.call('EXISTS', KEYS[2], KEYS[3]) > 0 then
+local gone, fair = {}, redis.call('EXISTS', KEYS[2], KEYS[3]) > 0
+if fair then
   gone = fair_check(KEYS[2], KEYS[3], now_ms())
 end
 redis.call('DEL', KEYS[1])
 fair_drop(KEYS[2], KEYS[3], gone)
-local head = redis.call('ZRANGE', KEYS[2], 0, 0)[1] or ''
+local head = fair and redis.call('ZRANGE', KEYS[2], 0, 0)[1] or ''
 redis.call('PUBLISH', ARGV[2], head)
 return 1

@@ -53,8 +53,9 @@ local function fence_current(key, field)
     want_type(key, 'hash')
     v = redis.call('HGET', key, field)
   else
-    want_type(key, 'string')
-    v = redis.call('GET', key)
+    -- One call: GET's WRONGTYPE error stands in for a TYPE check.
+    v = redis.pcall('GET', key)
+    if type(v) == 'table' and v['err'] then want_type(key, 'string') end
   end
   if not v then return 0 end
   local n = count_of(v)
