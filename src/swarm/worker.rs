@@ -254,8 +254,11 @@ struct Shared {
     reports_rx: Receiver<Report>,
     finished_tx: Sender<Finished>,
     finished_rx: Receiver<Finished>,
-    /// `CLIENT ID` of the fetch thread's blocking connection, to unblock it.
+    /// `CLIENT ID` of the blocking connection, to unblock it.
     fetch_client: Mutex<Option<i64>>,
+    /// The one connection that blocks on the wake-up list: used by the
+    /// pump while nothing runs, else by the waker thread (never both).
+    wait_conn: Mutex<Option<WaitConnection>>,
 }
 
 impl Shared {
@@ -363,6 +366,7 @@ impl SwarmWorker {
             finished_tx,
             finished_rx,
             fetch_client: Mutex::new(None),
+            wait_conn: Mutex::new(None),
         });
         // Control messages for any task of this queue: one pattern
         // subscription per worker, routed to the running task by id.
@@ -649,6 +653,14 @@ fn pump(shared: Arc<Shared>, pool: Arc<ThreadPool>) {
             };
             if let (Some(until), true) = (idle_until, want > 0) {
                 let wait = until.saturating_duration_since(Instant::now());
+                if !waker_busy && shared.tasks.lock().map.is_empty() {
+                    // Nothing runs, so no report can come: block here and
+                    // save the hand-off from the waker thread (the latency
+                    // of a lone task).
+                    block_for_work(&shared, wait);
+                    idle_until = None;
+                    continue;
+                }
                 if !waker_busy && waker.request(wait) {
                     waker_busy = true;
                 }
@@ -840,12 +852,11 @@ impl Waker {
         let spawned = std::thread::Builder::new()
             .name(format!("swarm-waker-{}", shared.queue.name))
             .spawn(move || {
-                let mut conn: Option<redis::Connection> = None;
                 for wait in requests_rx.iter() {
                     if shared.stopping() {
                         break;
                     }
-                    block_for_work(&shared, &mut conn, wait);
+                    block_for_work(&shared, wait);
                     let _ = woken_tx.try_send(());
                 }
             });
@@ -893,18 +904,16 @@ fn unblock(shared: &Shared, client: i64) -> bool {
 
 /// Blocks on the wake-up list for at most `wait` (BLPOP on a connection of
 /// its own, so the pool is not tied up).
-fn block_for_work(shared: &Shared, conn: &mut Option<redis::Connection>, wait: Duration) {
+fn block_for_work(shared: &Shared, wait: Duration) {
     let store = shared.queue.swarm.store();
+    let mut conn = shared.wait_conn.lock();
     if conn.is_none() {
         let opened = store.dedicated.open().and_then(|mut c| {
             let id: i64 = redis::cmd("CLIENT").arg("ID").query(&mut c)?;
-            Ok((c, id))
+            Ok(WaitConnection { conn: c, id })
         });
         match opened {
-            Ok((c, id)) => {
-                *conn = Some(c);
-                *shared.fetch_client.lock() = Some(id);
-            }
+            Ok(c) => *conn = Some(c),
             Err(e) => {
                 log::debug!("fetch connection: {e}");
                 let pause = wait.min(store.config.reconnect_max);
@@ -913,33 +922,44 @@ fn block_for_work(shared: &Shared, conn: &mut Option<redis::Connection>, wait: D
             }
         }
     }
+    let Some(c) = conn.as_mut() else { return };
+    // Shutdown unblocks whichever connection waits (the pump's or the
+    // waker's); set before the check, so a shutdown that starts after the
+    // check finds this id.
+    *shared.fetch_client.lock() = Some(c.id);
     if shared.stopping() {
         return;
     }
-    let Some(c) = conn.as_mut() else { return };
     let secs = wait.as_secs_f64().max(0.01);
-    let _ = c.set_read_timeout(Some(wait + store.config.command_timeout));
+    let _ = c
+        .conn
+        .set_read_timeout(Some(wait + store.config.command_timeout));
     let r: redis::RedisResult<Option<(String, String)>> = redis::cmd("BLPOP")
         .arg(&shared.queue.keys.marker)
         .arg(format!("{secs:.3}"))
-        .query(c);
+        .query(&mut c.conn);
     let Err(e) = r else { return };
     if shared.stopping() {
         return;
     }
-    let client = *shared.fetch_client.lock();
     if is_interrupted(&e) {
         // The process was stopped and continued. The connection is fine:
         // end the BLPOP still blocked in Redis (a marker it would take
         // must not be lost with a reply nobody reads) and carry on.
-        if client.is_some_and(|id| unblock(shared, id)) {
+        if unblock(shared, c.id) {
             log::debug!("wait for work interrupted (SIGSTOP/SIGCONT?); retrying");
             return;
         }
     }
     log::debug!("wait for work: {e}");
     *conn = None;
-    *shared.fetch_client.lock() = None;
+}
+
+/// A connection of its own for `BLPOP` (so the pool is not tied up), with
+/// its `CLIENT ID` for `CLIENT UNBLOCK`.
+struct WaitConnection {
+    conn: redis::Connection,
+    id: i64,
 }
 
 fn start_task(shared: &Arc<Shared>, pool: &ThreadPool, task: ClaimedTask) {
