@@ -48,6 +48,7 @@ mod store;
 mod subscriber;
 pub mod swarm;
 mod threadpool;
+mod tls;
 mod tracker;
 mod util;
 

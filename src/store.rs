@@ -100,10 +100,6 @@ impl Store {
     /// enough before anything else starts (fail fast, clear error).
     pub(crate) fn open(config: Config, node_id: String) -> Result<Arc<Store>> {
         let url = config.masked_url();
-        if config.url.starts_with("rediss") {
-            // rustls needs a process-wide crypto provider; installing twice is harmless.
-            let _ = rustls::crypto::ring::default_provider().install_default();
-        }
         let client = make_client(&config)?;
         let manager = ConnectionManager {
             client: client.clone(),
@@ -186,7 +182,7 @@ fn make_client(config: &Config) -> Result<redis::Client> {
         .get_connection_info()
         .clone()
         .set_tcp_settings(TcpSettings::default().set_nodelay(true));
-    redis::Client::open(info).map_err(mask)
+    crate::tls::client(info, &config.tls).map_err(mask)
 }
 
 /// Parses `redis_version:` out of `INFO server` and insists on >= 6.2.
