@@ -23,6 +23,7 @@
 //! the features, with [`Redswarm`] a thin facade on top.
 #![deny(missing_docs)]
 
+mod acl;
 pub mod cluster;
 mod config;
 mod error;
@@ -52,6 +53,7 @@ mod tls;
 mod tracker;
 mod util;
 
+pub use acl::{acl_rules, ACL_COMMANDS};
 pub use cluster::{
     ClusterEvent, ClusterWorker, ClusterWorkerOptions, DeleteReason, Job, JobId, JobInfo, Master,
     MasterOptions, WorkerInfo,
