@@ -18,7 +18,8 @@ use crate::keys::Keys;
 
 /// Every command a redswarm user runs, in ACL syntax (`+name` or
 /// `+name|subcommand`). Besides the Lua scripts' own commands:
-/// `info` (version check on connect), `evalsha` and `script|load`
+/// `info` (version check on connect), `role` (Sentinel mode: is the node
+/// the sentinels named still the primary), `evalsha` and `script|load`
 /// (scripts), `subscribe`/`psubscribe`/`unsubscribe`/`punsubscribe`/`ping`
 /// (the pub/sub thread), `blpop` with `client|id` and `client|unblock`
 /// (swarm workers wait for tasks and are woken on shutdown), `wait`
@@ -32,6 +33,8 @@ pub const ACL_COMMANDS: &[&str] = &[
     // Connection and server.
     "+ping",
     "+info",
+    // Sentinel mode: a node named as primary is checked with ROLE.
+    "+role",
     "+select",
     "+time",
     "+wait",

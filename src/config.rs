@@ -19,6 +19,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
+use crate::sentinel::SentinelSettings;
 use crate::tls::{PemSource, TlsSettings};
 
 /// Validated settings of a [`Redswarm`](crate::Redswarm) handle.
@@ -57,6 +58,7 @@ pub struct Config {
     pub(crate) peer_timeout: Duration,
     pub(crate) partition_percentage: u8,
     pub(crate) tls: TlsSettings,
+    pub(crate) sentinel: Option<SentinelSettings>,
 }
 
 /// Secrets are shown as `***`: the password in the URL (see
@@ -82,6 +84,13 @@ impl std::fmt::Debug for Config {
             .field("peer_timeout", &self.peer_timeout)
             .field("partition_percentage", &self.partition_percentage)
             .field("tls", &self.tls)
+            .field(
+                "sentinel",
+                &self
+                    .sentinel
+                    .as_ref()
+                    .map(|s| (&s.master_name, &s.sentinels)),
+            )
             .finish()
     }
 }
@@ -417,6 +426,8 @@ pub struct ConfigBuilder {
     command_timeout: Option<Duration>,
     /// Unless set, derived from the heartbeat: min(300 ms, heartbeat / 3).
     peer_timeout: Option<Duration>,
+    /// Master name and sentinel addresses given to [`ConfigBuilder::sentinel`].
+    sentinel: Option<(String, Vec<String>)>,
 }
 
 /// Redacted like [`Config`]'s: no password, no peer secret.
@@ -426,6 +437,7 @@ impl std::fmt::Debug for ConfigBuilder {
             .field("config", &self.c)
             .field("command_timeout", &self.command_timeout)
             .field("peer_timeout", &self.peer_timeout)
+            .field("sentinel", &self.sentinel)
             .finish()
     }
 }
@@ -453,7 +465,9 @@ impl Default for ConfigBuilder {
                 peer_timeout: Duration::from_millis(300),
                 partition_percentage: 60,
                 tls: TlsSettings::default(),
+                sentinel: None,
             },
+            sentinel: None,
             command_timeout: None,
             peer_timeout: None,
         }
@@ -792,6 +806,33 @@ impl ConfigBuilder {
         self
     }
 
+    /// Find the primary through Redis Sentinel: ask `sentinels`
+    /// (`host:port`, port 26379 if left out) for `master_name` at every
+    /// connect, so reconnects after a failover reach the new primary. The
+    /// URL still gives the scheme (`rediss://` for TLS), user, password and
+    /// db of the data nodes; its host and port are not used. The same as a
+    /// `redis+sentinel://[user:pass@]host1:port1,host2:port2/master_name[/db]`
+    /// URL.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let c = redswarm::Config::builder()
+    ///     .url("redis://app:secret@unused/0")
+    ///     .sentinel("mymaster", &["10.0.0.1:26379", "10.0.0.2:26379", "10.0.0.3"])
+    ///     .build()?;
+    /// let same = redswarm::Config::from_url(
+    ///     "redis+sentinel://app:secret@10.0.0.1:26379,10.0.0.2:26379,10.0.0.3/mymaster/0",
+    /// )?;
+    /// # Ok(()) }
+    /// ```
+    pub fn sentinel(mut self, master_name: impl Into<String>, sentinels: &[&str]) -> Self {
+        self.sentinel = Some((
+            master_name.into(),
+            sentinels.iter().map(|s| s.to_string()).collect(),
+        ));
+        self
+    }
+
     /// Checks every field and the timing rules, and returns the config.
     ///
     /// ```
@@ -814,7 +855,36 @@ impl ConfigBuilder {
         // Before the URL parse: without the `tls` feature redis-rs refuses
         // `rediss://` with a message that does not name redswarm's feature.
         c.tls.check(&c.url, &mask_url(&c.url))?;
-        if let Err(e) = redis::Client::open(c.url.as_str()) {
+        c.sentinel = match self.sentinel {
+            _ if crate::sentinel::is_sentinel_url(&c.url) && self.sentinel.is_some() => {
+                return Err(Error::config(
+                    "sentinel",
+                    "given twice: by a redis+sentinel:// URL and by ConfigBuilder::sentinel",
+                ))
+            }
+            _ if crate::sentinel::is_sentinel_url(&c.url) => {
+                Some(crate::sentinel::parse_url(&c.url)?)
+            }
+            Some((master_name, sentinels)) => {
+                let s = SentinelSettings {
+                    master_name,
+                    sentinels: sentinels
+                        .iter()
+                        .map(|h| crate::sentinel::parse_host(h))
+                        .collect::<std::result::Result<_, _>>()
+                        .map_err(|why| Error::config("sentinel", why))?,
+                    node_url: c.url.clone(),
+                };
+                s.check()?;
+                Some(s)
+            }
+            None => None,
+        };
+        let node_url = c
+            .sentinel
+            .as_ref()
+            .map_or(c.url.as_str(), |s| s.node_url.as_str());
+        if let Err(e) = redis::Client::open(node_url) {
             return Err(Error::config("url", format!("{}: {e}", mask_url(&c.url))));
         }
         crate::keys::validate_namespace(&c.namespace)

@@ -45,6 +45,7 @@ mod peer;
 mod runtime;
 mod scripts;
 mod semaphore;
+mod sentinel;
 mod store;
 mod subscriber;
 pub mod swarm;

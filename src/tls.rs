@@ -82,10 +82,13 @@ impl std::fmt::Debug for TlsSettings {
     }
 }
 
-/// True when the URL's scheme asks for TLS (`rediss://`, `valkeys://`).
+/// True when the URL's scheme asks for TLS (`rediss://`, `valkeys://`,
+/// `rediss+sentinel://`).
 pub(crate) fn url_wants_tls(url: &str) -> bool {
     let scheme = url.split("://").next().unwrap_or("");
-    scheme.eq_ignore_ascii_case("rediss") || scheme.eq_ignore_ascii_case("valkeys")
+    ["rediss", "valkeys", "rediss+sentinel"]
+        .iter()
+        .any(|s| scheme.eq_ignore_ascii_case(s))
 }
 
 impl TlsSettings {

@@ -400,7 +400,7 @@ impl Drop for RedisServer {
 }
 
 /// A port that was free a moment ago (bind 127.0.0.1:0, read, drop).
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
