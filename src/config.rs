@@ -486,7 +486,9 @@ macro_rules! setter {
 
 impl ConfigBuilder {
     /// Redis URL (`redis://[user:password@]host:port/db`, `rediss://` for
-    /// TLS, `redis+unix:///path`).
+    /// TLS, `redis+unix:///path`, or
+    /// `redis+sentinel://[user:password@]host:port[,host:port]/master[/db]`
+    /// (see [`ConfigBuilder::sentinel`])).
     ///
     /// ```
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {

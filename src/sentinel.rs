@@ -310,6 +310,16 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #[test]
+        fn no_sentinel_url_makes_the_parser_panic(
+            tail in "[a-z0-9:@/,\\[\\]%. -]{0,40}",
+        ) {
+            let _ = parse_url(&format!("redis+sentinel://{tail}"));
+            let _ = parse_hosts(&tail);
+        }
+    }
+
     #[test]
     fn passwords_stay_out_of_parse_errors() {
         let err = parse_url("redis+sentinel://u:hunter2@h1:x/m").unwrap_err();
