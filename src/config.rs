@@ -19,6 +19,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
+use crate::sentinel::SentinelSettings;
+use crate::tls::{PemSource, TlsSettings};
 
 /// Validated settings of a [`Redswarm`](crate::Redswarm) handle.
 ///
@@ -55,6 +57,8 @@ pub struct Config {
     pub(crate) peer_secret: Option<String>,
     pub(crate) peer_timeout: Duration,
     pub(crate) partition_percentage: u8,
+    pub(crate) tls: TlsSettings,
+    pub(crate) sentinel: Option<SentinelSettings>,
 }
 
 /// Secrets are shown as `***`: the password in the URL (see
@@ -79,6 +83,14 @@ impl std::fmt::Debug for Config {
             .field("peer_secret", &self.peer_secret.as_ref().map(|_| "***"))
             .field("peer_timeout", &self.peer_timeout)
             .field("partition_percentage", &self.partition_percentage)
+            .field("tls", &self.tls)
+            .field(
+                "sentinel",
+                &self
+                    .sentinel
+                    .as_ref()
+                    .map(|s| (&s.master_name, &s.sentinels)),
+            )
             .finish()
     }
 }
@@ -139,8 +151,12 @@ impl Config {
 
     /// Reads `REDIS_URL` (default `redis://127.0.0.1:6379/`),
     /// `REDSWARM_NAMESPACE`, `REDSWARM_POOL_SIZE`, `REDSWARM_NODE_ID`,
-    /// `REDSWARM_PEER_LISTEN` (ip:port), `REDSWARM_PEER_SECRET` and
-    /// `REDSWARM_PARTITION_PERCENTAGE`; the rest are defaults.
+    /// `REDSWARM_PEER_LISTEN` (ip:port), `REDSWARM_PEER_SECRET`,
+    /// `REDSWARM_PARTITION_PERCENTAGE`, and for `rediss://` URLs
+    /// `REDSWARM_TLS_CA` (CA file), `REDSWARM_TLS_CERT` with
+    /// `REDSWARM_TLS_KEY` (client certificate and key files) and
+    /// `REDSWARM_TLS_SKIP_HOSTNAME_CHECK` (`1`/`true`); the rest are
+    /// defaults.
     ///
     /// ```
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -195,6 +211,40 @@ impl Config {
                 )
             })?;
             b = b.partition_percentage(p);
+        }
+        if let Some(ca) = var("REDSWARM_TLS_CA") {
+            b = b.tls_ca_file(ca);
+        }
+        match (var("REDSWARM_TLS_CERT"), var("REDSWARM_TLS_KEY")) {
+            (Some(cert), Some(key)) => b = b.tls_client_cert_files(cert, key),
+            (None, None) => {}
+            (Some(_), None) => {
+                return Err(Error::config(
+                    "tls_client_cert",
+                    "REDSWARM_TLS_CERT is set but REDSWARM_TLS_KEY is not",
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(Error::config(
+                    "tls_client_cert",
+                    "REDSWARM_TLS_KEY is set but REDSWARM_TLS_CERT is not",
+                ))
+            }
+        }
+        if let Some(v) = var("REDSWARM_TLS_SKIP_HOSTNAME_CHECK") {
+            let on = match v.to_ascii_lowercase().as_str() {
+                "1" | "true" | "yes" => true,
+                "0" | "false" | "no" => false,
+                _ => {
+                    return Err(Error::config(
+                        "tls_skip_hostname_check",
+                        format!(
+                        "REDSWARM_TLS_SKIP_HOSTNAME_CHECK={v:?}: expected 1/true/yes or 0/false/no"
+                    ),
+                    ))
+                }
+            };
+            b = b.tls_skip_hostname_check(on);
         }
         Ok(b)
     }
@@ -376,6 +426,8 @@ pub struct ConfigBuilder {
     command_timeout: Option<Duration>,
     /// Unless set, derived from the heartbeat: min(300 ms, heartbeat / 3).
     peer_timeout: Option<Duration>,
+    /// Master name and sentinel addresses given to [`ConfigBuilder::sentinel`].
+    sentinel: Option<(String, Vec<String>)>,
 }
 
 /// Redacted like [`Config`]'s: no password, no peer secret.
@@ -385,6 +437,7 @@ impl std::fmt::Debug for ConfigBuilder {
             .field("config", &self.c)
             .field("command_timeout", &self.command_timeout)
             .field("peer_timeout", &self.peer_timeout)
+            .field("sentinel", &self.sentinel)
             .finish()
     }
 }
@@ -411,7 +464,10 @@ impl Default for ConfigBuilder {
                 peer_secret: None,
                 peer_timeout: Duration::from_millis(300),
                 partition_percentage: 60,
+                tls: TlsSettings::default(),
+                sentinel: None,
             },
+            sentinel: None,
             command_timeout: None,
             peer_timeout: None,
         }
@@ -430,7 +486,9 @@ macro_rules! setter {
 
 impl ConfigBuilder {
     /// Redis URL (`redis://[user:password@]host:port/db`, `rediss://` for
-    /// TLS, `redis+unix:///path`).
+    /// TLS, `redis+unix:///path`, or
+    /// `redis+sentinel://[user:password@]host:port[,host:port]/master[/db]`
+    /// (see [`ConfigBuilder::sentinel`])).
     ///
     /// ```
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -647,6 +705,136 @@ impl ConfigBuilder {
         partition_percentage: u8
     );
 
+    /// Trust only the CA certificate(s) in this PEM file for `rediss://`
+    /// connections (default: the system's roots, or `SSL_CERT_FILE`). The
+    /// file is read when the config is built.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let c = redswarm::Config::builder()
+    ///     .url("rediss://redis.internal:6380/")
+    ///     .tls_ca_file("/etc/redswarm/ca.pem")
+    ///     .build()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn tls_ca_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.c.tls.ca = Some(PemSource::File(path.into()));
+        self
+    }
+
+    /// Like [`ConfigBuilder::tls_ca_file`] with the PEM text itself.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let pem = std::fs::read("/etc/redswarm/ca.pem")?;
+    /// let c = redswarm::Config::builder()
+    ///     .url("rediss://redis.internal:6380/")
+    ///     .tls_ca_pem(pem)
+    ///     .build()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn tls_ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.c.tls.ca = Some(PemSource::Inline(pem.into()));
+        self
+    }
+
+    /// Present this client certificate (PEM chain, leaf first) and private
+    /// key (PEM, PKCS#8, PKCS#1 or SEC1) to servers that require one
+    /// (`tls-auth-clients yes`). The files are read when the config is
+    /// built.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let c = redswarm::Config::builder()
+    ///     .url("rediss://redis.internal:6380/")
+    ///     .tls_ca_file("/etc/redswarm/ca.pem")
+    ///     .tls_client_cert_files("/etc/redswarm/client.crt", "/etc/redswarm/client.key")
+    ///     .build()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn tls_client_cert_files(
+        mut self,
+        cert: impl Into<std::path::PathBuf>,
+        key: impl Into<std::path::PathBuf>,
+    ) -> Self {
+        self.c.tls.client = Some((PemSource::File(cert.into()), PemSource::File(key.into())));
+        self
+    }
+
+    /// Like [`ConfigBuilder::tls_client_cert_files`] with the PEM texts
+    /// themselves (the key is never shown by `Debug`).
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let cert = std::fs::read("/etc/redswarm/client.crt")?;
+    /// let key = std::fs::read("/etc/redswarm/client.key")?;
+    /// let c = redswarm::Config::builder()
+    ///     .url("rediss://redis.internal:6380/")
+    ///     .tls_client_cert_pem(cert, key)
+    ///     .build()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn tls_client_cert_pem(
+        mut self,
+        cert: impl Into<Vec<u8>>,
+        key: impl Into<Vec<u8>>,
+    ) -> Self {
+        self.c.tls.client = Some((
+            PemSource::Inline(cert.into()),
+            PemSource::Inline(key.into()),
+        ));
+        self
+    }
+
+    /// Accept a server certificate whose names do not include the host of
+    /// the URL, as long as it chains to the CA of
+    /// [`ConfigBuilder::tls_ca_file`] (required with this option). For
+    /// connecting by IP address or through an alias to servers whose
+    /// certificates name something else; redis-rs has no way to check
+    /// another name instead, so the name check is skipped, the chain check
+    /// is not. Default off.
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let c = redswarm::Config::builder()
+    ///     .url("rediss://10.0.0.5:6380/")
+    ///     .tls_ca_file("/etc/redswarm/ca.pem")
+    ///     .tls_skip_hostname_check(true)
+    ///     .build()?;
+    /// # Ok(()) }
+    /// ```
+    pub fn tls_skip_hostname_check(mut self, skip: bool) -> Self {
+        self.c.tls.skip_hostname_check = skip;
+        self
+    }
+
+    /// Find the primary through Redis Sentinel: ask `sentinels`
+    /// (`host:port`, port 26379 if left out) for `master_name` at every
+    /// connect, so reconnects after a failover reach the new primary. The
+    /// URL still gives the scheme (`rediss://` for TLS), user, password and
+    /// db of the data nodes; its host and port are not used. The same as a
+    /// `redis+sentinel://[user:pass@]host1:port1,host2:port2/master_name[/db]`
+    /// URL.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let c = redswarm::Config::builder()
+    ///     .url("redis://app:secret@unused/0")
+    ///     .sentinel("mymaster", &["10.0.0.1:26379", "10.0.0.2:26379", "10.0.0.3"])
+    ///     .build()?;
+    /// let same = redswarm::Config::from_url(
+    ///     "redis+sentinel://app:secret@10.0.0.1:26379,10.0.0.2:26379,10.0.0.3/mymaster/0",
+    /// )?;
+    /// # Ok(()) }
+    /// ```
+    pub fn sentinel(mut self, master_name: impl Into<String>, sentinels: &[&str]) -> Self {
+        self.sentinel = Some((
+            master_name.into(),
+            sentinels.iter().map(|s| s.to_string()).collect(),
+        ));
+        self
+    }
+
     /// Checks every field and the timing rules, and returns the config.
     ///
     /// ```
@@ -666,7 +854,39 @@ impl ConfigBuilder {
         c.peer_timeout = self
             .peer_timeout
             .unwrap_or_else(|| (c.heartbeat_interval / 3).min(Duration::from_millis(300)));
-        if let Err(e) = redis::Client::open(c.url.as_str()) {
+        // Before the URL parse: without the `tls` feature redis-rs refuses
+        // `rediss://` with a message that does not name redswarm's feature.
+        c.tls.check(&c.url, &mask_url(&c.url))?;
+        c.sentinel = match self.sentinel {
+            _ if crate::sentinel::is_sentinel_url(&c.url) && self.sentinel.is_some() => {
+                return Err(Error::config(
+                    "sentinel",
+                    "given twice: by a redis+sentinel:// URL and by ConfigBuilder::sentinel",
+                ))
+            }
+            _ if crate::sentinel::is_sentinel_url(&c.url) => {
+                Some(crate::sentinel::parse_url(&c.url)?)
+            }
+            Some((master_name, sentinels)) => {
+                let s = SentinelSettings {
+                    master_name,
+                    sentinels: sentinels
+                        .iter()
+                        .map(|h| crate::sentinel::parse_host(h))
+                        .collect::<std::result::Result<_, _>>()
+                        .map_err(|why| Error::config("sentinel", why))?,
+                    node_url: c.url.clone(),
+                };
+                s.check()?;
+                Some(s)
+            }
+            None => None,
+        };
+        let node_url = c
+            .sentinel
+            .as_ref()
+            .map_or(c.url.as_str(), |s| s.node_url.as_str());
+        if let Err(e) = redis::Client::open(node_url) {
             return Err(Error::config("url", format!("{}: {e}", mask_url(&c.url))));
         }
         crate::keys::validate_namespace(&c.namespace)

@@ -23,6 +23,7 @@
 //! the features, with [`Redswarm`] a thin facade on top.
 #![deny(missing_docs)]
 
+mod acl;
 pub mod admin;
 pub mod cluster;
 mod config;
@@ -45,15 +46,18 @@ mod peer;
 mod runtime;
 mod scripts;
 mod semaphore;
+mod sentinel;
 mod store;
 mod subscriber;
 pub mod swarm;
 mod threadpool;
+mod tls;
 mod tracker;
 mod util;
 #[cfg(feature = "web")]
 pub mod web;
 
+pub use acl::{acl_rules, ACL_COMMANDS};
 pub use cluster::{
     ClusterEvent, ClusterWorker, ClusterWorkerOptions, DeleteReason, Job, JobId, JobInfo, Master,
     MasterOptions, WorkerInfo,

@@ -104,7 +104,13 @@ impl Runtime {
         };
         let advertised = match &peers {
             Some(listener) => {
-                let (host, port) = crate::peer::redis_endpoint(&store.config.url);
+                // With Sentinel, the route to the first sentinel stands in
+                // for the route to the (moving) primary.
+                let url = match &store.config.sentinel {
+                    Some(s) => &s.node_url,
+                    None => &store.config.url,
+                };
+                let (host, port) = crate::peer::redis_endpoint(url);
                 Some(advertise_addr(
                     listener.addr(),
                     store.config.peer_advertise.as_deref(),

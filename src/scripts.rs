@@ -12,7 +12,17 @@
 
 use redis::{ConnectionLike, FromRedisValue, Pipeline, Script, ScriptInvocation};
 
+use std::collections::HashMap;
+use std::sync::LazyLock;
+
+use parking_lot::Mutex;
+
 use crate::error::{Error, Result};
+
+/// Every script built so far by SHA1: its name and source, to say which
+/// command of which script an ACL refused (Redis only gives a line number).
+static SOURCES: LazyLock<Mutex<HashMap<String, (&'static str, &'static str)>>> =
+    LazyLock::new(Default::default);
 
 /// A named Lua script.
 pub(crate) struct LuaScript {
@@ -21,11 +31,12 @@ pub(crate) struct LuaScript {
 }
 
 impl LuaScript {
-    pub(crate) fn new(name: &'static str, source: &str) -> LuaScript {
-        LuaScript {
-            name,
-            script: Script::new(source),
-        }
+    pub(crate) fn new(name: &'static str, source: &'static str) -> LuaScript {
+        let script = Script::new(source);
+        SOURCES
+            .lock()
+            .insert(script.get_hash().to_string(), (name, source));
+        LuaScript { name, script }
     }
 
     /// Starts an invocation: add keys and args, then [`invoke`].
@@ -95,7 +106,65 @@ pub(crate) fn script_error(e: redis::RedisError) -> Error {
             return Error::corrupt(key, reason.trim_end());
         }
     }
-    e.into()
+    explain_acl_denial(e).into()
+}
+
+/// Redis refuses a command that a script calls for the user's ACL with a
+/// plain `ERR` naming neither the command nor NOPERM ("The user executing
+/// the script can't run this command or subcommand script: <sha>, on
+/// @user_script:<line>."). This turns it into a `NoPerm` error that names
+/// the script and the command on that line; any other error is unchanged.
+pub(crate) fn explain_acl_denial(e: redis::RedisError) -> redis::RedisError {
+    let Some(detail) = e.detail() else {
+        return e;
+    };
+    if !(detail.contains("The user executing the script can't")
+        || detail.contains("ACL failure in script"))
+    {
+        return e;
+    }
+    let located = detail.rsplit_once(" script: ").and_then(|(_, tail)| {
+        let (sha, rest) = tail.split_once(',')?;
+        let line: usize = rest
+            .rsplit_once("@user_script:")?
+            .1
+            .trim_end_matches('.')
+            .trim()
+            .parse()
+            .ok()?;
+        let (name, source) = *SOURCES.lock().get(sha.trim())?;
+        let command = source
+            .lines()
+            .nth(line.checked_sub(1)?)
+            .and_then(called_command);
+        Some(match command {
+            Some(cmd) => format!("script {name} calls `{cmd}` at line {line}"),
+            None => format!("script {name} at line {line}"),
+        })
+    });
+    let what = located.unwrap_or_else(|| "a script".to_string());
+    redis::RedisError::from((
+        redis::ErrorKind::Server(redis::ServerErrorKind::NoPerm),
+        "ACL denial inside a script",
+        format!("{what}, which the Redis user may not run or reach (see redswarm::ACL_COMMANDS): {detail}"),
+    ))
+}
+
+/// The command of the first `redis.call('x'` / `redis.pcall("x"` on a line.
+fn called_command(line: &str) -> Option<String> {
+    let at = line
+        .find("redis.call(")
+        .or_else(|| line.find("redis.pcall("))?;
+    let args = &line[at..];
+    let args = &args[args.find('(')? + 1..];
+    let quote = args
+        .trim_start()
+        .chars()
+        .next()
+        .filter(|c| *c == '\'' || *c == '"')?;
+    let inner = &args.trim_start()[1..];
+    let name = &inner[..inner.find(quote)?];
+    Some(name.to_ascii_lowercase())
 }
 
 /// Runs a pipeline of script invocations; on NOSCRIPT loads `scripts` and
@@ -111,8 +180,31 @@ pub(crate) fn query_pipeline<T: FromRedisValue>(
             for s in scripts {
                 s.load(conn)?;
             }
-            Ok(pipe.query::<T>(conn)?)
+            Ok(pipe.query::<T>(conn).map_err(explain_acl_denial)?)
         }
-        other => Ok(other?),
+        other => Ok(other.map_err(explain_acl_denial)?),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_called_command_is_read_from_a_script_line() {
+        let f = super::called_command;
+        assert_eq!(
+            f("  redis.call('ZADD', KEYS[1], 1, 'a')").as_deref(),
+            Some("zadd")
+        );
+        assert_eq!(
+            f("local t = redis.pcall(\"TIME\")").as_deref(),
+            Some("time")
+        );
+        assert_eq!(
+            f("local x = redis.call( 'hget', k, 'f')").as_deref(),
+            Some("hget")
+        );
+        assert_eq!(f("return redis.call(cmd, k)"), None);
+        assert_eq!(f("-- no call here"), None);
+        assert_eq!(f("redis.call('unterminated"), None);
     }
 }

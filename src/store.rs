@@ -7,20 +7,30 @@ use std::time::Duration;
 
 use parking_lot::RwLock;
 use redis::io::tcp::TcpSettings;
-use redis::ConnectionLike;
+use redis::{ConnectionLike, IntoConnectionInfo};
 
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::keys::Keys;
+use crate::sentinel::SentinelSource;
 
 /// Opens connections for the pool with a bounded connect and the
 /// configured read/write timeouts (r2d2's stock manager for `redis::Client`
 /// connects with no timeout at all).
 #[derive(Clone, Debug)]
 pub(crate) struct ConnectionManager {
-    client: redis::Client,
+    target: Target,
     connect_timeout: Duration,
     command_timeout: Duration,
+}
+
+/// What a new connection goes to.
+#[derive(Clone, Debug)]
+enum Target {
+    /// The one server of the URL.
+    Direct(Box<redis::Client>),
+    /// Whichever node the sentinels name as primary at connect time.
+    Sentinel(Arc<SentinelSource>),
 }
 
 impl ConnectionManager {
@@ -34,7 +44,10 @@ impl ConnectionManager {
         &self,
         connect_timeout: Duration,
     ) -> redis::RedisResult<redis::Connection> {
-        let conn = self.client.get_connection_with_timeout(connect_timeout)?;
+        let conn = match &self.target {
+            Target::Direct(client) => client.get_connection_with_timeout(connect_timeout)?,
+            Target::Sentinel(source) => source.connect(connect_timeout, self.command_timeout)?,
+        };
         // get_connection_with_timeout resets the socket timeouts: set them again.
         conn.set_read_timeout(Some(self.command_timeout))?;
         conn.set_write_timeout(Some(self.command_timeout))?;
@@ -100,13 +113,8 @@ impl Store {
     /// enough before anything else starts (fail fast, clear error).
     pub(crate) fn open(config: Config, node_id: String) -> Result<Arc<Store>> {
         let url = config.masked_url();
-        if config.url.starts_with("rediss") {
-            // rustls needs a process-wide crypto provider; installing twice is harmless.
-            let _ = rustls::crypto::ring::default_provider().install_default();
-        }
-        let client = make_client(&config)?;
         let manager = ConnectionManager {
-            client: client.clone(),
+            target: make_target(&config)?,
             connect_timeout: config.connect_timeout,
             command_timeout: config.command_timeout,
         };
@@ -179,14 +187,26 @@ fn new_pool(config: &Config, manager: ConnectionManager) -> r2d2::Pool<Connectio
         .build_unchecked(manager)
 }
 
-fn make_client(config: &Config) -> Result<redis::Client> {
+fn make_target(config: &Config) -> Result<Target> {
     let mask = |e: redis::RedisError| Error::config("url", format!("{}: {e}", config.masked_url()));
-    let client = redis::Client::open(config.url.as_str()).map_err(mask)?;
-    let info = client
-        .get_connection_info()
-        .clone()
+    let url = match &config.sentinel {
+        Some(s) => s.node_url.as_str(),
+        None => config.url.as_str(),
+    };
+    let info = url
+        .into_connection_info()
+        .map_err(mask)?
         .set_tcp_settings(TcpSettings::default().set_nodelay(true));
-    redis::Client::open(info).map_err(mask)
+    match &config.sentinel {
+        Some(s) => Ok(Target::Sentinel(Arc::new(SentinelSource::new(
+            s.clone(),
+            info,
+            config.tls.clone(),
+        )))),
+        None => Ok(Target::Direct(Box::new(
+            crate::tls::client(info, &config.tls).map_err(mask)?,
+        ))),
+    }
 }
 
 /// Parses `redis_version:` out of `INFO server` and insists on >= 6.2.

@@ -18,9 +18,7 @@ local owner, fence_key, queue, tickets = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local token, ttl, fair = ARGV[1], tonumber(ARGV[2]), ARGV[3] == '1'
 
 -- Read and check everything first.
--- GET checks the owner key's type too (WRONGTYPE), in one call.
-local holder = redis.pcall('GET', owner)
-if type(holder) == 'table' and holder['err'] then want_type(owner, 'string') end
+local holder = read_typed(owner, 'string', 'GET', owner)
 local fence = fence_current(fence_key)
 -- Only a held lock needs its remaining time (the free path skips it).
 local pttl = holder and redis.call('PTTL', owner) or -2

@@ -6,8 +6,7 @@
 -- Returns 1 released, 0 not held by anyone (expired or already released),
 --         -1 held by someone else (we lost it; nothing changed).
 -- Errors 'CORRUPT <key>\t<reason>' (before any write) on unusable data.
-local cur = redis.pcall('GET', KEYS[1])
-if type(cur) == 'table' and cur['err'] then want_type(KEYS[1], 'string') end
+local cur = read_typed(KEYS[1], 'string', 'GET', KEYS[1])
 if cur ~= ARGV[1] then
   if cur then return -1 end
   return 0

@@ -27,6 +27,18 @@ local function want_type(key, want)
   end
 end
 
+-- Runs a read on `key` in one call, its WRONGTYPE error standing in for a
+-- TYPE check (want_type's error then); any other error (an ACL denial,
+-- OOM) is raised as it is.
+local function read_typed(key, want, ...)
+  local r = redis.pcall(...)
+  if type(r) == 'table' and r['err'] then
+    if string.find(r['err'], 'WRONGTYPE', 1, true) then want_type(key, want) end
+    error(r)
+  end
+  return r
+end
+
 -- A whole number >= 0 stored as text; nil for anything else.
 local function count_of(v)
   if type(v) ~= 'string' or not string.match(v, '^%d+$') or #v > 16 then return nil end
@@ -53,9 +65,7 @@ local function fence_current(key, field)
     want_type(key, 'hash')
     v = redis.call('HGET', key, field)
   else
-    -- One call: GET's WRONGTYPE error stands in for a TYPE check.
-    v = redis.pcall('GET', key)
-    if type(v) == 'table' and v['err'] then want_type(key, 'string') end
+    v = read_typed(key, 'string', 'GET', key)
   end
   if not v then return 0 end
   local n = count_of(v)

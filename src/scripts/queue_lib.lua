@@ -27,6 +27,7 @@ local function load_task(key, fields)
   -- One call, not TYPE + HMGET: a key of another type answers WRONGTYPE.
   local raw = redis.pcall('HMGET', key, unpack(names))
   if raw['err'] then
+    if not string.find(raw['err'], 'WRONGTYPE', 1, true) then error(raw) end
     return nil, 'is a ' .. redis.call('TYPE', key)['ok'] .. ', not a task hash'
   end
   local task, any = {}, false

@@ -26,7 +26,10 @@ local prefix, channel = ARGV[1], ARGV[2]
 local function checked(key, what, ...)
   local r = redis.pcall(...)
   if type(r) == 'table' and r['err'] then
-    corrupt(key, what .. ': ' .. r['err'])
+    -- Only a wrong type is corrupt data; anything else (an ACL denial,
+    -- OOM) is raised as it is.
+    if string.find(r['err'], 'WRONGTYPE', 1, true) then corrupt(key, what .. ': ' .. r['err']) end
+    error(r)
   end
   return r
 end

@@ -6,11 +6,17 @@
 
 mod fault_proxy;
 mod redis_server;
+mod sentinel;
+mod tls_pki;
 
 #[allow(unused_imports)]
 pub use fault_proxy::FaultProxy;
 #[allow(unused_imports)]
-pub use redis_server::{Builder as RedisServerBuilder, RedisServer};
+pub use redis_server::{Builder as RedisServerBuilder, RedisServer, TlsFiles};
+#[allow(unused_imports)]
+pub use sentinel::SentinelSet;
+#[allow(unused_imports)]
+pub use tls_pki::TestPki;
 
 use std::time::{Duration, Instant};
 

@@ -29,6 +29,21 @@ pub struct Builder {
     aof: bool,
     replica_of: Option<u16>,
     extra: Vec<(String, String)>,
+    tls: Option<TlsFiles>,
+}
+
+/// What a TLS listener needs: the server's certificate and key, and the CA
+/// that client certificates must chain to.
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    /// Server certificate (PEM).
+    pub cert: PathBuf,
+    /// Server private key (PEM).
+    pub key: PathBuf,
+    /// CA for client certificates (PEM).
+    pub ca: PathBuf,
+    /// `tls-auth-clients yes`: a client without a certificate is refused.
+    pub auth_clients: bool,
 }
 
 impl Builder {
@@ -43,6 +58,14 @@ impl Builder {
     /// Start as a replica of the server listening on 127.0.0.1:`port`.
     pub fn replica_of(mut self, port: u16) -> Self {
         self.replica_of = Some(port);
+        self
+    }
+
+    /// Also listen with TLS on a second free port ([`RedisServer::tls_port`],
+    /// [`RedisServer::tls_url`]); the plain port stays open for the test's
+    /// own inspection (`conn()`, readiness checks).
+    pub fn tls(mut self, files: TlsFiles) -> Self {
+        self.tls = Some(files);
         self
     }
 
@@ -66,12 +89,16 @@ impl Builder {
             child: Mutex::new(None),
             paused: AtomicBool::new(false),
             port: 0,
+            tls_port: 0,
             dir,
             opts: self,
         };
         let mut last_err = String::new();
         for _ in 0..START_ATTEMPTS {
             server.port = free_port();
+            if server.opts.tls.is_some() {
+                server.tls_port = free_port();
+            }
             match server.spawn_and_wait() {
                 Ok(()) => return server,
                 Err(e) => last_err = e,
@@ -89,6 +116,8 @@ pub struct RedisServer {
     child: Mutex<Option<Child>>,
     paused: AtomicBool,
     port: u16,
+    /// 0 unless started with [`Builder::tls`].
+    tls_port: u16,
     dir: PathBuf,
     opts: Builder,
 }
@@ -107,6 +136,18 @@ impl RedisServer {
     /// `redis://127.0.0.1:PORT/`.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// `rediss://localhost:TLS_PORT/` (the test certificates name
+    /// `localhost`). Panics unless started with [`Builder::tls`].
+    pub fn tls_url(&self) -> String {
+        format!("rediss://localhost:{}/", self.tls_port())
+    }
+
+    /// The TLS port. Panics unless started with [`Builder::tls`].
+    pub fn tls_port(&self) -> u16 {
+        assert!(self.tls_port != 0, "this server was started without TLS");
+        self.tls_port
     }
 
     /// The TCP port; it stays the same across [`RedisServer::restart`].
@@ -258,6 +299,20 @@ impl RedisServer {
         if let Some(port) = self.opts.replica_of {
             cmd.args(["--replicaof", "127.0.0.1"]).arg(port.to_string());
         }
+        if let Some(tls) = &self.opts.tls {
+            cmd.arg("--tls-port")
+                .arg(self.tls_port.to_string())
+                .arg("--tls-cert-file")
+                .arg(&tls.cert)
+                .arg("--tls-key-file")
+                .arg(&tls.key)
+                .arg("--tls-ca-cert-file")
+                .arg(&tls.ca)
+                .args([
+                    "--tls-auth-clients",
+                    if tls.auth_clients { "yes" } else { "no" },
+                ]);
+        }
         for (name, value) in &self.opts.extra {
             cmd.arg(format!("--{name}")).arg(value);
         }
@@ -345,7 +400,7 @@ impl Drop for RedisServer {
 }
 
 /// A port that was free a moment ago (bind 127.0.0.1:0, read, drop).
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
