@@ -345,14 +345,15 @@ impl Drop for RedisServer {
 }
 
 /// A port that was free a moment ago (bind 127.0.0.1:0, read, drop).
-fn free_port() -> u16 {
+pub(super) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("bind an ephemeral port")
 }
 
-fn unique_dir() -> PathBuf {
+/// A fresh, not yet created directory under the system temp dir.
+pub(super) fn unique_dir() -> PathBuf {
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -362,7 +363,7 @@ fn unique_dir() -> PathBuf {
 }
 
 /// `kill -SIG pid` via the `kill` command (no libc crate here).
-fn signal(pid: u32, sig: &str) {
+pub(super) fn signal(pid: u32, sig: &str) {
     let status = Command::new("kill")
         .arg(format!("-{sig}"))
         .arg(pid.to_string())
