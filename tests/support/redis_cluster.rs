@@ -219,7 +219,7 @@ impl RedisCluster {
     fn wait_ok(&self) {
         let urls = self.urls();
         let deadline = Instant::now() + CLUSTER_OK_TIMEOUT;
-        let mut last = String::new();
+        let mut last: String;
         for url in &urls {
             loop {
                 let info = connect(url, Duration::from_secs(1))
