@@ -200,3 +200,71 @@ fn r2d2_pools_cluster_connections() {
         assert_eq!(v, i);
     }
 }
+
+/// The index of the node that serves `key` (the others answer MOVED).
+fn owner_node(cluster: &RedisCluster, key: &str) -> usize {
+    (0..cluster.urls().len())
+        .find(|i| {
+            redis::cmd("EXISTS")
+                .arg(key)
+                .query::<i64>(&mut cluster.conn(*i))
+                .is_ok()
+        })
+        .unwrap_or_else(|| panic!("no node serves {key}"))
+}
+
+#[test]
+fn undeclared_keys_work_only_while_their_slot_is_on_the_same_node() {
+    // Queue, cluster and tracker scripts build record keys from a prefix in
+    // ARGV (`<queue>:task:<id>`). Redis 7 runs a script (without flags)
+    // that touches an undeclared key whenever that key is on the node, even
+    // of another slot; only a key on another node is refused. So the
+    // server does not catch a cross-slot mistake until a reshard separates
+    // the slots: tests/cluster_slots.rs does.
+    support::init_logging();
+    let cluster = RedisCluster::start(3);
+    let mut conn = client(&cluster).get_connection().unwrap();
+    let keys = Keys::new("app");
+    let q = keys.queue("q").unwrap();
+    let set_argv_key = redis::Script::new(
+        "redis.call('SET', KEYS[1], 'declared'); return redis.call('SET', ARGV[1], 'derived')",
+    );
+    let run = |conn: &mut ClusterConnection, key: &str| -> redis::RedisResult<String> {
+        set_argv_key.key(&q.seq).arg(key).invoke(conn)
+    };
+    assert_eq!(run(&mut conn, &q.task("t1")).unwrap(), "OK");
+    let got: String = redis::cmd("GET")
+        .arg(q.task("t1"))
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(got, "derived");
+
+    let home = owner_node(&cluster, &q.seq);
+    let slot = |k: &str| -> u16 {
+        redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(k)
+            .query(&mut cluster.conn(0))
+            .unwrap()
+    };
+    let locks: Vec<String> = (0..200)
+        .map(|i| keys.lock(&format!("l{i}")).unwrap().owner)
+        .collect();
+    let same_node = locks
+        .iter()
+        .find(|k| slot(k) != slot(&q.seq) && owner_node(&cluster, k) == home)
+        .expect("a lock in another slot of the same node");
+    let other_node = locks
+        .iter()
+        .find(|k| owner_node(&cluster, k) != home)
+        .expect("a lock on another node");
+
+    assert_eq!(run(&mut conn, same_node).unwrap(), "OK", "{same_node}");
+    let e = run(&mut conn, other_node).expect_err("undeclared key on another node");
+    let exists: i64 = redis::cmd("EXISTS")
+        .arg(other_node)
+        .query(&mut conn)
+        .unwrap();
+    assert_eq!(exists, 0, "nothing written under {other_node}: {e}");
+    log::info!("undeclared key on another node: {e}");
+}
