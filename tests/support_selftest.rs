@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use support::{FaultProxy, RedisServer};
+use support::{FaultProxy, RedisCluster, RedisServer};
 
 const SHORT: Duration = Duration::from_millis(300);
 
@@ -364,4 +364,94 @@ fn wait_until_reports_success_and_timeout() {
     let started = Instant::now();
     assert!(!support::wait_until(Duration::from_millis(50), || false));
     assert!(started.elapsed() >= Duration::from_millis(50));
+}
+
+/// The slot ranges each node of `CLUSTER NODES` serves, by port.
+fn slots_by_port(c: &mut redis::Connection) -> Vec<(u16, Vec<(u16, u16)>)> {
+    let nodes: String = redis::cmd("CLUSTER").arg("NODES").query(c).unwrap();
+    nodes
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // `<id> <ip:port@cport> <flags> <master> <ping> <pong> <epoch> <link> <slot>...`
+            let port = fields[1]
+                .split('@')
+                .next()
+                .and_then(|a| a.rsplit(':').next())
+                .and_then(|p| p.parse().ok())
+                .unwrap_or_else(|| panic!("no port in CLUSTER NODES line {line:?}"));
+            let ranges = fields[8..]
+                .iter()
+                .map(|r| match r.split_once('-') {
+                    Some((a, b)) => (a.parse().unwrap(), b.parse().unwrap()),
+                    None => (r.parse().unwrap(), r.parse().unwrap()),
+                })
+                .collect();
+            (port, ranges)
+        })
+        .collect()
+}
+
+#[test]
+fn cluster_of_three_primaries_covers_every_slot() {
+    let mut cluster = RedisCluster::start(3);
+    let addrs = cluster.addrs();
+    let urls = cluster.urls();
+    assert_eq!(addrs.len(), 3);
+    assert_eq!(urls[0], format!("redis://127.0.0.1:{}/", addrs[0].port()));
+    let mut ports: Vec<u16> = addrs.iter().map(|a| a.port()).collect();
+    ports.dedup();
+    assert_eq!(ports.len(), 3, "distinct ports: {addrs:?}");
+
+    let mut covered = vec![false; 16384];
+    let layout = slots_by_port(&mut cluster.conn(0));
+    assert_eq!(layout.len(), 3, "three nodes in {layout:?}");
+    for (port, ranges) in &layout {
+        assert!(ports.contains(port), "unknown node {port} in {layout:?}");
+        assert!(!ranges.is_empty(), "node {port} serves no slot");
+        for &(a, b) in ranges {
+            for slot in a..=b {
+                assert!(!covered[slot as usize], "slot {slot} served twice");
+                covered[slot as usize] = true;
+            }
+        }
+    }
+    assert!(covered.iter().all(|c| *c), "some slot is not served");
+    for i in 0..3 {
+        let info: String = redis::cmd("CLUSTER")
+            .arg("INFO")
+            .query(&mut cluster.conn(i))
+            .unwrap();
+        assert!(info.contains("cluster_state:ok"), "node {i}: {info}");
+        assert!(info.contains("cluster_slots_ok:16384"), "node {i}: {info}");
+    }
+
+    // A key is served by exactly one node; the others answer MOVED.
+    let mut moved = 0;
+    for i in 0..3 {
+        let r: redis::RedisResult<()> = redis::cmd("SET")
+            .arg("k")
+            .arg("v")
+            .query(&mut cluster.conn(i));
+        match r {
+            Ok(()) => {}
+            Err(e) => {
+                assert!(e.to_string().to_uppercase().contains("MOVED"), "{e}");
+                moved += 1;
+            }
+        }
+    }
+    assert_eq!(moved, 2);
+
+    let dir = cluster.dir().to_path_buf();
+    assert!(dir.join(format!("nodes-{}.conf", ports[0])).is_file());
+    assert!(cluster.is_running(1));
+    cluster.kill(1);
+    assert!(!cluster.is_running(1));
+    assert!(!answers(&urls[1]));
+    assert!(answers(&urls[0]));
+    drop(cluster);
+    assert!(!dir.exists());
+    assert!(!answers(&urls[0]));
 }

@@ -1,16 +1,19 @@
 //! Shared integration-test support: a throwaway `redis-server` per test
-//! ([`RedisServer`]), a tiny in-process TCP fault proxy ([`FaultProxy`]) and
-//! small helpers. Every integration test file includes it with
+//! ([`RedisServer`]), a throwaway Redis Cluster ([`RedisCluster`]), a tiny
+//! in-process TCP fault proxy ([`FaultProxy`]) and small helpers. Every integration test file includes it with
 //! `mod support;` and uses only part of it.
 #![allow(dead_code)]
 
 mod fault_proxy;
+mod redis_cluster;
 mod redis_server;
 mod sentinel;
 mod tls_pki;
 
 #[allow(unused_imports)]
 pub use fault_proxy::FaultProxy;
+#[allow(unused_imports)]
+pub use redis_cluster::RedisCluster;
 #[allow(unused_imports)]
 pub use redis_server::{Builder as RedisServerBuilder, RedisServer, TlsFiles};
 #[allow(unused_imports)]

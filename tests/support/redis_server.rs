@@ -407,7 +407,8 @@ pub(crate) fn free_port() -> u16 {
         .expect("bind an ephemeral port")
 }
 
-fn unique_dir() -> PathBuf {
+/// A fresh, not yet created directory under the system temp dir.
+pub(super) fn unique_dir() -> PathBuf {
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -417,7 +418,7 @@ fn unique_dir() -> PathBuf {
 }
 
 /// `kill -SIG pid` via the `kill` command (no libc crate here).
-fn signal(pid: u32, sig: &str) {
+pub(super) fn signal(pid: u32, sig: &str) {
     let status = Command::new("kill")
         .arg(format!("-{sig}"))
         .arg(pid.to_string())
