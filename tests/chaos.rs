@@ -73,22 +73,6 @@ fn soak_seconds() -> u64 {
         .unwrap_or(40)
 }
 
-/// `target/<profile>/examples/<name>`, built by `cargo test`.
-fn example(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target/<profile>/");
-    let path = dir.join("examples").join(name);
-    assert!(
-        path.exists(),
-        "example binary {} not built (run through `cargo test`)",
-        path.display()
-    );
-    path
-}
-
 fn signal(pid: u32, sig: &str) {
     let _ = Command::new("kill")
         .arg(format!("-{sig}"))
@@ -144,7 +128,7 @@ impl Harness {
         let slot_url = self.workers[i].proxy.url();
         let incarnation = self.workers[i].incarnation;
         let (err, path) = self.stderr_file(&format!("worker-{i}-{incarnation}.err"));
-        let mut cmd = Command::new(example("worker"));
+        let mut cmd = Command::new(support::example_binary("worker"));
         Self::env(&mut cmd, &slot_url);
         cmd.args(["--queue", QUEUE, "--threads", &THREADS.to_string()])
             .args(["--listen", "127.0.0.1:0"])
@@ -177,7 +161,7 @@ impl Harness {
 
     fn start_monitor(&mut self) {
         let (err, path) = self.stderr_file(&format!("monitor-{}.err", self.stderr_files.len()));
-        let mut cmd = Command::new(example("monitor"));
+        let mut cmd = Command::new(support::example_binary("monitor"));
         Self::env(&mut cmd, &self.server.url());
         cmd.args(["--queue", QUEUE, "--interval-ms", "500"])
             .stdin(Stdio::null())
@@ -199,7 +183,7 @@ impl Harness {
     }
 
     fn push(&self, count: usize) {
-        let status = Command::new(example("push"))
+        let status = Command::new(support::example_binary("push"))
             .env("REDIS_URL", self.server.url())
             .env("REDSWARM_NAMESPACE", NAMESPACE)
             .env("RUST_LOG", "warn")

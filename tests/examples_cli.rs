@@ -37,25 +37,9 @@ const BINARIES: [&str; 10] = [
 /// Generous: the machine is shared and the binaries are debug builds.
 const PATIENCE: Duration = Duration::from_secs(60);
 
-/// `target/<profile>/examples/<name>`, built by `cargo test`.
-fn example(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target/<profile>/");
-    let path = dir.join("examples").join(name);
-    assert!(
-        path.exists(),
-        "example binary {} not built (run through `cargo test`)",
-        path.display()
-    );
-    path
-}
-
 /// A command for example `name` against `url` in namespace `ns`.
 fn command(name: &str, url: &str, ns: &str) -> Command {
-    let mut cmd = Command::new(example(name));
+    let mut cmd = Command::new(support::example_binary(name));
     cmd.env("REDIS_URL", url)
         .env("REDSWARM_NAMESPACE", ns)
         .env("RUST_LOG", "warn")

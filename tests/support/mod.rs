@@ -21,7 +21,25 @@ pub use sentinel::SentinelSet;
 #[allow(unused_imports)]
 pub use tls_pki::TestPki;
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
+
+/// An example binary of this crate: `target/<profile>/examples/<name>`,
+/// built by `cargo test` (which builds the examples before the tests).
+pub fn example_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>/");
+    let path = dir.join("examples").join(name);
+    assert!(
+        path.exists(),
+        "example binary {} not built (run through `cargo test`)",
+        path.display()
+    );
+    path
+}
 
 /// Calls `f` about every 10 ms until it returns true (→ true) or `deadline`
 /// has passed (→ false). `f` is always called at least once, and once more
