@@ -1636,3 +1636,41 @@ fn a_round_trip_whose_reply_is_lost_settles_each_report_once_and_recovers_its_cl
         assert_eq!(hows, vec![&FinishedHow::Completed], "task {id}");
     }
 }
+
+#[test]
+fn a_claim_whose_reply_arrives_after_shutdown_began_is_handed_back_not_started() {
+    let server = RedisServer::start();
+    let proxy = support::FaultProxy::start(server.addr());
+    let s = connect(&server, "late-claim");
+    let behind = Redswarm::connect(config(&proxy.url(), "late-claim")).unwrap();
+    let q = s.queue("jobs").unwrap();
+    let ran = Arc::new(AtomicU64::new(0));
+    let r = ran.clone();
+    let w = SwarmWorker::start(&behind.queue("jobs").unwrap(), opts(1), move |_| {
+        r.fetch_add(1, Ordering::SeqCst);
+        Ok(Value::Null)
+    })
+    .unwrap();
+    assert!(support::wait_until(10 * SEC, || !blpop_clients(&server).is_empty()));
+    // 45 ms each way (a 90 ms round trip, under the 100 ms command
+    // timeout): the claim runs in Redis while its reply is still on its way.
+    proxy.set_latency(Duration::from_millis(45));
+    let id = q.push(&"x").unwrap();
+    wait_running(&q, &id);
+    let handed_back = w.shutdown();
+    let finished: Vec<_> = w.finished().try_iter().collect();
+    assert_eq!(
+        handed_back,
+        1,
+        "the in-flight claim was not handed back (ran {}, finished {finished:?}, task {:?})",
+        ran.load(Ordering::SeqCst),
+        q.get(&id)
+    );
+    assert_eq!(
+        ran.load(Ordering::SeqCst),
+        0,
+        "a task started after shutdown began"
+    );
+    let t = q.get(&id).unwrap().unwrap();
+    assert_eq!((t.state, t.attempts), (TaskState::Queued, 0), "{t:?}");
+}

@@ -712,7 +712,20 @@ fn pump(shared: Arc<Shared>, pool: Arc<ThreadPool>) {
                 }
                 let claimed = stepped.grants.len();
                 for task in stepped.grants {
-                    start_task(&shared, &pool, task);
+                    if shared.stopping() {
+                        // Shutdown began while this claim was on its way:
+                        // hand it back with the next round trip instead of
+                        // starting it.
+                        pending.push(Report::new(
+                            &task.id,
+                            task.fence,
+                            task.attempt,
+                            "handback",
+                            String::new(),
+                        ));
+                    } else {
+                        start_task(&shared, &pool, task);
+                    }
                 }
                 if claimed < want && !stepped.token_spent {
                     // The queue has nothing more for now.
