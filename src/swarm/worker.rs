@@ -254,7 +254,9 @@ struct Shared {
     reports_rx: Receiver<Report>,
     finished_tx: Sender<Finished>,
     finished_rx: Receiver<Finished>,
-    /// `CLIENT ID` of the blocking connection, to unblock it.
+    /// `CLIENT ID` of the blocking connection, to unblock it. A copy of
+    /// `wait_conn`'s id: that mutex is held for the whole `BLPOP`, so
+    /// shutdown could not read it there.
     fetch_client: Mutex<Option<i64>>,
     /// The one connection that blocks on the wake-up list: used by the
     /// pump while nothing runs, else by the waker thread (never both).
