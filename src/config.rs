@@ -19,6 +19,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
+use crate::redis_cluster::ClusterSettings;
 use crate::sentinel::SentinelSettings;
 use crate::tls::{PemSource, TlsSettings};
 
@@ -59,6 +60,7 @@ pub struct Config {
     pub(crate) partition_percentage: u8,
     pub(crate) tls: TlsSettings,
     pub(crate) sentinel: Option<SentinelSettings>,
+    pub(crate) cluster: Option<ClusterSettings>,
 }
 
 /// Secrets are shown as `***`: the password in the URL (see
@@ -91,6 +93,7 @@ impl std::fmt::Debug for Config {
                     .as_ref()
                     .map(|s| (&s.master_name, &s.sentinels)),
             )
+            .field("cluster", &self.cluster.as_ref().map(|c| &c.seeds))
             .finish()
     }
 }
@@ -428,6 +431,8 @@ pub struct ConfigBuilder {
     peer_timeout: Option<Duration>,
     /// Master name and sentinel addresses given to [`ConfigBuilder::sentinel`].
     sentinel: Option<(String, Vec<String>)>,
+    /// Seed addresses given to [`ConfigBuilder::cluster`].
+    cluster: Option<Vec<String>>,
 }
 
 /// Redacted like [`Config`]'s: no password, no peer secret.
@@ -438,6 +443,7 @@ impl std::fmt::Debug for ConfigBuilder {
             .field("command_timeout", &self.command_timeout)
             .field("peer_timeout", &self.peer_timeout)
             .field("sentinel", &self.sentinel)
+            .field("cluster", &self.cluster)
             .finish()
     }
 }
@@ -466,8 +472,10 @@ impl Default for ConfigBuilder {
                 partition_percentage: 60,
                 tls: TlsSettings::default(),
                 sentinel: None,
+                cluster: None,
             },
             sentinel: None,
+            cluster: None,
             command_timeout: None,
             peer_timeout: None,
         }
@@ -488,7 +496,9 @@ impl ConfigBuilder {
     /// Redis URL (`redis://[user:password@]host:port/db`, `rediss://` for
     /// TLS, `redis+unix:///path`, or
     /// `redis+sentinel://[user:password@]host:port[,host:port]/master[/db]`
-    /// (see [`ConfigBuilder::sentinel`])).
+    /// (see [`ConfigBuilder::sentinel`]), or
+    /// `redis+cluster://[user:password@]host:port[,host:port]` (see
+    /// [`ConfigBuilder::cluster`])).
     ///
     /// ```
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -835,6 +845,30 @@ impl ConfigBuilder {
         self
     }
 
+    /// Connect to a Redis Cluster (cargo feature `cluster`): `seeds` are
+    /// `host:port` addresses of some of its nodes (port 6379 if left out);
+    /// the rest is discovered. The URL still gives the scheme (`rediss://`
+    /// for TLS), user and password; its host and port are not used. The same
+    /// as a `redis+cluster://[user:pass@]host1:port1,host2:port2` URL.
+    /// Commands are routed by slot, following `MOVED`/`ASK`; see the README's
+    /// "Scaling out" for what each feature does on a cluster.
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let built = redswarm::Config::builder()
+    ///     .url("redis://app:secret@unused/")
+    ///     .cluster(&["10.0.0.1:7000", "10.0.0.2:7000"])
+    ///     .build();
+    /// let same = redswarm::Config::from_url("redis+cluster://app:secret@10.0.0.1:7000,10.0.0.2:7000");
+    /// // Without the `cluster` feature both are refused, naming the feature.
+    /// assert_eq!(built.is_ok(), same.is_ok());
+    /// # Ok(()) }
+    /// ```
+    pub fn cluster(mut self, seeds: &[&str]) -> Self {
+        self.cluster = Some(seeds.iter().map(|s| s.to_string()).collect());
+        self
+    }
+
     /// Checks every field and the timing rules, and returns the config.
     ///
     /// ```
@@ -882,10 +916,37 @@ impl ConfigBuilder {
             }
             None => None,
         };
-        let node_url = c
-            .sentinel
-            .as_ref()
-            .map_or(c.url.as_str(), |s| s.node_url.as_str());
+        let cluster_url = crate::redis_cluster::is_cluster_url(&c.url);
+        c.cluster = match self.cluster {
+            Some(_) if cluster_url => {
+                return Err(Error::config(
+                    "cluster",
+                    "given twice: by a redis+cluster:// URL and by ConfigBuilder::cluster",
+                ))
+            }
+            _ if cluster_url => Some(crate::redis_cluster::parse_url(&c.url)?),
+            Some(seeds) => Some(ClusterSettings::from_parts(&seeds, &c.url)?),
+            None => None,
+        };
+        if c.cluster.is_some() {
+            if c.sentinel.is_some() {
+                return Err(Error::config(
+                    "cluster",
+                    "a Redis Cluster and Sentinel cannot be used together",
+                ));
+            }
+            if !cfg!(feature = "cluster") {
+                return Err(Error::config(
+                    "cluster",
+                    "Redis Cluster needs redswarm's `cluster` cargo feature",
+                ));
+            }
+        }
+        let node_url = match (&c.sentinel, &c.cluster) {
+            (Some(s), _) => s.node_url.as_str(),
+            (None, Some(cl)) => cl.node_url.as_str(),
+            (None, None) => c.url.as_str(),
+        };
         if let Err(e) = redis::Client::open(node_url) {
             return Err(Error::config("url", format!("{}: {e}", mask_url(&c.url))));
         }

@@ -28,6 +28,7 @@ use crossbeam_channel::{bounded, select, Receiver, Sender, TrySendError};
 use parking_lot::Mutex;
 use redis::Value;
 
+use crate::connection::Connection;
 use crate::error::{Error, Result};
 use crate::health::{Health, PartitionState};
 use crate::lease::{Lease, LeaseRegistry, LeaseState, LeaseTarget};
@@ -108,7 +109,7 @@ impl Heartbeat {
                 source,
             })?;
         let first = BeatRequest::new(&shared, 0, true, true, Vec::new());
-        let reply = crate::scripts::invoke::<Value>(&first.invocation, &mut conn)?;
+        let reply = run_calls(&first.calls, 0, &mut conn)?;
         let outcome = BeatOutcome::parse(&shared.store.keys.nodes(), &shared.store.node_id, reply);
         match outcome.membership {
             Membership::Renewed => {}
@@ -241,12 +242,22 @@ impl Heartbeat {
 /// One beat as handed to the I/O thread.
 struct BeatRequest {
     id: u64,
-    invocation: redis::ScriptInvocation<'static>,
-    /// The leases it renews, in the script's order.
+    /// One script call on one server. On a Redis Cluster one call per slot
+    /// (a script may not touch two): the first renews the membership (and
+    /// the leases on the membership key's slot), each other one the leases
+    /// of its slot.
+    calls: Vec<BeatCall>,
+    /// The leases it renews; each call names its own by index.
     leases: Vec<Arc<LeaseState>>,
     /// When it was handed over: a renewal it confirms counts from here.
     sent: Instant,
     deadline: Instant,
+}
+
+struct BeatCall {
+    invocation: redis::ScriptInvocation<'static>,
+    /// Indices into `BeatRequest::leases`, in the call's order.
+    leases: Vec<usize>,
 }
 
 impl BeatRequest {
@@ -267,8 +278,10 @@ impl BeatRequest {
         if let Some(addr) = &shared.peer_addr {
             info.push(("peer", addr.clone()));
         }
-        let mut inv = HEARTBEAT.prepare();
-        inv.key(store.keys.nodes())
+        let nodes_key = store.keys.nodes();
+        let mut membership = HEARTBEAT.prepare();
+        membership
+            .key(&nodes_key)
             .key(store.keys.node_info(&store.node_id))
             .arg(&store.node_id)
             .arg(millis(cfg.node_ttl))
@@ -278,39 +291,48 @@ impl BeatRequest {
             .arg(store.keys.node_info(""))
             .arg(info.len());
         for (field, value) in &info {
-            inv.arg(*field).arg(value);
+            membership.arg(*field).arg(value);
         }
-        inv.arg(leases.len());
-        for lease in &leases {
-            let ttl = millis(*lease.ttl.lock());
-            match &lease.target {
-                LeaseTarget::Key { key, token } => {
-                    inv.key(key).arg("key").arg(ttl).arg(token);
-                }
-                LeaseTarget::Member { zset, member } => {
-                    inv.key(zset).arg("member").arg(ttl).arg(member);
-                }
-                LeaseTarget::Guarded {
-                    zset,
-                    member,
-                    hash,
-                    field,
-                    token,
-                } => {
-                    inv.key(zset)
-                        .key(hash)
-                        .arg("guarded")
-                        .arg(ttl)
-                        .arg(member)
-                        .arg(field)
-                        .arg(token);
-                }
+        // Which leases go with which call: all with the membership on one
+        // server; by slot on a cluster.
+        let mut groups: Vec<(u16, Vec<usize>)> = Vec::new();
+        let nodes_slot = crate::redis_cluster::key_slot(nodes_key.as_bytes());
+        let by_slot = store.dedicated.is_cluster();
+        groups.push((nodes_slot, Vec::new()));
+        for (i, lease) in leases.iter().enumerate() {
+            let slot = if by_slot {
+                crate::redis_cluster::key_slot(lease.target.first_key().as_bytes())
+            } else {
+                nodes_slot
+            };
+            match groups.iter_mut().find(|(s, _)| *s == slot) {
+                Some((_, members)) => members.push(i),
+                None => groups.push((slot, vec![i])),
             }
+        }
+        let mut calls = Vec::with_capacity(groups.len());
+        for (n, (_, members)) in groups.into_iter().enumerate() {
+            let mut inv = if n == 0 {
+                std::mem::replace(&mut membership, HEARTBEAT.prepare())
+            } else {
+                // Lease-only mode: no node id, no info pairs.
+                let mut inv = HEARTBEAT.prepare();
+                inv.arg("").arg(0).arg("").arg("0").arg("0").arg("").arg(0);
+                inv
+            };
+            inv.arg(members.len());
+            for &i in &members {
+                push_lease(&mut inv, &leases[i]);
+            }
+            calls.push(BeatCall {
+                invocation: inv,
+                leases: members,
+            });
         }
         let sent = Instant::now();
         BeatRequest {
             id,
-            invocation: inv,
+            calls,
             leases,
             sent,
             // A beat must be over before the next is due; the command
@@ -319,6 +341,49 @@ impl BeatRequest {
         }
     }
 }
+
+/// Adds one lease's keys and arguments to a heartbeat call.
+fn push_lease(inv: &mut redis::ScriptInvocation<'static>, lease: &LeaseState) {
+    let ttl = millis(*lease.ttl.lock());
+    match &lease.target {
+        LeaseTarget::Key { key, token } => {
+            inv.key(key).arg("key").arg(ttl).arg(token);
+        }
+        LeaseTarget::Member { zset, member } => {
+            inv.key(zset).arg("member").arg(ttl).arg(member);
+        }
+        LeaseTarget::Guarded {
+            zset,
+            member,
+            hash,
+            field,
+            token,
+        } => {
+            inv.key(zset)
+                .key(hash)
+                .arg("guarded")
+                .arg(ttl)
+                .arg(member)
+                .arg(field)
+                .arg(token);
+        }
+    }
+}
+
+/// What a beat did to one lease.
+enum LeaseFlag {
+    Renewed,
+    /// Expired or not ours any more.
+    Lost,
+    /// Its key holds the wrong type.
+    Corrupt(String),
+    /// Its slot's call failed (a cluster node that did not answer): not
+    /// renewed, not known to be lost; its local deadline applies.
+    Unanswered,
+}
+
+/// The flag `beat_io` puts in for the leases of a call that failed.
+const UNANSWERED: &str = "unanswered";
 
 enum Membership {
     Renewed,
@@ -331,8 +396,8 @@ enum Membership {
 pub(crate) struct BeatOutcome {
     membership: Membership,
     peers: Option<Vec<PeerAddr>>,
-    /// Per lease: `Ok(true)` renewed, `Ok(false)` lost, `Err(key)` corrupt.
-    flags: Vec<std::result::Result<bool, String>>,
+    /// Per lease, in the request's order.
+    flags: Vec<LeaseFlag>,
 }
 
 impl BeatOutcome {
@@ -364,9 +429,12 @@ impl BeatOutcome {
             Some(Value::Array(items)) => items
                 .iter()
                 .map(|v| match v {
-                    Value::Int(1) => Ok(true),
-                    Value::Int(_) => Ok(false),
-                    other => Err(corrupt(other).unwrap_or_else(|| format!("{other:?}"))),
+                    Value::Int(1) => LeaseFlag::Renewed,
+                    Value::Int(_) => LeaseFlag::Lost,
+                    Value::SimpleString(s) if s == UNANSWERED => LeaseFlag::Unanswered,
+                    other => {
+                        LeaseFlag::Corrupt(corrupt(other).unwrap_or_else(|| format!("{other:?}")))
+                    }
                 })
                 .collect(),
             _ => Vec::new(),
@@ -400,7 +468,7 @@ struct BeatIo {
 }
 
 impl BeatIo {
-    fn start(store: Arc<Store>, conn: redis::Connection) -> Result<BeatIo> {
+    fn start(store: Arc<Store>, conn: Connection) -> Result<BeatIo> {
         // One slot: the scheduler hands a beat over only while the thread
         // is free (it tracks the beats it gave up on), so nothing queues
         // behind a stuck one.
@@ -449,11 +517,7 @@ impl Drop for BeatIo {
     }
 }
 
-fn beat_io(
-    store: &Store,
-    conn: &mut Option<redis::Connection>,
-    request: &BeatRequest,
-) -> Result<Value> {
+fn beat_io(store: &Store, conn: &mut Option<Connection>, request: &BeatRequest) -> Result<Value> {
     if conn.is_none() {
         // Connect within one interval so a dead server cannot stall the
         // thread for long (the scheduler does not wait for it anyway).
@@ -470,7 +534,47 @@ fn beat_io(
     let Some(c) = conn.as_mut() else {
         return Err(Error::Pool("heartbeat has no connection to Redis".into()));
     };
-    crate::scripts::invoke::<Value>(&request.invocation, c)
+    run_calls(&request.calls, request.leases.len(), c)
+}
+
+/// Runs a beat's calls in order and merges their replies into one
+/// `{membership, peers, flags}` reply in the request's lease order. The
+/// first call (the membership) failing fails the beat; a later call failing
+/// leaves its leases [`LeaseFlag::Unanswered`], so one unreachable cluster
+/// node does not cost the leases on the others.
+fn run_calls(calls: &[BeatCall], lease_count: usize, conn: &mut Connection) -> Result<Value> {
+    let mut flags = vec![Value::Nil; lease_count];
+    let mut head = Vec::new();
+    for (n, call) in calls.iter().enumerate() {
+        let reply = match crate::scripts::invoke::<Value>(&call.invocation, conn) {
+            Ok(reply) => reply,
+            Err(e) if n == 0 => return Err(e),
+            Err(e) => {
+                log::warn!(
+                    "heartbeat: renewing {} lease(s) on one slot failed: {e}",
+                    call.leases.len()
+                );
+                for &i in &call.leases {
+                    flags[i] = Value::SimpleString(UNANSWERED.into());
+                }
+                continue;
+            }
+        };
+        let mut parts: Vec<Value> = redis::from_redis_value(reply).unwrap_or_default();
+        let call_flags = match parts.get_mut(2) {
+            Some(Value::Array(items)) => std::mem::take(items),
+            _ => Vec::new(),
+        };
+        for (&i, flag) in call.leases.iter().zip(call_flags) {
+            flags[i] = flag;
+        }
+        if n == 0 {
+            parts.truncate(2);
+            head = parts;
+        }
+    }
+    head.push(Value::Array(flags));
+    Ok(Value::Array(head))
 }
 
 struct Scheduler {
@@ -586,14 +690,15 @@ impl Scheduler {
         // fresh renewal time when the state turns Connected.
         for (i, lease) in request.leases.iter().enumerate() {
             match outcome.flags.get(i) {
-                Some(Ok(true)) => lease.renewed_at(request.sent),
-                Some(Ok(false)) => {
+                Some(LeaseFlag::Renewed) => lease.renewed_at(request.sent),
+                Some(LeaseFlag::Lost) => {
                     lease.mark_lost("expired or taken over (renewal refused by Redis)")
                 }
-                Some(Err(key)) => {
+                Some(LeaseFlag::Corrupt(key)) => {
                     log::error!("lease key {key} holds the wrong type; dropping that lease only");
                     lease.mark_lost(&format!("corrupt data at key {key}"));
                 }
+                Some(LeaseFlag::Unanswered) => {}
                 None => lease.mark_lost("no renewal result for this lease"),
             }
         }

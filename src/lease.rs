@@ -145,6 +145,17 @@ pub(crate) enum LeaseTarget {
     },
 }
 
+impl LeaseTarget {
+    /// The key that decides the lease's cluster slot (every key of a lease
+    /// shares one hash tag).
+    pub(crate) fn first_key(&self) -> &str {
+        match self {
+            LeaseTarget::Key { key, .. } => key,
+            LeaseTarget::Member { zset, .. } | LeaseTarget::Guarded { zset, .. } => zset,
+        }
+    }
+}
+
 pub(crate) struct LeaseState {
     id: u64,
     what: String,

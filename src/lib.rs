@@ -27,6 +27,7 @@ mod acl;
 pub mod admin;
 pub mod cluster;
 mod config;
+mod connection;
 mod error;
 mod fanout;
 #[cfg(any(test, feature = "fuzzing"))]
@@ -43,6 +44,7 @@ mod membership;
 mod multilock;
 mod paired;
 mod peer;
+mod redis_cluster;
 mod runtime;
 mod scripts;
 mod semaphore;
@@ -63,6 +65,7 @@ pub use cluster::{
     MasterOptions, WorkerInfo,
 };
 pub use config::{Config, ConfigBuilder};
+pub use connection::Connection;
 pub use error::{Error, Result};
 pub use fanout::{Completer, Fanout, FanoutError, Push, Waited, Waiter};
 pub use handle::Redswarm;

@@ -315,10 +315,11 @@ pub(crate) fn attempt(
                 // timeout for it.
                 let command_timeout = swarm.config().command_timeout();
                 conn.set_read_timeout(Some(timeout.saturating_add(command_timeout)))?;
-                let acked: redis::RedisResult<i64> = redis::cmd("WAIT")
-                    .arg(wanted)
-                    .arg(millis(timeout))
-                    .query(&mut *conn);
+                // On a cluster, WAIT must reach the node that wrote the grant.
+                let acked: redis::RedisResult<i64> = conn.query_at_key(
+                    &keys.owner,
+                    redis::cmd("WAIT").arg(wanted).arg(millis(timeout)),
+                );
                 let _ = conn.set_read_timeout(Some(command_timeout));
                 let acked = match acked {
                     Ok(n) => n,

@@ -13,7 +13,7 @@
 
 use std::time::{Duration, Instant};
 
-use redis::{ConnectionAddr, ConnectionInfo, RedisResult};
+use redis::{ConnectionInfo, RedisResult};
 
 use crate::error::{Error, Result};
 use crate::tls::TlsSettings;
@@ -86,10 +86,18 @@ fn parse_hosts(hosts: &str) -> std::result::Result<Vec<(String, u16)>, String> {
 }
 
 pub(crate) fn parse_host(h: &str) -> std::result::Result<(String, u16), String> {
+    parse_host_or(h, 26379)
+}
+
+/// `host[:port]` (IPv6 in brackets), with `default_port` when left out.
+pub(crate) fn parse_host_or(
+    h: &str,
+    default_port: u16,
+) -> std::result::Result<(String, u16), String> {
     let (host, port) = if let Some(v6) = h.strip_prefix('[') {
         let (host, tail) = v6
             .split_once(']')
-            .ok_or_else(|| format!("sentinel address {h:?}: unclosed '['"))?;
+            .ok_or_else(|| format!("address {h:?}: unclosed '['"))?;
         (host, tail.strip_prefix(':'))
     } else {
         match h.rsplit_once(':') {
@@ -98,15 +106,15 @@ pub(crate) fn parse_host(h: &str) -> std::result::Result<(String, u16), String> 
         }
     };
     if host.is_empty() {
-        return Err(format!("sentinel address {h:?} has no host"));
+        return Err(format!("address {h:?} has no host"));
     }
     let port = match port {
-        None => 26379,
+        None => default_port,
         Some(p) => p
             .parse::<u16>()
             .ok()
             .filter(|p| *p != 0)
-            .ok_or_else(|| format!("sentinel address {h:?}: bad port {p:?}"))?,
+            .ok_or_else(|| format!("address {h:?}: bad port {p:?}"))?,
     };
     Ok((host.to_string(), port))
 }
@@ -247,22 +255,7 @@ impl SentinelSource {
 
     /// The template with `host:port` as its address.
     fn at(&self, host: &str, port: u16) -> ConnectionInfo {
-        let mut addr = self.template.addr().clone();
-        match &mut addr {
-            ConnectionAddr::Tcp(h, p) => {
-                *h = host.to_string();
-                *p = port;
-            }
-            ConnectionAddr::TcpTls {
-                host: h, port: p, ..
-            } => {
-                *h = host.to_string();
-                *p = port;
-            }
-            // The template comes from a redis(s)+sentinel URL: always TCP.
-            _ => {}
-        }
-        self.template.clone().set_addr(addr)
+        crate::store::info_at(&self.template, host, port)
     }
 }
 

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use parking_lot::RwLock;
 use redis::io::tcp::TcpSettings;
-use redis::{ConnectionLike, IntoConnectionInfo};
+use redis::{ConnectionAddr, ConnectionInfo, ConnectionLike, IntoConnectionInfo};
+
+use crate::connection::{Connection, NodeAddr};
 
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -31,49 +33,108 @@ enum Target {
     Direct(Box<redis::Client>),
     /// Whichever node the sentinels name as primary at connect time.
     Sentinel(Arc<SentinelSource>),
+    /// A Redis Cluster, routed by slot.
+    #[cfg(feature = "cluster")]
+    Cluster(Arc<crate::redis_cluster::ClusterSource>),
 }
 
 impl ConnectionManager {
-    /// Opens one connection outside the pool (the pub/sub thread uses this).
-    pub(crate) fn open(&self) -> redis::RedisResult<redis::Connection> {
+    /// Opens one routed connection outside the pool.
+    pub(crate) fn open(&self) -> redis::RedisResult<Connection> {
         self.open_within(self.connect_timeout)
     }
 
-    /// Like [`ConnectionManager::open`] with a tighter connect bound.
-    pub(crate) fn open_within(
+    /// Opens one routed connection outside the pool (the heartbeat uses
+    /// this), within `connect_timeout`.
+    pub(crate) fn open_within(&self, connect_timeout: Duration) -> redis::RedisResult<Connection> {
+        #[cfg(feature = "cluster")]
+        if let Target::Cluster(source) = &self.target {
+            // The client's own connect timeout applies per node.
+            let _ = connect_timeout;
+            return source
+                .connect(self.command_timeout)
+                .map(Connection::cluster);
+        }
+        self.open_node(None, connect_timeout)
+            .map(|(c, _)| Connection::single(c))
+    }
+
+    /// Opens a plain connection to one node: on a single server that
+    /// server; on a cluster the primary serving `key`'s slot now, or with no
+    /// key the first seed node that answers (classic pub/sub reaches every
+    /// node). The second value names the node, for commands that must reach
+    /// the same one later (`CLIENT UNBLOCK`).
+    pub(crate) fn open_node(
         &self,
+        key: Option<&str>,
         connect_timeout: Duration,
-    ) -> redis::RedisResult<redis::Connection> {
-        let conn = match &self.target {
-            Target::Direct(client) => client.get_connection_with_timeout(connect_timeout)?,
-            Target::Sentinel(source) => source.connect(connect_timeout, self.command_timeout)?,
+    ) -> redis::RedisResult<(redis::Connection, NodeAddr)> {
+        let (conn, node) = match &self.target {
+            Target::Direct(client) => (
+                client.get_connection_with_timeout(connect_timeout)?,
+                NodeAddr::default(),
+            ),
+            Target::Sentinel(source) => (
+                source.connect(connect_timeout, self.command_timeout)?,
+                NodeAddr::default(),
+            ),
+            #[cfg(feature = "cluster")]
+            Target::Cluster(source) => {
+                return match key {
+                    Some(key) => {
+                        source.open_for_key(key.as_bytes(), connect_timeout, self.command_timeout)
+                    }
+                    None => source.open_any(connect_timeout, self.command_timeout),
+                }
+            }
         };
+        let _ = key;
         // get_connection_with_timeout resets the socket timeouts: set them again.
         conn.set_read_timeout(Some(self.command_timeout))?;
         conn.set_write_timeout(Some(self.command_timeout))?;
-        Ok(conn)
+        Ok((conn, node))
+    }
+
+    /// Every primary of a cluster (`SCAN` must visit each); an empty list
+    /// on a single server.
+    pub(crate) fn primaries(&self) -> redis::RedisResult<Vec<NodeAddr>> {
+        match &self.target {
+            #[cfg(feature = "cluster")]
+            Target::Cluster(source) => source.primaries(self.connect_timeout, self.command_timeout),
+            _ => Ok(Vec::new()),
+        }
+    }
+
+    /// True when connections go to a Redis Cluster.
+    pub(crate) fn is_cluster(&self) -> bool {
+        match &self.target {
+            #[cfg(feature = "cluster")]
+            Target::Cluster(_) => true,
+            _ => false,
+        }
     }
 }
 
 impl r2d2::ManageConnection for ConnectionManager {
-    type Connection = redis::Connection;
+    type Connection = Connection;
     type Error = redis::RedisError;
 
-    fn connect(&self) -> redis::RedisResult<redis::Connection> {
-        self.open()
+    fn connect(&self) -> redis::RedisResult<Connection> {
+        self.open_within(self.connect_timeout)
     }
 
-    fn is_valid(&self, conn: &mut redis::Connection) -> redis::RedisResult<()> {
+    fn is_valid(&self, conn: &mut Connection) -> redis::RedisResult<()> {
         redis::cmd("PING").query::<()>(conn)
     }
 
-    fn has_broken(&self, conn: &mut redis::Connection) -> bool {
+    fn has_broken(&self, conn: &mut Connection) -> bool {
         !conn.is_open()
     }
 }
 
 /// A connection borrowed from the handle's pool; it goes back to the pool
 /// when dropped. Use it wherever redis-rs wants a connection (`&mut *conn`).
+/// It derefs to [`Connection`], a single server's or a Redis Cluster's.
 ///
 /// ```no_run
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -85,16 +146,37 @@ impl r2d2::ManageConnection for ConnectionManager {
 pub struct PooledConnection(r2d2::PooledConnection<ConnectionManager>);
 
 impl std::ops::Deref for PooledConnection {
-    type Target = redis::Connection;
-    fn deref(&self) -> &redis::Connection {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
         &self.0
     }
 }
 
 impl std::ops::DerefMut for PooledConnection {
-    fn deref_mut(&mut self) -> &mut redis::Connection {
+    fn deref_mut(&mut self) -> &mut Connection {
         &mut self.0
     }
+}
+
+/// `template` (scheme, credentials, db, TLS and TCP settings) with
+/// `host:port` as its address.
+pub(crate) fn info_at(template: &ConnectionInfo, host: &str, port: u16) -> ConnectionInfo {
+    let mut addr = template.addr().clone();
+    match &mut addr {
+        ConnectionAddr::Tcp(h, p) => {
+            *h = host.to_string();
+            *p = port;
+        }
+        ConnectionAddr::TcpTls {
+            host: h, port: p, ..
+        } => {
+            *h = host.to_string();
+            *p = port;
+        }
+        // Templates come from redis(s)+sentinel/cluster URLs: always TCP.
+        _ => {}
+    }
+    template.clone().set_addr(addr)
 }
 
 /// What every component shares: config, key names, node id and the pool.
@@ -118,25 +200,28 @@ impl Store {
             connect_timeout: config.connect_timeout,
             command_timeout: config.command_timeout,
         };
-        let mut probe = manager.open().map_err(|source| Error::Connect {
-            url: url.clone(),
-            source,
-        })?;
-        let info: String =
-            redis::cmd("INFO")
-                .arg("server")
-                .query(&mut probe)
-                .map_err(|source| Error::Connect {
-                    url: url.clone(),
-                    source,
-                })?;
+        let mut probe = manager
+            .open_within(config.connect_timeout)
+            .map_err(|source| Error::Connect {
+                url: url.clone(),
+                source,
+            })?;
+        let keys = Keys::new(config.namespace.clone());
+        // On a cluster: the node of the membership key (any would do; a
+        // routed INFO would ask every node and merge the replies).
+        let info: String = probe
+            .query_at_key(&keys.nodes(), redis::cmd("INFO").arg("server"))
+            .map_err(|source| Error::Connect {
+                url: url.clone(),
+                source,
+            })?;
         check_version(&url, &info)?;
 
         // Seed nothing: the first caller connects (the probe proved it works).
         drop(probe);
         let pool = new_pool(&config, manager.clone());
         Ok(Arc::new(Store {
-            keys: Keys::new(config.namespace.clone()),
+            keys,
             node_id,
             dedicated: manager,
             pool: RwLock::new(pool),
@@ -189,14 +274,27 @@ fn new_pool(config: &Config, manager: ConnectionManager) -> r2d2::Pool<Connectio
 
 fn make_target(config: &Config) -> Result<Target> {
     let mask = |e: redis::RedisError| Error::config("url", format!("{}: {e}", config.masked_url()));
-    let url = match &config.sentinel {
-        Some(s) => s.node_url.as_str(),
-        None => config.url.as_str(),
+    let url = match (&config.sentinel, &config.cluster) {
+        (Some(s), _) => s.node_url.as_str(),
+        (None, Some(c)) => c.node_url.as_str(),
+        (None, None) => config.url.as_str(),
     };
     let info = url
         .into_connection_info()
         .map_err(mask)?
         .set_tcp_settings(TcpSettings::default().set_nodelay(true));
+    #[cfg(feature = "cluster")]
+    if let Some(settings) = &config.cluster {
+        let source = crate::redis_cluster::ClusterSource::new(
+            settings.clone(),
+            info,
+            config.tls.clone(),
+            config.connect_timeout,
+            config.command_timeout,
+        )
+        .map_err(mask)?;
+        return Ok(Target::Cluster(Arc::new(source)));
+    }
     match &config.sentinel {
         Some(s) => Ok(Target::Sentinel(Arc::new(SentinelSource::new(
             s.clone(),

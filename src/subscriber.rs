@@ -468,8 +468,8 @@ fn run(shared: Arc<Shared>, inbox: Receiver<()>, first_attempt: Sender<()>) {
     let mut backoff = cfg.reconnect_min;
     let mut ever_connected = false;
     while !shared.stop.load(Ordering::SeqCst) {
-        match shared.store.dedicated.open() {
-            Ok(mut conn) => {
+        match shared.store.dedicated.open_node(None, cfg.connect_timeout) {
+            Ok((mut conn, _)) => {
                 backoff = cfg.reconnect_min;
                 let outcome = serve(&shared, &inbox, &mut conn, ever_connected, &first_attempt);
                 ever_connected = true;

@@ -83,10 +83,10 @@ impl std::fmt::Debug for TlsSettings {
 }
 
 /// True when the URL's scheme asks for TLS (`rediss://`, `valkeys://`,
-/// `rediss+sentinel://`).
+/// `rediss+sentinel://`, `rediss+cluster://`).
 pub(crate) fn url_wants_tls(url: &str) -> bool {
     let scheme = url.split("://").next().unwrap_or("");
-    ["rediss", "valkeys", "rediss+sentinel"]
+    ["rediss", "valkeys", "rediss+sentinel", "rediss+cluster"]
         .iter()
         .any(|s| scheme.eq_ignore_ascii_case(s))
 }
@@ -248,6 +248,40 @@ pub(crate) fn client(
     // Without the feature `check` has refused TLS settings already.
     let _ = settings;
     redis::Client::open(info)
+}
+
+/// Applies the TLS settings to a cluster client: a `rediss+cluster://`
+/// URL turns TLS on for every node, with the configured CA, client
+/// certificate and hostname check.
+#[cfg(feature = "cluster")]
+pub(crate) fn cluster_tls(
+    builder: redis::cluster::ClusterClientBuilder,
+    template: &redis::ConnectionInfo,
+    settings: &TlsSettings,
+) -> redis::RedisResult<redis::cluster::ClusterClientBuilder> {
+    #[cfg(feature = "tls")]
+    {
+        if let redis::ConnectionAddr::TcpTls { .. } = template.addr() {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let mut builder = builder.tls(redis::TlsMode::Secure);
+            if let Some(loaded) = &settings.loaded {
+                builder = builder.certs(redis::TlsCertificates {
+                    client_tls: loaded
+                        .client
+                        .as_ref()
+                        .map(|(cert, key)| redis::ClientTlsConfig {
+                            client_cert: cert.clone(),
+                            client_key: key.clone(),
+                        }),
+                    root_cert: loaded.ca.clone(),
+                });
+            }
+            return Ok(builder.danger_accept_invalid_hostnames(settings.skip_hostname_check));
+        }
+    }
+    // Without the feature `check` has refused TLS settings already.
+    let _ = (template, settings);
+    Ok(builder)
 }
 
 #[cfg(test)]

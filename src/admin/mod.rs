@@ -56,6 +56,7 @@ pub use trackers::{trackers, TrackerStatus};
 
 use std::collections::BTreeSet;
 
+use crate::connection::NodeAddr;
 use crate::error::Result;
 use crate::keys::Family;
 use crate::runtime::Runtime;
@@ -78,29 +79,43 @@ fn scan_names(rt: &Runtime, family: Family) -> Result<Vec<String>> {
     let pattern = keys.scan_pattern(family);
     let mut conn = rt.conn()?;
     let mut names = BTreeSet::new();
-    let mut cursor: u64 = 0;
-    loop {
-        let (next, batch): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(&pattern)
-            .arg("COUNT")
-            .arg(SCAN_COUNT)
-            .query(&mut *conn)?;
-        for raw in batch {
-            if let Some(name) = std::str::from_utf8(&raw)
-                .ok()
-                .and_then(|k| keys.name_in_key(family, k))
-            {
-                names.insert(name);
+    // SCAN sees one node's keys: on a cluster, visit every primary.
+    let primaries = rt.store().dedicated.primaries()?;
+    let nodes: Vec<NodeAddr> = if primaries.is_empty() {
+        vec![NodeAddr::default()]
+    } else {
+        primaries
+    };
+    'nodes: for node in &nodes {
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, batch): (u64, Vec<Vec<u8>>) = conn.query_at_node(
+                node,
+                redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(SCAN_COUNT),
+            )?;
+            for raw in batch {
+                if let Some(name) = std::str::from_utf8(&raw)
+                    .ok()
+                    .and_then(|k| keys.name_in_key(family, k))
+                {
+                    names.insert(name);
+                }
             }
+            // SCAN returns names in no order, so a capped listing holds the
+            // first MAX_LISTED found (then sorted), not the first by name.
+            if names.len() >= MAX_LISTED {
+                break 'nodes;
+            }
+            if next == 0 {
+                break;
+            }
+            cursor = next;
         }
-        // SCAN returns names in no order, so a capped listing holds the
-        // first MAX_LISTED found (then sorted), not the first by name.
-        if next == 0 || names.len() >= MAX_LISTED {
-            break;
-        }
-        cursor = next;
     }
     if names.len() > MAX_LISTED {
         log::warn!(

@@ -13,6 +13,8 @@
 --   'guarded' KEYS: zset, hash  ARGV: member, field, token
 --             (zset member scored by deadline, and hash[field] == token; the
 --             token makes it safe to renew a lapsed deadline nobody reaped)
+-- Lease-only mode (Redis Cluster: one call per slot): ARGV[1] = '' — no
+-- membership, no peers, ARGV[7] = 0, and the leases' keys start at KEYS[1].
 -- Returns { membership, peers, flags }:
 --   membership: the new deadline (ms, server clock); -1 when the first beat
 --     finds the id held by another live instance; or the string
@@ -45,7 +47,10 @@ end
 -- Membership.
 local membership
 local ttl = tonumber(ARGV[2])
-if not kind_ok(KEYS[1], 'zset') then
+local leases_only = ARGV[1] == ''
+if leases_only then
+  membership = 0
+elseif not kind_ok(KEYS[1], 'zset') then
   membership = 'corrupt:' .. KEYS[1]
 elseif not kind_ok(KEYS[2], 'hash') then
   membership = 'corrupt:' .. KEYS[2]
@@ -69,7 +74,7 @@ end
 
 -- Live peers (every few beats), so a node that loses Redis knows whom to ask.
 local peers = 0
-if ARGV[5] == '1' and type(membership) == 'number' then
+if ARGV[5] == '1' and not leases_only and type(membership) == 'number' then
   peers = {}
   local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf', 'WITHSCORES')
   for i = 1, #ids, 2 do
@@ -87,7 +92,7 @@ local function get(cmd, key, ...)
 end
 
 local flags = {}
-local k, a = 3, 9 + 2 * pairs_n
+local k, a = leases_only and 1 or 3, 9 + 2 * pairs_n
 for i = 1, lease_n do
   local kind, lease_ttl = ARGV[a], tonumber(ARGV[a + 1])
   if kind == 'key' then

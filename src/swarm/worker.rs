@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, Receiver, Sender};
 use parking_lot::{Condvar, Mutex};
 
+use crate::connection::NodeAddr;
 use crate::error::{Error, Result};
 use crate::grant::validate_ttl;
 use crate::health::PartitionState;
@@ -257,7 +258,7 @@ struct Shared {
     /// `CLIENT ID` of the blocking connection, to unblock it. A copy of
     /// `wait_conn`'s id: that mutex is held for the whole `BLPOP`, so
     /// shutdown could not read it there.
-    fetch_client: Mutex<Option<i64>>,
+    fetch_client: Mutex<Option<(i64, NodeAddr)>>,
     /// The one connection that blocks on the wake-up list: used by the
     /// pump while nothing runs, else by the waker thread (never both).
     wait_conn: Mutex<Option<WaitConnection>>,
@@ -457,12 +458,12 @@ impl SwarmWorker {
         *shared.give_up_at.lock() = Some(hard_end);
         // Wake the fetch loop: its sleeps end, its blocking read is unblocked.
         self.shutdown_tx.lock().take();
-        let fetch_client = *shared.fetch_client.lock();
-        if let Some(id) = fetch_client {
+        let fetch_client = shared.fetch_client.lock().clone();
+        if let Some((id, node)) = fetch_client {
             let s = shared.clone();
             let _ = std::thread::Builder::new()
                 .name("swarm-unblock".into())
-                .spawn(move || unblock(&s, id));
+                .spawn(move || unblock(&s, id, &node));
         }
         wait_for_tasks(shared, grace_end);
         for r in shared.tasks.lock().map.values() {
@@ -900,12 +901,10 @@ fn is_interrupted(e: &redis::RedisError) -> bool {
 
 /// `CLIENT UNBLOCK`s the fetch thread's blocked `BLPOP` (its reply becomes
 /// nil, which redis-rs skips if the read was given up).
-fn unblock(shared: &Shared, client: i64) -> bool {
+fn unblock(shared: &Shared, client: i64, node: &NodeAddr) -> bool {
     let r = shared.queue.swarm.store().conn().and_then(|mut c| {
-        let n: i64 = redis::cmd("CLIENT")
-            .arg("UNBLOCK")
-            .arg(client)
-            .query(&mut *c)?;
+        // Client ids are per node: on a cluster, ask the node it is on.
+        let n: i64 = c.query_at_node(node, redis::cmd("CLIENT").arg("UNBLOCK").arg(client))?;
         Ok(n)
     });
     match r {
@@ -923,10 +922,18 @@ fn block_for_work(shared: &Shared, wait: Duration) {
     let store = shared.queue.swarm.store();
     let mut conn = shared.wait_conn.lock();
     if conn.is_none() {
-        let opened = store.dedicated.open().and_then(|mut c| {
-            let id: i64 = redis::cmd("CLIENT").arg("ID").query(&mut c)?;
-            Ok(WaitConnection { conn: c, id })
-        });
+        // On a cluster: a plain connection to the node of the marker's slot,
+        // so its read timeout and `CLIENT UNBLOCK` apply to that node.
+        let opened = store
+            .dedicated
+            .open_node(
+                Some(&shared.queue.keys.marker),
+                store.config.connect_timeout,
+            )
+            .and_then(|(mut c, node)| {
+                let id: i64 = redis::cmd("CLIENT").arg("ID").query(&mut c)?;
+                Ok(WaitConnection { conn: c, id, node })
+            });
         match opened {
             Ok(c) => *conn = Some(c),
             Err(e) => {
@@ -941,7 +948,7 @@ fn block_for_work(shared: &Shared, wait: Duration) {
     // Shutdown unblocks whichever connection waits (the pump's or the
     // waker's); set before the check, so a shutdown that starts after the
     // check finds this id.
-    *shared.fetch_client.lock() = Some(c.id);
+    *shared.fetch_client.lock() = Some((c.id, c.node.clone()));
     if shared.stopping() {
         return;
     }
@@ -961,7 +968,7 @@ fn block_for_work(shared: &Shared, wait: Duration) {
         // The process was stopped and continued. The connection is fine:
         // end the BLPOP still blocked in Redis (a marker it would take
         // must not be lost with a reply nobody reads) and carry on.
-        if unblock(shared, c.id) {
+        if unblock(shared, c.id, &c.node) {
             log::debug!("wait for work interrupted (SIGSTOP/SIGCONT?); retrying");
             return;
         }
@@ -975,6 +982,8 @@ fn block_for_work(shared: &Shared, wait: Duration) {
 struct WaitConnection {
     conn: redis::Connection,
     id: i64,
+    /// The node it is connected to (a cluster node; unused on one server).
+    node: NodeAddr,
 }
 
 fn start_task(shared: &Arc<Shared>, pool: &ThreadPool, task: ClaimedTask) {

@@ -72,6 +72,17 @@ impl RedisCluster {
             .collect()
     }
 
+    /// `redis+cluster://127.0.0.1:P1,127.0.0.1:P2,.../`: redswarm's URL of
+    /// the whole cluster, every node a seed.
+    pub fn url(&self) -> String {
+        let seeds: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        format!("redis+cluster://{}/", seeds.join(","))
+    }
+
     /// `127.0.0.1:PORT` of every node, in start order.
     pub fn addrs(&self) -> Vec<SocketAddr> {
         self.nodes
