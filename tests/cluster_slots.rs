@@ -10,10 +10,11 @@
 //! owns their slot, so they must share the slot too. The test asks a
 //! cluster node `CLUSTER KEYSLOT` for each key.
 //!
-//! Calls that DO cross slots are listed in [`CROSS_SLOT_SCRIPTS`] with the
-//! reason; a test checks they still do (so the table is kept honest when
-//! one is split) and another that every script in `src/scripts/` is
-//! classified.
+//! One script is split on a cluster: `heartbeat.lua` renews the membership
+//! and every lease of the process in one call on a single server, and in
+//! one call per slot on a cluster ([`SPLIT_ON_CLUSTER`]); a test checks that
+//! its calls need the split and that each call of the split touches one
+//! slot, and another that every script in `src/scripts/` is classified.
 
 mod support;
 
@@ -22,16 +23,14 @@ use std::collections::BTreeSet;
 use redswarm::keys::Keys;
 use support::RedisCluster;
 
-/// Script calls known to touch keys of more than one slot: what the next
-/// session must split before redswarm can run on Redis Cluster.
-const CROSS_SLOT_SCRIPTS: &[(&str, &str)] = &[(
+/// Scripts whose single-server call crosses slots, and which redswarm
+/// splits into one call per slot on a Redis Cluster.
+const SPLIT_ON_CLUSTER: &[(&str, &str)] = &[(
     "heartbeat.lua",
-    "one call per beat renews the node's membership in `{ns:nodes}` AND every \
-     lease the process holds: lock owners, semaphore holders, fan-out leaders, \
-     running queue tasks, paired tasks, tracker chunk locks and attempts, job \
-     cluster workers and masters, each under its own hash tag. Split: one \
-     membership call on `{ns:nodes}` plus one renewal call per slot (or per \
-     node, pipelined), each lease's keys already share one slot.",
+    "one call per beat on one server renews the node's membership in \
+     `{ns:nodes}` AND every lease the process holds, each under its own hash \
+     tag. On a cluster `BeatRequest::new` (src/heartbeat.rs) makes one \
+     membership call on `{ns:nodes}` plus one lease-only call per slot.",
 )];
 
 /// Scripts that are only ever loaded together with another one
@@ -102,6 +101,13 @@ fn single_slot_calls(ns: &str, name: &str, id: &str) -> Vec<Call> {
         call(
             "node_leave.lua",
             "heartbeat.rs",
+            vec![keys.nodes(), keys.node_info(node)],
+        ),
+        // The heartbeat on a cluster: the membership call, then one call
+        // per slot of leases (`heartbeat_lease_groups` checks those).
+        call(
+            "heartbeat.lua",
+            "heartbeat.rs membership call",
             vec![keys.nodes(), keys.node_info(node)],
         ),
         // Locks (a multi-lock runs these once per lock, never one script
@@ -414,32 +420,26 @@ fn single_slot_calls(ns: &str, name: &str, id: &str) -> Vec<Call> {
     ]
 }
 
-/// The keys one `heartbeat.lua` call gets for a process that holds one
-/// lease of every kind (see `Heartbeat::request` in src/heartbeat.rs and
-/// the `LeaseTarget`s of each feature).
-fn heartbeat_keys(ns: &str) -> Vec<String> {
+/// The keys of one lease of every kind, each lease's keys together (see
+/// `LeaseTarget` in src/lease.rs and where each feature makes one): on a
+/// cluster each group goes with the lease-only heartbeat call of its slot.
+fn heartbeat_lease_groups(ns: &str) -> Vec<Vec<String>> {
     let keys = Keys::new(ns);
     let q = keys.queue("q").unwrap();
     let c = keys.cluster("c").unwrap();
     let t = keys.tracker("t").unwrap();
     let phash = keys.paired_in_hash("h", "f").unwrap();
     vec![
-        keys.nodes(),
-        keys.node_info("node-1"),
-        keys.lock("l").unwrap().owner,
-        keys.semaphore("s").unwrap().holders,
-        keys.fanout("f").unwrap().leader,
-        q.running.clone(),
-        q.task("t1"),
-        keys.paired("p").unwrap().owner,
-        phash.leases.unwrap(),
-        phash.owner,
-        t.locks.clone(),
-        t.chunks("t1").unwrap(),
-        t.processing,
-        c.workers.clone(),
-        c.worker("w1"),
-        c.master,
+        vec![keys.lock("l").unwrap().owner],
+        vec![keys.semaphore("s").unwrap().holders],
+        vec![keys.fanout("f").unwrap().leader],
+        vec![q.running.clone(), q.task("t1")],
+        vec![keys.paired("p").unwrap().owner],
+        vec![phash.leases.unwrap(), phash.owner],
+        vec![t.locks.clone(), t.chunks("t1").unwrap()],
+        vec![t.processing],
+        vec![c.workers.clone(), c.worker("w1")],
+        vec![c.master],
     ]
 }
 
@@ -466,7 +466,6 @@ const SAMPLES: &[(&str, &str, &str)] = &[
 fn every_feature_script_call_touches_one_slot() {
     let cluster = RedisCluster::start(3);
     let mut conn = cluster.conn(0);
-    let mut checked = BTreeSet::new();
     for &(ns, name, id) in SAMPLES {
         for c in single_slot_calls(ns, name, id) {
             let s = slots(&mut conn, &c.keys);
@@ -478,14 +477,7 @@ fn every_feature_script_call_touches_one_slot() {
                 c.site,
                 c.keys
             );
-            checked.insert(c.script);
         }
-    }
-    for (script, _) in CROSS_SLOT_SCRIPTS {
-        assert!(
-            !checked.contains(script),
-            "{script} is listed as crossing slots but also checked as single-slot"
-        );
     }
 }
 
@@ -512,39 +504,43 @@ fn different_names_spread_over_slots() {
 }
 
 #[test]
-fn known_cross_slot_scripts_still_cross_slots() {
+fn the_heartbeat_needs_its_split_and_each_call_of_it_touches_one_slot() {
     let cluster = RedisCluster::start(3);
     let mut conn = cluster.conn(2);
     for &(ns, _, _) in SAMPLES {
-        let keys = heartbeat_keys(ns);
-        let s = slots(&mut conn, &keys);
+        let keys = Keys::new(ns);
+        let groups = heartbeat_lease_groups(ns);
+        let mut all = vec![keys.nodes(), keys.node_info("node-1")];
+        all.extend(groups.iter().flatten().cloned());
+        let s = slots(&mut conn, &all);
         assert!(
             s.len() > 1,
-            "heartbeat.lua keys now share one slot ({s:?}): update CROSS_SLOT_SCRIPTS"
+            "one heartbeat call would now fit one slot ({s:?}): drop the split"
         );
+        for group in &groups {
+            let s = slots(&mut conn, group);
+            assert_eq!(s.len(), 1, "lease keys {group:?} span slots {s:?}");
+        }
     }
     assert_eq!(
-        CROSS_SLOT_SCRIPTS
-            .iter()
-            .map(|(s, _)| *s)
-            .collect::<Vec<_>>(),
+        SPLIT_ON_CLUSTER.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
         ["heartbeat.lua"]
     );
-    for (script, why) in CROSS_SLOT_SCRIPTS {
-        assert!(!why.is_empty(), "{script}: say why it crosses slots");
+    for (script, why) in SPLIT_ON_CLUSTER {
+        assert!(!why.is_empty(), "{script}: say why it is split");
     }
 }
 
 #[test]
 fn every_script_is_classified() {
     // A new script must be added to `single_slot_calls` or
-    // `CROSS_SLOT_SCRIPTS` (pure Rust: no cluster needed).
+    // `SPLIT_ON_CLUSTER` (pure Rust: no cluster needed).
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/scripts");
     let mut known: BTreeSet<&str> = single_slot_calls("app", "n", "i")
         .iter()
         .map(|c| c.script)
         .collect();
-    known.extend(CROSS_SLOT_SCRIPTS.iter().map(|(s, _)| *s));
+    known.extend(SPLIT_ON_CLUSTER.iter().map(|(s, _)| *s));
     known.extend(LIBRARIES);
     let mut missing = Vec::new();
     let mut found = BTreeSet::new();
