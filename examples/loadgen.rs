@@ -9,6 +9,7 @@
 //! cargo run --release --example loadgen -- semaphore
 //! cargo run --release --example loadgen -- enqueue
 //! cargo run --release --example loadgen -- tasks --threads 32 [--processes 4]
+//! cargo run --release --example loadgen --features cluster -- cluster-tasks --threads 32 [--queues 8] [--primaries 3]
 //! cargo run --release --example loadgen -- failover [--trials 10] [--lease-ms 600 --heartbeat-ms 200]
 //! cargo run --release --example loadgen -- fanout --waiters 50 --handles 5
 //! cargo run --release --example loadgen -- all
@@ -31,9 +32,9 @@ use serde_json::json;
 mod common;
 
 const USAGE: &str =
-    "usage: loadgen <floor|lock|lock-contended|semaphore|enqueue|tasks|failover|fanout|all|peers> \
+    "usage: loadgen <floor|lock|lock-contended|semaphore|enqueue|tasks|cluster-tasks|failover|fanout|all|peers> \
 [--peers] [--rounds N] [--seconds S] [--threads N] [--processes P] [--handles N] [--think-ms MS] [--fair] \
-[--trials N] [--lease-ms MS] [--heartbeat-ms MS] [--waiters N]";
+[--trials N] [--lease-ms MS] [--heartbeat-ms MS] [--waiters N] [--queues Q] [--primaries N]";
 
 struct Opts {
     rounds: usize,
@@ -47,6 +48,8 @@ struct Opts {
     lease: Option<Duration>,
     waiters: usize,
     peers: bool,
+    queues: usize,
+    primaries: usize,
     url: String,
 }
 
@@ -93,6 +96,8 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             .map_err(|e| format!("--lease-ms: {e}"))?,
         waiters: args.parse_or("waiters", 50)?,
         peers: args.flag("peers"),
+        queues: args.parse_or("queues", 8)?,
+        primaries: args.parse_or("primaries", 3)?,
         url,
     };
     println!(
@@ -109,6 +114,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         "semaphore" => semaphore(&o)?,
         "enqueue" => enqueue(&o)?,
         "tasks" => tasks(&o)?,
+        "cluster-tasks" => cluster_tasks(&o)?,
         "failover" => failover(&o)?,
         "fanout" => fanout(&o)?,
         "peers" => common::peers::run_all(&o.url, o.rounds, o.seconds.as_secs_f64())?,
@@ -137,6 +143,7 @@ fn mask(url: &str) -> String {
 // ---------------------------------------------------------------- reporting
 
 /// Median and spread of one measured quantity over rounds.
+#[derive(Clone)]
 struct Stat {
     samples: Vec<f64>,
 }
@@ -678,6 +685,96 @@ fn tasks(o: &Opts) -> Result<(), Box<dyn std::error::Error>> {
         cpu.spread()
     );
     flush(&o.url);
+    Ok(())
+}
+
+/// No-op tasks on one server and on a throwaway Redis Cluster, on one
+/// queue and spread over `--queues` queues (the threads split between one
+/// worker per queue): does throughput grow with primaries? Always starts
+/// its own single server and cluster (REDIS_URL is not used).
+fn cluster_tasks(o: &Opts) -> Result<(), Box<dyn std::error::Error>> {
+    let single = common::RedisServer::start()?;
+    let cluster = common::cluster::ThrowawayCluster::start(o.primaries)?;
+    let queues = o.queues.max(1);
+    let count = 20_000usize;
+    let mut rows: Vec<(String, Stat)> = Vec::new();
+    let mut cpu_notes = Vec::new();
+    for (setup, url, node_urls) in [
+        ("one server", single.url(), vec![single.url()]),
+        (
+            &*format!("cluster of {}", o.primaries),
+            cluster.url(),
+            cluster.node_urls(),
+        ),
+    ] {
+        for q_count in [1, queues] {
+            let s = swarm(&url, "loadgen-cluster")?;
+            let qs: Vec<_> = (0..q_count)
+                .map(|i| s.queue(&format!("noop-{i}")))
+                .collect::<Result<_, _>>()?;
+            let per_queue = count / q_count;
+            let items: Vec<_> = (0..per_queue).map(|i| json!({ "n": i })).collect();
+            let mut cpu = Vec::new();
+            let stat = rounds(o, || {
+                for u in &node_urls {
+                    flush(u);
+                }
+                for q in &qs {
+                    for chunk in items.chunks(1000) {
+                        q.push_many(chunk)?;
+                    }
+                }
+                let cpu0: f64 = node_urls.iter().map(|u| redis_cpu(u)).sum();
+                let started = Instant::now();
+                let threads = (o.threads / q_count).max(1);
+                let workers = qs
+                    .iter()
+                    .map(|q| {
+                        SwarmWorker::start(q, WorkerOptions::new().threads(threads), |_ctx| {
+                            Ok(json!(null))
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                loop {
+                    let mut pending = 0;
+                    for q in &qs {
+                        pending += q.counts()?.pending();
+                    }
+                    if pending == 0 {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                let secs = started.elapsed().as_secs_f64();
+                for w in workers {
+                    w.shutdown();
+                }
+                let cpu1: f64 = node_urls.iter().map(|u| redis_cpu(u)).sum();
+                cpu.push((cpu1 - cpu0) / (per_queue * q_count) as f64 * 1e6);
+                Ok((per_queue * q_count) as f64 / secs)
+            })?;
+            s.shutdown();
+            let label = format!("{setup}, {q_count} queue(s)");
+            cpu_notes.push(format!(
+                "{label}: Redis CPU per task {:.1} µs (all nodes)",
+                Stat::new(cpu).median()
+            ));
+            rows.push((label, stat));
+        }
+    }
+    let rows: Vec<(&str, Stat)> = rows.iter().map(|(l, s)| (l.as_str(), s.clone())).collect();
+    table(
+        &format!(
+            "no-op tasks end to end ({count} per round), {} threads in all, one server vs a {}-primary cluster",
+            o.threads, o.primaries
+        ),
+        "tasks/s",
+        &rows,
+        Some(0),
+    );
+    for n in cpu_notes {
+        println!("{n}");
+    }
     Ok(())
 }
 

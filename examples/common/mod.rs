@@ -4,6 +4,7 @@
 
 pub mod args;
 pub mod cli;
+pub mod cluster;
 pub mod exec;
 pub mod peers;
 pub mod progress;
