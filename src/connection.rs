@@ -31,8 +31,9 @@ pub struct Connection(Inner);
 
 enum Inner {
     Single(redis::Connection),
+    /// Boxed: a cluster connection is several times a plain one's size.
     #[cfg(feature = "cluster")]
-    Cluster(redis::cluster::ClusterConnection),
+    Cluster(Box<redis::cluster::ClusterConnection>),
 }
 
 impl Connection {
@@ -42,7 +43,7 @@ impl Connection {
 
     #[cfg(feature = "cluster")]
     pub(crate) fn cluster(conn: redis::cluster::ClusterConnection) -> Connection {
-        Connection(Inner::Cluster(conn))
+        Connection(Inner::Cluster(Box::new(conn)))
     }
 
     /// True when this connection routes over a Redis Cluster.
