@@ -179,16 +179,15 @@ impl Runtime {
     }
 
     pub(crate) fn publish(&self, channel: &str, payload: impl AsRef<[u8]>) -> Result<u64> {
-        let mut conn = self.conn()?;
-        Ok(redis::cmd("PUBLISH")
-            .arg(channel)
-            .arg(payload.as_ref())
-            .query(&mut *conn)?)
+        self.check_up()?;
+        self.store().publish(channel, payload.as_ref())
     }
 
     pub(crate) fn redis_time_ms(&self) -> Result<u64> {
         let mut conn = self.conn()?;
-        let (secs, micros): (u64, u64) = redis::cmd("TIME").query(&mut *conn)?;
+        // On a cluster: the clock of the node that holds the membership set.
+        let (secs, micros): (u64, u64) =
+            conn.query_at_key(&self.keys().nodes(), &redis::cmd("TIME"))?;
         Ok(secs * 1000 + micros / 1000)
     }
 

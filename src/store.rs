@@ -240,6 +240,34 @@ impl Store {
         log::info!("connection pool renewed after Redis came back");
     }
 
+    /// `PUBLISH`es `payload` on `channel`. On a cluster classic pub/sub
+    /// reaches every node from any node: it goes to the node of the
+    /// channel's slot, and when that node cannot be reached, to the first
+    /// other primary that answers.
+    pub(crate) fn publish(&self, channel: &str, payload: &[u8]) -> Result<u64> {
+        let mut conn = self.conn()?;
+        let cmd = {
+            let mut c = redis::cmd("PUBLISH");
+            c.arg(channel).arg(payload);
+            c
+        };
+        let first = conn.query_at_key(channel, &cmd);
+        match first {
+            Err(e)
+                if self.dedicated.is_cluster()
+                    && (e.is_io_error() || e.is_connection_refusal()) =>
+            {
+                for node in self.dedicated.primaries()? {
+                    if let Ok(n) = conn.query_at_node(&node, &cmd) {
+                        return Ok(n);
+                    }
+                }
+                Err(e.into())
+            }
+            other => Ok(other?),
+        }
+    }
+
     /// Borrows a pooled connection, waiting at most `pool_timeout`.
     pub(crate) fn conn(&self) -> Result<PooledConnection> {
         let pool = self.pool.read().clone();

@@ -433,17 +433,8 @@ impl Subscriber {
 
     /// Interrupts the thread's blocking read so it serves its mailbox now.
     fn wake(&self) {
-        match self.shared.store.conn() {
-            Ok(mut conn) => {
-                let r: redis::RedisResult<i64> = redis::cmd("PUBLISH")
-                    .arg(&self.shared.wake_channel)
-                    .arg("")
-                    .query(&mut *conn);
-                if let Err(e) = r {
-                    log::debug!("wake publish failed: {e}");
-                }
-            }
-            Err(e) => log::debug!("wake publish skipped: {e}"),
+        if let Err(e) = self.shared.store.publish(&self.shared.wake_channel, b"") {
+            log::debug!("wake publish failed: {e}");
         }
     }
 
