@@ -119,6 +119,30 @@ impl Connection {
         }
     }
 
+    /// On a cluster, sends `cmds` as one pipeline split by slot: one
+    /// round trip per node, to every node at once (redis-rs's cluster
+    /// pipeline). Any failed command fails the whole call. `None` on a
+    /// single server, where an ordinary pipeline does this.
+    pub(crate) fn per_node_pipeline(
+        &mut self,
+        cmds: Vec<redis::Cmd>,
+    ) -> Option<RedisResult<Vec<Value>>> {
+        match &mut self.0 {
+            Inner::Single(_) => {
+                let _ = cmds;
+                None
+            }
+            #[cfg(feature = "cluster")]
+            Inner::Cluster(c) => {
+                let mut pipe = redis::cluster::cluster_pipe();
+                for cmd in cmds {
+                    pipe.add_command(cmd);
+                }
+                Some(pipe.query(c))
+            }
+        }
+    }
+
     /// Runs `cmd` on the node at `host:port` (a cluster node; on a single
     /// server, the server itself).
     pub(crate) fn query_at_node<T: redis::FromRedisValue>(

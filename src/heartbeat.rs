@@ -109,7 +109,7 @@ impl Heartbeat {
                 source,
             })?;
         let first = BeatRequest::new(&shared, 0, true, true, Vec::new());
-        let reply = run_calls(&first.calls, 0, &mut conn)?;
+        let reply = run_calls(&first.calls, 0, &mut conn, Vec::new())?;
         let outcome = BeatOutcome::parse(&shared.store.keys.nodes(), &shared.store.node_id, reply);
         match outcome.membership {
             Membership::Renewed => {}
@@ -478,8 +478,9 @@ impl BeatIo {
             .name("redswarm-beat-io".into())
             .spawn(move || {
                 let mut conn = Some(conn);
+                let mut pipeline_pause = 0;
                 for request in inbox {
-                    let result = beat_io(&store, &mut conn, &request);
+                    let result = beat_io(&store, &mut conn, &request, &mut pipeline_pause);
                     if Instant::now() > request.deadline {
                         // Too slow: the connection is suspect (a hung
                         // server or a blackhole). Start afresh next beat.
@@ -517,24 +518,71 @@ impl Drop for BeatIo {
     }
 }
 
-fn beat_io(store: &Store, conn: &mut Option<Connection>, request: &BeatRequest) -> Result<Value> {
-    if conn.is_none() {
+/// Beats to go call by call after a per-node pipeline failed (a cluster
+/// node down), before trying the pipeline again.
+const PIPELINE_PAUSE_BEATS: u32 = 10;
+
+fn beat_io(
+    store: &Store,
+    conn: &mut Option<Connection>,
+    request: &BeatRequest,
+    pipeline_pause: &mut u32,
+) -> Result<Value> {
+    let open = || {
         // Connect within one interval so a dead server cannot stall the
         // thread for long (the scheduler does not wait for it anyway).
         let cfg = &store.config;
-        let c = store
+        store
             .dedicated
             .open_within(cfg.connect_timeout.min(cfg.heartbeat_interval))
             .map_err(|source| Error::Connect {
                 url: cfg.masked_url(),
                 source,
-            })?;
-        *conn = Some(c);
+            })
+    };
+    if conn.is_none() {
+        *conn = Some(open()?);
     }
     let Some(c) = conn.as_mut() else {
         return Err(Error::Pool("heartbeat has no connection to Redis".into()));
     };
-    run_calls(&request.calls, request.leases.len(), c)
+    let calls = &request.calls;
+    let mut piped: Vec<Option<Value>> = vec![None; calls.len()];
+    // On a cluster the lease calls (after the membership's) go first as one
+    // pipeline per node, all nodes at once; a call that fails there is sent
+    // again on its own by `run_calls`.
+    if *pipeline_pause > 0 {
+        *pipeline_pause -= 1;
+    } else if calls.len() > 2 {
+        let cmds = calls[1..]
+            .iter()
+            .map(|c| redis::Cmd::invoke_script(&c.invocation))
+            .collect();
+        match c.per_node_pipeline(cmds) {
+            Some(Ok(replies)) if replies.len() == calls.len() - 1 => {
+                for (slot, reply) in piped[1..].iter_mut().zip(replies) {
+                    if !matches!(reply, Value::ServerError(_)) {
+                        *slot = Some(reply);
+                    }
+                }
+            }
+            Some(Ok(_)) | None => {}
+            Some(Err(e)) => {
+                // redis-rs gives up on the whole pipeline at the first node
+                // that fails, leaving the replies of the others unread on
+                // their sockets: this connection would hand them to the next
+                // commands. Start afresh, and go call by call for a while.
+                log::debug!("heartbeat: per-node pipeline failed ({e}); call by call");
+                *pipeline_pause = PIPELINE_PAUSE_BEATS;
+                *conn = None;
+                *conn = Some(open()?);
+            }
+        }
+    }
+    let Some(c) = conn.as_mut() else {
+        return Err(Error::Pool("heartbeat has no connection to Redis".into()));
+    };
+    run_calls(calls, request.leases.len(), c, piped)
 }
 
 /// Runs a beat's calls in order and merges their replies into one
@@ -542,36 +590,57 @@ fn beat_io(store: &Store, conn: &mut Option<Connection>, request: &BeatRequest) 
 /// first call (the membership) failing fails the beat; a later call failing
 /// leaves its leases [`LeaseFlag::Unanswered`], so one unreachable cluster
 /// node does not cost the leases on the others.
-fn run_calls(calls: &[BeatCall], lease_count: usize, conn: &mut Connection) -> Result<Value> {
-    let mut flags = vec![Value::Nil; lease_count];
+fn run_calls(
+    calls: &[BeatCall],
+    lease_count: usize,
+    conn: &mut Connection,
+    mut piped: Vec<Option<Value>>,
+) -> Result<Value> {
+    let unanswered = || Value::SimpleString(UNANSWERED.into());
+    // A lease whose call gives no usable flag stays unanswered: its local
+    // deadline applies (never a renewal nobody confirmed).
+    let mut flags = vec![unanswered(); lease_count];
     let mut head = Vec::new();
+    piped.resize(calls.len(), None);
+    let mut failed: Vec<String> = Vec::new();
     for (n, call) in calls.iter().enumerate() {
-        let reply = match crate::scripts::invoke::<Value>(&call.invocation, conn) {
+        let result = match piped[n].take() {
+            Some(reply) => Ok(reply),
+            None => crate::scripts::invoke::<Value>(&call.invocation, conn),
+        };
+        let reply = match result {
             Ok(reply) => reply,
             Err(e) if n == 0 => return Err(e),
             Err(e) => {
-                log::warn!(
-                    "heartbeat: renewing {} lease(s) on one slot failed: {e}",
-                    call.leases.len()
-                );
-                for &i in &call.leases {
-                    flags[i] = Value::SimpleString(UNANSWERED.into());
-                }
+                failed.push(e.to_string());
                 continue;
             }
         };
         let mut parts: Vec<Value> = redis::from_redis_value(reply).unwrap_or_default();
-        let call_flags = match parts.get_mut(2) {
-            Some(Value::Array(items)) => std::mem::take(items),
-            _ => Vec::new(),
-        };
-        for (&i, flag) in call.leases.iter().zip(call_flags) {
-            flags[i] = flag;
+        match parts.get_mut(2) {
+            Some(Value::Array(items)) if items.len() == call.leases.len() => {
+                for (&i, flag) in call.leases.iter().zip(std::mem::take(items)) {
+                    flags[i] = flag;
+                }
+            }
+            // The membership call's reply is judged by `BeatOutcome`.
+            _ if n == 0 => {}
+            other => failed.push(format!("unexpected reply {other:?}")),
         }
         if n == 0 {
             parts.truncate(2);
             head = parts;
         }
+    }
+    if let Some(first) = failed.first() {
+        // A cluster node that is down: its leases stay unanswered and lapse
+        // by their local deadlines; the others were renewed.
+        log::warn!(
+            "heartbeat: {} of {} lease call(s) failed (first: {first}); \
+             their leases are not renewed",
+            failed.len(),
+            calls.len() - 1
+        );
     }
     head.push(Value::Array(flags));
     Ok(Value::Array(head))

@@ -248,7 +248,11 @@ fn a_dead_node_costs_only_the_leases_on_it() {
     std::thread::sleep(Duration::from_millis(2500).saturating_sub(t0.elapsed()));
     for (i, (g, &v)) in guards.iter().zip(&on_victim).enumerate() {
         if !v {
-            assert!(g.is_held(), "lock l{i} on a live node was lost");
+            assert!(
+                g.is_held(),
+                "lock l{i} on a live node was lost: {:?}",
+                g.lost().try_recv()
+            );
         }
     }
     assert_eq!(s.health(), Health::Healthy);

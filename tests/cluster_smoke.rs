@@ -24,6 +24,7 @@ fn connect(cluster: &RedisCluster, ns: &str) -> Redswarm {
 
 #[test]
 fn every_feature_works_through_a_cluster_url() {
+    support::init_logging();
     let t0 = Instant::now();
     let cluster = RedisCluster::start(3);
     eprintln!("cluster up in {:?}", t0.elapsed());
