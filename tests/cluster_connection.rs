@@ -1,7 +1,8 @@
 //! What redis-rs's sync cluster client (`redis::cluster`, redswarm feature
 //! `cluster`) does with redswarm's scripts on a real Redis Cluster: the
-//! findings behind README "Redis Cluster: status". redswarm itself does not
-//! use `ClusterConnection` yet.
+//! findings behind the README's "Redis Cluster" section, on which
+//! redswarm's cluster support (`src/redis_cluster.rs`, `src/connection.rs`)
+//! is built.
 #![cfg(feature = "cluster")]
 
 mod support;
