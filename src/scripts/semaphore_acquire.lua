@@ -18,13 +18,12 @@ local holders, fence_key, queue, tickets, grants = KEYS[1], KEYS[2], KEYS[3], KE
 local id, permits, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local fair = ARGV[4] == '1'
 
--- Read and check everything first.
-want_type(holders, 'zset')
-want_type(grants, 'hash')
+-- Read and check everything first (each read's WRONGTYPE stands in for a
+-- TYPE check).
+local mine = read_typed(holders, 'zset', 'ZSCORE', holders, id)
+local granted = read_typed(grants, 'hash', 'HGET', grants, id)
 local fence = fence_current(fence_key)
 local now = now_ms()
-local mine = redis.call('ZSCORE', holders, id)
-local granted = redis.call('HGET', grants, id)
 if granted and not count_of(granted) then
   corrupt(grants, 'fencing token of permit `' .. id .. '` is not a whole number: "' .. string.sub(granted, 1, 40) .. '"')
 end

@@ -4,12 +4,13 @@
 -- Returns 1 if the permit was live and is now released, 0 if it had
 -- already expired or been released (nothing left of it).
 -- Errors 'CORRUPT <key>\t<reason>' (before any write) on unusable data.
-want_type(KEYS[1], 'zset')
-want_type(KEYS[2], 'hash')
-local now = now_ms()
-local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+-- The reads' (and the HDEL's) WRONGTYPE errors stand in for TYPE checks;
+-- an HDEL that fails writes nothing, so the check still comes before the
+-- first write.
+local score = read_typed(KEYS[1], 'zset', 'ZSCORE', KEYS[1], ARGV[1])
+read_typed(KEYS[2], 'hash', 'HDEL', KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[1], ARGV[1])
-redis.call('HDEL', KEYS[2], ARGV[1])
+local now = now_ms()
 if score and tonumber(score) > now then
   redis.call('PUBLISH', ARGV[2], '')
   return 1
