@@ -977,3 +977,23 @@ fn after_a_script_flush_and_an_aof_restart_the_cluster_is_consistent() {
     assert_eq!(a.len() + b.len(), 10);
     assert!(a.keys().all(|id| !b.contains_key(id)));
 }
+
+#[test]
+fn add_job_whose_reply_is_lost_adds_the_job_once() {
+    let server = RedisServer::start();
+    let proxy = FaultProxy::start(server.addr());
+    let s = connect(&proxy.url(), "lostadd");
+    let m = master(&s);
+    // The first add reaches Redis; its reply is lost and the connection
+    // closed. `add_job` asks again under the same id, so the job is added
+    // once and the call succeeds (a caller retrying after an error would
+    // have added it twice, under a new random id).
+    proxy.drop_reply_to(b"lost-reply-needle");
+    let id = m
+        .add_job(&json!({ "unique": "lost-reply-needle" }))
+        .unwrap();
+    assert_eq!(proxy.dropped_replies(), 1, "no reply was dropped");
+    let jobs = m.jobs().unwrap();
+    assert_eq!(jobs.len(), 1, "{jobs:?}");
+    assert_eq!(jobs[0].id, id);
+}

@@ -19,6 +19,7 @@ use crate::cluster::records::{
     CLUSTER_RESIGN, CLUSTER_SWEEP, CLUSTER_WORKERS,
 };
 use crate::error::{Error, Result};
+use crate::grant::once_more_if_lost;
 use crate::handle::Redswarm;
 use crate::keys::{validate_name, ClusterKeys};
 use crate::lease::{Lease, LeaseLost, LeaseTarget};
@@ -330,7 +331,11 @@ impl Master {
     /// ```
     pub fn add_job<T: Serialize + ?Sized>(&self, payload: &T) -> Result<JobId> {
         let id = random_id();
-        self.add_job_with_id(&id, payload)?;
+        // A lost reply is asked about once more under the same id (the add
+        // is idempotent per id), so a retry cannot add the job twice. If
+        // that fails too, whether it was added is unknown: a caller that
+        // must never add twice uses `add_job_with_id` with an id of its own.
+        once_more_if_lost(|| self.add_job_with_id(&id, payload))?;
         Ok(id)
     }
 
