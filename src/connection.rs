@@ -31,8 +31,10 @@ pub struct Connection(Inner);
 
 enum Inner {
     Single(redis::Connection),
+    /// Boxed: a `ClusterConnection` is several times the size of a plain
+    /// one (clippy::large_enum_variant).
     #[cfg(feature = "cluster")]
-    Cluster(redis::cluster::ClusterConnection),
+    Cluster(Box<redis::cluster::ClusterConnection>),
 }
 
 impl Connection {
@@ -42,7 +44,7 @@ impl Connection {
 
     #[cfg(feature = "cluster")]
     pub(crate) fn cluster(conn: redis::cluster::ClusterConnection) -> Connection {
-        Connection(Inner::Cluster(conn))
+        Connection(Inner::Cluster(Box::new(conn)))
     }
 
     /// True when this connection routes over a Redis Cluster.
