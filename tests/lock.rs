@@ -8,14 +8,14 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use redswarm::{Config, Error, Health, Redswarm};
-use support::{FaultProxy, RedisServer};
+use support::{FaultProxy, RedisServer, Target, TestRedis};
 
-fn connect(server: &RedisServer, ns: &str) -> Redswarm {
+fn connect(server: &impl Target, ns: &str) -> Redswarm {
     connect_with(server, ns, |b| b)
 }
 
 fn connect_with(
-    server: &RedisServer,
+    server: &impl Target,
     ns: &str,
     f: impl FnOnce(redswarm::ConfigBuilder) -> redswarm::ConfigBuilder,
 ) -> Redswarm {
@@ -44,7 +44,7 @@ const SEC: Duration = Duration::from_secs(1);
 
 #[test]
 fn try_lock_is_exclusive_and_tokens_increase() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let a = connect(&server, "excl");
     let b = connect(&server, "excl");
     let g1 = a.try_lock("res", 5 * SEC).unwrap().expect("free lock");
@@ -66,7 +66,7 @@ fn try_lock_is_exclusive_and_tokens_increase() {
 
 #[test]
 fn bad_names_and_ttls_are_clear_errors() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let s = connect(&server, "bad");
     let invalid = |r: redswarm::Result<Option<redswarm::LockGuard>>, what: &str| match r {
         Err(Error::InvalidInput { what: w, .. }) => assert_eq!(w, what),
@@ -103,7 +103,7 @@ fn bad_names_and_ttls_are_clear_errors() {
 
 #[test]
 fn a_stale_holder_cannot_release_or_extend_the_new_holders_lock() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let a = connect(&server, "stale");
     let b = connect(&server, "stale");
     // A holds without renewal and "pauses" past its TTL.
@@ -129,7 +129,7 @@ fn a_stale_holder_cannot_release_or_extend_the_new_holders_lock() {
 
 #[test]
 fn extend_never_recreates_an_expired_lock() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let a = connect(&server, "extend");
     let g = a
         .try_lock("res", Duration::from_millis(100))
@@ -147,7 +147,7 @@ fn extend_never_recreates_an_expired_lock() {
 
 #[test]
 fn mutual_exclusion_under_16_threads_on_2_handles() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let handles = [connect(&server, "mutex"), connect(&server, "mutex")];
     let counter = Arc::new(AtomicU64::new(0));
     let log: Arc<Mutex<Vec<u64>>> = Arc::new(Mutex::new(Vec::new()));
@@ -182,7 +182,7 @@ fn mutual_exclusion_under_16_threads_on_2_handles() {
 
 #[test]
 fn a_waiter_is_woken_by_the_release_not_the_fallback() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     // A long fallback re-check: only the release message can explain a fast wake-up.
     let cfg = |b: redswarm::ConfigBuilder| b.wait_recheck(Duration::from_secs(20));
     let a = connect_with(&server, "wake", cfg);
@@ -205,7 +205,7 @@ fn a_waiter_is_woken_by_the_release_not_the_fallback() {
 
 #[test]
 fn lock_times_out_with_a_typed_error() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let a = connect(&server, "timeout");
     let _g = a.try_lock("res", 60 * SEC).unwrap().unwrap();
     let started = Instant::now();
@@ -216,7 +216,7 @@ fn lock_times_out_with_a_typed_error() {
 
 #[test]
 fn auto_extended_lock_outlives_its_ttl() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let a = connect(&server, "auto");
     let b = connect(&server, "auto");
     let g = a
@@ -263,7 +263,7 @@ fn redis_killed_the_guard_reports_the_loss_and_locks_work_after_restart() {
 
 #[test]
 fn fair_mode_grants_in_arrival_order() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let a = connect(&server, "fair");
     let holder = a
         .lock_options("res")
@@ -308,7 +308,7 @@ fn fair_mode_grants_in_arrival_order() {
 
 #[test]
 fn multi_lock_is_all_or_nothing() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let a = connect(&server, "multi");
     let b = connect(&server, "multi");
     let blocker = b.try_lock("b", 60 * SEC).unwrap().unwrap();
@@ -331,7 +331,7 @@ fn multi_lock_is_all_or_nothing() {
 
 #[test]
 fn multi_lock_extend_reports_which_lock_failed() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let a = connect(&server, "multiext");
     let all = a.lock_all(&["x", "y"], 5 * SEC, SEC).unwrap();
     // Someone deletes y behind our back (an operator, a failover).
@@ -355,7 +355,7 @@ fn multi_lock_extend_reports_which_lock_failed() {
 
 #[test]
 fn overlapping_multi_locks_in_opposite_orders_do_not_deadlock() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let done = Arc::new(AtomicU64::new(0));
     let mut threads = Vec::new();
     for (i, set) in [
@@ -481,14 +481,14 @@ fn a_partitioned_node_stops_waiting_for_a_lock() {
 }
 
 /// A string value straight from Redis (None when absent).
-fn get(server: &RedisServer, key: &str) -> Option<String> {
+fn get(server: &impl Target, key: &str) -> Option<String> {
     redis::cmd("GET")
         .arg(key)
         .query(&mut server.conn())
         .unwrap()
 }
 
-fn exists(server: &RedisServer, key: &str) -> bool {
+fn exists(server: &impl Target, key: &str) -> bool {
     redis::cmd("EXISTS")
         .arg(key)
         .query::<i64>(&mut server.conn())
@@ -496,7 +496,7 @@ fn exists(server: &RedisServer, key: &str) -> bool {
         == 1
 }
 
-fn run(server: &RedisServer, args: &[&str]) {
+fn run(server: &impl Target, args: &[&str]) {
     let mut cmd = redis::cmd(args[0]);
     for a in &args[1..] {
         cmd.arg(*a);
@@ -562,7 +562,7 @@ fn lock_whose_reply_is_lost_does_not_wait_on_itself() {
 
 #[test]
 fn corrupt_lock_data_is_an_error_naming_the_key_and_nothing_is_written() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let a = connect(&server, "corrupt");
     let k = |name: &str, suffix: &str| format!("{{corrupt:lock:{name}}}{suffix}");
 
@@ -706,7 +706,7 @@ fn a_node_without_peers_waits_out_a_redis_outage_for_a_lock() {
 
 #[test]
 fn extend_on_an_auto_extended_lock_keeps_room_for_renewals() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let a = connect(&server, "shrink");
     let g = a
         .lock_options("res")
@@ -733,7 +733,7 @@ fn extend_on_an_auto_extended_lock_keeps_room_for_renewals() {
 
 #[test]
 fn release_of_a_lock_gone_from_redis_is_lease_lost() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let a = connect(&server, "gone");
     let g = a.try_lock("res", 60 * SEC).unwrap().unwrap();
     // An operator, an eviction or a Redis restart without persistence.
@@ -761,7 +761,7 @@ fn on_thread<T: Send + 'static>(
 
 #[test]
 fn a_lock_wait_of_duration_max_blocks_until_the_lock_is_released() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let a = connect(&server, "forever");
     let b = connect(&server, "forever");
     let g = a.try_lock("res", 60 * SEC).unwrap().unwrap();
@@ -786,7 +786,7 @@ fn a_lock_wait_of_duration_max_blocks_until_the_lock_is_released() {
 
 #[test]
 fn lock_ttls_above_max_ttl_are_invalid_input_and_write_nothing() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let s = connect(&server, "hugettl");
     let is_ttl_error = |e: &Error| matches!(e, Error::InvalidInput { what: "ttl", .. });
     for ttl in [
