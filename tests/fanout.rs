@@ -8,7 +8,7 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use redswarm::{Config, Error, FanoutError, Push, Redswarm, Waited};
-use support::{FaultProxy, RedisServer};
+use support::{FaultProxy, RedisServer, Target, TestRedis};
 
 const SEC: Duration = Duration::from_secs(1);
 
@@ -27,7 +27,7 @@ fn config(url: String, ns: &str) -> Config {
         .unwrap()
 }
 
-fn connect(server: &RedisServer, ns: &str) -> Redswarm {
+fn connect(server: &impl Target, ns: &str) -> Redswarm {
     Redswarm::connect(config(server.url(), ns)).unwrap()
 }
 
@@ -57,7 +57,7 @@ where
 
 #[test]
 fn one_leader_and_fifty_waiters_on_two_handles_run_the_job_once() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let handles = [connect(&server, "burst"), connect(&server, "burst")];
     let runs = Arc::new(AtomicU64::new(0));
     let barrier = Arc::new(Barrier::new(51));
@@ -81,7 +81,7 @@ fn one_leader_and_fifty_waiters_on_two_handles_run_the_job_once() {
     assert_eq!(runs.load(Ordering::SeqCst), 1, "the job must run once");
 }
 
-fn evalsha_calls(server: &RedisServer) -> u64 {
+fn evalsha_calls(server: &impl Target) -> u64 {
     let info: String = redis::cmd("INFO")
         .arg("commandstats")
         .query(&mut server.conn())
@@ -135,7 +135,7 @@ fn threads_of_one_handle_share_one_driver() {
 
 #[test]
 fn the_jobs_error_reaches_every_waiter() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let a = connect(&server, "err");
     let b = connect(&server, "err");
     let leader = lead_in_background(a, "job", || -> Result<u32, String> {
@@ -154,7 +154,7 @@ fn the_jobs_error_reaches_every_waiter() {
 
 #[test]
 fn a_waiter_times_out_while_the_job_goes_on_for_the_others() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let a = connect(&server, "timeout");
     let b = connect(&server, "timeout");
     let leader = lead_in_background(a, "slow", || -> Result<u32, String> {
@@ -174,7 +174,7 @@ fn a_waiter_times_out_while_the_job_goes_on_for_the_others() {
 
 #[test]
 fn a_leader_that_stops_renewing_is_replaced_by_a_waiter() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let a = connect(&server, "dead");
     let b = connect(&server, "dead");
     let lease = Duration::from_millis(400);
@@ -201,7 +201,7 @@ fn a_leader_that_stops_renewing_is_replaced_by_a_waiter() {
 
 #[test]
 fn a_leader_that_gives_up_promotes_a_waiter_at_once() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let a = connect(&server, "abandon");
     let b = connect(&server, "abandon");
     let f = a.fanout_options().leader_lease(10 * SEC);
@@ -232,7 +232,7 @@ fn a_leader_that_gives_up_promotes_a_waiter_at_once() {
 
 #[test]
 fn a_waiter_can_receive_the_outcome_on_a_channel() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let a = connect(&server, "channel");
     let b = connect(&server, "channel");
     let Push::Lead(completer) = a.fanout_options().push::<u32, String>("job").unwrap() else {
@@ -268,7 +268,7 @@ fn child_fanout_leader() {
 
 #[test]
 fn a_leader_process_killed_with_sigkill_is_replaced_by_a_waiter() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let mut child = support::child_role("child_fanout_leader")
         .env("CHILD_URL", server.url())
         .env("CHILD_JOB", "k")
@@ -301,7 +301,7 @@ fn a_leader_process_killed_with_sigkill_is_replaced_by_a_waiter() {
 
 #[test]
 fn a_panicking_job_fails_every_caller_instead_of_hanging() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let a = connect(&server, "panic");
     let b = connect(&server, "panic");
     let leader = lead_in_background(a, "job", || -> Result<u32, String> {
@@ -343,7 +343,7 @@ fn a_waiter_gets_the_outcome_across_a_pubsub_reconnect() {
 
 #[test]
 fn a_caller_arriving_just_after_completion_gets_the_stored_outcome() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let a = connect(&server, "window");
     let f = a.fanout_options().result_ttl(5 * SEC);
     assert_eq!(
@@ -373,7 +373,7 @@ fn a_caller_arriving_just_after_completion_gets_the_stored_outcome() {
 
 #[test]
 fn bad_ids_oversized_and_unserializable_results_are_clear_errors() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let a = connect(&server, "bad");
     let r = a.fanout("", SEC, || -> Result<u32, String> { Ok(1) });
     assert!(
@@ -412,7 +412,7 @@ fn bad_ids_oversized_and_unserializable_results_are_clear_errors() {
     );
 }
 
-fn run(server: &RedisServer, args: &[&str]) {
+fn run(server: &impl Target, args: &[&str]) {
     let mut cmd = redis::cmd(args[0]);
     for a in &args[1..] {
         cmd.arg(*a);
@@ -420,7 +420,7 @@ fn run(server: &RedisServer, args: &[&str]) {
     let _: redis::Value = cmd.query(&mut server.conn()).unwrap();
 }
 
-fn exists(server: &RedisServer, key: &str) -> bool {
+fn exists(server: &impl Target, key: &str) -> bool {
     redis::cmd("EXISTS")
         .arg(key)
         .query::<i64>(&mut server.conn())
@@ -523,7 +523,7 @@ fn fan_out_leadership_tokens_keep_rising_across_a_redis_restart_without_persiste
 
 #[test]
 fn corrupt_fanout_data_is_an_error_naming_the_key_and_nothing_is_written() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let s = connect(&server, "corrupt");
     let job = |id: &str| s.fanout(id, SEC, || -> Result<u32, String> { Ok(1) });
 
@@ -548,7 +548,7 @@ fn corrupt_fanout_data_is_an_error_naming_the_key_and_nothing_is_written() {
 
 #[test]
 fn a_follower_whose_driver_gives_up_waits_only_its_own_timeout() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let s = connect(&server, "twice");
     // A leader elsewhere holds the job longer than anyone here waits.
     run(
@@ -591,7 +591,7 @@ fn a_follower_whose_driver_gives_up_waits_only_its_own_timeout() {
 
 #[test]
 fn a_fanout_timeout_of_duration_max_waits_for_the_outcome() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let a = connect(&server, "forever");
     let b = connect(&server, "forever");
     let (go_tx, go) = crossbeam_channel::bounded::<()>(1);
@@ -641,7 +641,7 @@ fn a_fanout_timeout_of_duration_max_waits_for_the_outcome() {
 
 #[test]
 fn fanout_ttls_above_max_ttl_are_invalid_input() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let a = connect(&server, "hugettl");
     let wrapping = Duration::from_millis(u64::MAX) + Duration::from_millis(5);
     let job = || -> Result<u32, String> { Ok(1) };

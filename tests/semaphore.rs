@@ -8,13 +8,13 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use redswarm::{Config, Error, Redswarm};
-use support::{FaultProxy, RedisServer};
+use support::{FaultProxy, RedisServer, Target, TestRedis};
 
-fn connect(server: &RedisServer, ns: &str) -> Redswarm {
+fn connect(server: &impl Target, ns: &str) -> Redswarm {
     connect_with_recheck(server, ns, Duration::from_secs(1))
 }
 
-fn connect_with_recheck(server: &RedisServer, ns: &str, recheck: Duration) -> Redswarm {
+fn connect_with_recheck(server: &impl Target, ns: &str, recheck: Duration) -> Redswarm {
     connect_url(&server.url(), ns, recheck)
 }
 
@@ -39,7 +39,7 @@ const SEC: Duration = Duration::from_secs(1);
 
 #[test]
 fn permits_are_bounded_and_come_back_on_release() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let s = connect(&server, "basic");
     let sem = s.semaphore("pool", 2).unwrap().ttl(10 * SEC);
     let p1 = sem.try_acquire().unwrap().unwrap();
@@ -57,7 +57,7 @@ fn permits_are_bounded_and_come_back_on_release() {
 
 #[test]
 fn a_crashed_holders_permit_comes_back_after_its_ttl() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let s = connect(&server, "crash");
     let sem = s
         .semaphore("one", 1)
@@ -75,7 +75,7 @@ fn a_crashed_holders_permit_comes_back_after_its_ttl() {
 
 #[test]
 fn acquire_is_woken_by_release_and_times_out_with_a_typed_error() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let a = connect(&server, "wake");
     let sem = a.semaphore("one", 1).unwrap().ttl(60 * SEC);
     let held = sem.try_acquire().unwrap().unwrap();
@@ -105,7 +105,7 @@ fn acquire_is_woken_by_release_and_times_out_with_a_typed_error() {
 
 #[test]
 fn never_more_than_permits_holders_under_expiry_churn() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let permits = 3;
     let inside = Arc::new(AtomicI64::new(0));
     let worst = Arc::new(AtomicI64::new(0));
@@ -192,7 +192,7 @@ fn auto_extended_permits_outlive_their_ttl_and_report_loss() {
 
 #[test]
 fn extend_never_revives_an_expired_permit() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let s = connect(&server, "revive");
     let sem = s
         .semaphore("one", 1)
@@ -206,7 +206,7 @@ fn extend_never_revives_an_expired_permit() {
 
 #[test]
 fn fair_semaphore_admits_in_arrival_order() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let a = connect(&server, "fairsem");
     let sem = a.semaphore("one", 1).unwrap().fair(true).ttl(30 * SEC);
     let held = sem.try_acquire().unwrap().unwrap();
@@ -241,7 +241,7 @@ fn fair_semaphore_admits_in_arrival_order() {
     assert_eq!(*order.lock(), vec![0, 1, 2, 3]);
 }
 
-fn run(server: &RedisServer, args: &[&str]) {
+fn run(server: &impl Target, args: &[&str]) {
     let mut cmd = redis::cmd(args[0]);
     for a in &args[1..] {
         cmd.arg(*a);
@@ -249,14 +249,14 @@ fn run(server: &RedisServer, args: &[&str]) {
     let _: redis::Value = cmd.query(&mut server.conn()).unwrap();
 }
 
-fn zcard(server: &RedisServer, key: &str) -> i64 {
+fn zcard(server: &impl Target, key: &str) -> i64 {
     redis::cmd("ZCARD")
         .arg(key)
         .query(&mut server.conn())
         .unwrap()
 }
 
-fn exists(server: &RedisServer, key: &str) -> bool {
+fn exists(server: &impl Target, key: &str) -> bool {
     redis::cmd("EXISTS")
         .arg(key)
         .query::<i64>(&mut server.conn())
@@ -319,7 +319,7 @@ fn acquire_whose_reply_is_lost_does_not_wait_on_itself() {
 
 #[test]
 fn corrupt_semaphore_data_is_an_error_naming_the_key_and_nothing_is_written() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let s = connect(&server, "corrupt");
     let k = |name: &str, suffix: &str| format!("{{corrupt:sem:{name}}}:{suffix}");
     let sem = |name: &str| s.semaphore(name, 2).unwrap().ttl(60 * SEC);
@@ -398,7 +398,7 @@ fn permit_fencing_tokens_keep_rising_across_a_redis_restart_without_persistence(
 
 #[test]
 fn extend_on_an_auto_extended_permit_keeps_room_for_renewals() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let s = connect(&server, "shrink");
     let sem = s
         .semaphore("one", 1)
@@ -420,7 +420,7 @@ fn extend_on_an_auto_extended_permit_keeps_room_for_renewals() {
 
 #[test]
 fn release_of_a_permit_gone_from_redis_is_lease_lost() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let s = connect(&server, "gone");
     let sem = s.semaphore("one", 1).unwrap().ttl(60 * SEC);
     let p = sem.try_acquire().unwrap().unwrap();
@@ -432,7 +432,7 @@ fn release_of_a_permit_gone_from_redis_is_lease_lost() {
 
 #[test]
 fn a_permit_wait_of_duration_max_blocks_until_a_permit_is_released() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let a = connect(&server, "forever");
     let b = connect(&server, "forever");
     let held = a
@@ -458,7 +458,7 @@ fn a_permit_wait_of_duration_max_blocks_until_a_permit_is_released() {
 
 #[test]
 fn permit_ttls_above_max_ttl_are_invalid_input() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let s = connect(&server, "hugettl");
     let wrapping = Duration::from_millis(u64::MAX) + Duration::from_millis(5);
     let is_ttl_error = |e: &Error| matches!(e, Error::InvalidInput { what: "ttl", .. });
