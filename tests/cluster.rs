@@ -19,7 +19,7 @@ use redswarm::{
     MasterOptions, Redswarm,
 };
 use serde_json::json;
-use support::{FaultProxy, RedisServer};
+use support::{FaultProxy, RedisServer, TestRedis};
 
 const SEC: Duration = Duration::from_secs(1);
 const HEARTBEAT: Duration = Duration::from_millis(100);
@@ -224,7 +224,7 @@ fn pending(m: &Master) -> usize {
 
 #[test]
 fn added_jobs_reach_a_worker_with_payload_and_token_and_deleted_ones_leave_it() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let s = connect(&server.url(), "roundtrip");
     let m = master(&s);
     let w = join(&server.url(), "roundtrip", opts());
@@ -280,7 +280,7 @@ fn added_jobs_reach_a_worker_with_payload_and_token_and_deleted_ones_leave_it() 
 
 #[test]
 fn jobs_spread_evenly_over_three_workers() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let s = connect(&server.url(), "balance");
     let m = master(&s);
     let ws: Vec<TestWorker> = (0..3)
@@ -302,7 +302,7 @@ fn jobs_spread_evenly_over_three_workers() {
 
 #[test]
 fn a_worker_never_holds_more_than_its_capacity_and_extra_jobs_wait_for_room() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let s = connect(&server.url(), "capacity");
     let m = master(&s);
     let small = join(&server.url(), "capacity", opts().capacity(2));
@@ -328,7 +328,7 @@ fn a_worker_never_holds_more_than_its_capacity_and_extra_jobs_wait_for_room() {
 
 #[test]
 fn a_terminating_worker_gets_deleted_for_each_job_then_closed_and_its_jobs_move_at_once() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let s = connect(&server.url(), "terminate");
     let m = master(&s);
     let a = join(&server.url(), "terminate", opts().lease(10 * SEC));
@@ -377,7 +377,7 @@ fn a_terminating_worker_gets_deleted_for_each_job_then_closed_and_its_jobs_move_
 
 #[test]
 fn a_worker_whose_handle_shuts_down_stops_its_jobs_and_closes() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let s = connect(&server.url(), "handledown");
     let m = master(&s);
     let w = join(&server.url(), "handledown", opts());
@@ -481,7 +481,7 @@ fn announced(lines: &Arc<Mutex<Vec<String>>>, prefix: &str) -> String {
 
 #[test]
 fn a_killed_worker_process_jobs_are_reassigned_within_the_lease_bound_and_stay_balanced() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let s = connect(&server.url(), "sigkill");
     let m = master(&s);
     let a = join(&server.url(), "sigkill", opts());
@@ -538,7 +538,7 @@ fn a_killed_worker_process_jobs_are_reassigned_within_the_lease_bound_and_stay_b
 
 #[test]
 fn when_the_active_master_dies_a_standby_takes_over_and_workers_keep_their_jobs() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let (mut child, lines) = spawn_child(
         "child_cluster_master_process",
         "CHILD_MASTER_NS",
@@ -584,7 +584,7 @@ fn when_the_active_master_dies_a_standby_takes_over_and_workers_keep_their_jobs(
 
 #[test]
 fn without_any_master_workers_keep_their_jobs_and_adds_wait_for_the_next_master() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let s = connect(&server.url(), "nomaster");
     let m = master(&s);
     let w1 = join(&server.url(), "nomaster", opts());
@@ -756,7 +756,7 @@ fn messages_lost_while_the_subscriber_reconnects_are_made_good_by_reconciling() 
 
 #[test]
 fn a_lost_message_leaves_a_worker_out_of_step_for_at_most_one_reconcile_interval() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let s = connect(&server.url(), "lostmsg");
     let m = master(&s);
     let every = Duration::from_millis(300);
@@ -794,7 +794,7 @@ fn a_lost_message_leaves_a_worker_out_of_step_for_at_most_one_reconcile_interval
 
 #[test]
 fn a_worker_can_delete_its_own_job() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let s = connect(&server.url(), "selfdelete");
     let m = master(&s);
     let w = join(&server.url(), "selfdelete", opts());
@@ -823,7 +823,7 @@ fn a_worker_can_delete_its_own_job() {
 
 #[test]
 fn rebalancing_on_join_moves_only_as_many_jobs_as_needed() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let s = connect(&server.url(), "rebalance");
     let m =
         Master::with_options(&s, "c", MasterOptions::new().lease(LEASE).rebalance(true)).unwrap();
@@ -864,7 +864,7 @@ fn rebalancing_on_join_moves_only_as_many_jobs_as_needed() {
 
 #[test]
 fn bad_input_unknown_ids_and_corrupt_data_get_clear_errors() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let s = connect(&server.url(), "errors");
     assert!(matches!(
         Master::new(&s, "a{b}"),
