@@ -95,45 +95,6 @@ fn evalsha_calls(server: &impl Target) -> u64 {
 }
 
 #[test]
-fn threads_of_one_handle_share_one_driver() {
-    let server = RedisServer::start();
-    // Default heartbeat (1 s): few background script calls during the burst.
-    let swarm = Redswarm::connect(
-        Config::builder()
-            .url(server.url())
-            .namespace("local")
-            .build()
-            .unwrap(),
-    )
-    .unwrap();
-    let runs = Arc::new(AtomicU64::new(0));
-    let barrier = Arc::new(Barrier::new(40));
-    let before = evalsha_calls(&server);
-    let threads: Vec<_> = (0..40)
-        .map(|_| {
-            let (swarm, runs, barrier) = (swarm.clone(), runs.clone(), barrier.clone());
-            std::thread::spawn(move || {
-                barrier.wait();
-                swarm.fanout("shared", 30 * SEC, || -> Result<u32, String> {
-                    runs.fetch_add(1, Ordering::SeqCst);
-                    // Long enough that every thread has joined in, even on
-                    // a loaded machine.
-                    std::thread::sleep(Duration::from_millis(800));
-                    Ok(99)
-                })
-            })
-        })
-        .collect();
-    for t in threads {
-        assert_eq!(t.join().unwrap().unwrap(), 99);
-    }
-    let scripts = evalsha_calls(&server) - before;
-    assert_eq!(runs.load(Ordering::SeqCst), 1);
-    // One claim and one completion (plus a few heartbeats), not 40 claims.
-    assert!(scripts < 12, "{scripts} script calls for 40 callers");
-}
-
-#[test]
 fn the_jobs_error_reaches_every_waiter() {
     let server = TestRedis::start();
     let a = connect(&server, "err");
@@ -320,28 +281,6 @@ fn a_panicking_job_fails_every_caller_instead_of_hanging() {
 }
 
 #[test]
-fn a_waiter_gets_the_outcome_across_a_pubsub_reconnect() {
-    let server = RedisServer::start();
-    let a = connect(&server, "reconnect");
-    let b = connect(&server, "reconnect");
-    let leader = lead_in_background(a, "job", || -> Result<u32, String> {
-        std::thread::sleep(Duration::from_millis(600));
-        Ok(5)
-    });
-    let waiter =
-        std::thread::spawn(move || b.fanout("job", 10 * SEC, || -> Result<u32, String> { Ok(0) }));
-    std::thread::sleep(Duration::from_millis(200));
-    let _: redis::Value = redis::cmd("CLIENT")
-        .arg("KILL")
-        .arg("TYPE")
-        .arg("pubsub")
-        .query(&mut server.conn())
-        .unwrap();
-    assert_eq!(waiter.join().unwrap().unwrap(), 5);
-    assert_eq!(leader.join().unwrap().unwrap(), 5);
-}
-
-#[test]
 fn a_caller_arriving_just_after_completion_gets_the_stored_outcome() {
     let server = TestRedis::start();
     let a = connect(&server, "window");
@@ -436,89 +375,6 @@ fn assert_corrupt<T: std::fmt::Debug>(r: Result<T, FanoutError<String>>, key: &s
         }
         other => panic!("expected CorruptData naming {key}, got {other:?}"),
     }
-}
-
-#[test]
-fn a_claim_whose_reply_is_lost_still_leads_and_runs_the_job_once() {
-    let server = RedisServer::start();
-    let proxy = FaultProxy::start(server.addr());
-    let s = Redswarm::connect(config(proxy.url(), "lostclaim")).unwrap();
-    // Load the scripts first, so the watched call runs the claim (no
-    // NOSCRIPT round).
-    let _ = s.fanout("warm-up", 5 * SEC, || -> Result<u32, String> { Ok(0) });
-    proxy.drop_reply_to(b"{lostclaim:fanout:job}\r\n");
-    let runs = AtomicU64::new(0);
-    let v = s
-        .fanout("job", 10 * SEC, || -> Result<u32, String> {
-            runs.fetch_add(1, Ordering::SeqCst);
-            Ok(7)
-        })
-        .unwrap();
-    assert_eq!(v, 7);
-    assert_eq!(proxy.dropped_replies(), 1);
-    assert_eq!(runs.load(Ordering::SeqCst), 1);
-    assert!(
-        !exists(&server, "{lostclaim:fanout:job}"),
-        "the leader stepped down"
-    );
-}
-
-#[test]
-fn fan_out_leaders_are_fenced_and_a_lost_claim_reply_keeps_the_token() {
-    let server = RedisServer::start();
-    let proxy = FaultProxy::start(server.addr());
-    let s = Redswarm::connect(config(proxy.url(), "fencedclaim")).unwrap();
-    let f = s.fanout_options().result_ttl(Duration::from_millis(1));
-    let lead = |id: &str| match f.push::<u32, String>(id).unwrap() {
-        Push::Lead(c) => c,
-        Push::Wait(_) => panic!("nobody else leads `{id}`"),
-    };
-    let first = lead("job");
-    let t1 = first.fencing_token();
-    assert!(t1 > 0);
-    first.complete(Ok(1)).unwrap();
-    assert!(support::wait_until(5 * SEC, || !exists(
-        &server,
-        "{fencedclaim:fanout:job}:result"
-    )));
-    proxy.drop_reply_to(b"{fencedclaim:fanout:job}\r\n");
-    let second = lead("job");
-    assert_eq!(proxy.dropped_replies(), 1);
-    assert!(second.fencing_token() > t1);
-    let counter: u64 = redis::cmd("GET")
-        .arg("{fencedclaim:fanout:job}:fence")
-        .query(&mut server.conn())
-        .unwrap();
-    assert_eq!(second.fencing_token(), counter, "one grant, one token");
-    second.complete(Ok(2)).unwrap();
-}
-
-#[test]
-fn fan_out_leadership_tokens_keep_rising_across_a_redis_restart_without_persistence() {
-    let mut server = RedisServer::start();
-    let s = connect(&server, "restart");
-    let f = s.fanout_options();
-    let t1 = match f.push::<u32, String>("job").unwrap() {
-        Push::Lead(c) => {
-            let t = c.fencing_token();
-            drop(c); // steps down without an outcome
-            t
-        }
-        Push::Wait(_) => panic!("nobody else leads"),
-    };
-    server.restart();
-    let mut t2 = None;
-    assert!(
-        support::wait_until(10 * SEC, || {
-            if let Ok(Push::Lead(c)) = f.push::<u32, String>("job") {
-                t2 = Some(c.fencing_token());
-            }
-            t2.is_some()
-        }),
-        "no leadership after the restart"
-    );
-    let t2 = t2.unwrap();
-    assert!(t2 > t1, "token {t2} after the restart, {t1} before");
 }
 
 #[test]
@@ -669,4 +525,159 @@ fn fanout_ttls_above_max_ttl_are_invalid_input() {
         .query(&mut server.conn())
         .unwrap();
     assert_eq!(exists, 0);
+}
+
+/// Tests that need a redis-server of their own, so they stay on
+/// `RedisServer` whatever the backend: they kill, pause or restart it, put a
+/// fault proxy in front of it, read server-wide state (INFO, CLIENT LIST)
+/// or disturb every client of it (SCRIPT FLUSH, CLIENT KILL). The cluster
+/// pass of CI skips them (`--skip single_server::`): the single-server pass
+/// covers them.
+mod single_server {
+    use super::*;
+
+    #[test]
+    fn threads_of_one_handle_share_one_driver() {
+        let server = RedisServer::start();
+        // Default heartbeat (1 s): few background script calls during the burst.
+        let swarm = Redswarm::connect(
+            Config::builder()
+                .url(server.url())
+                .namespace("local")
+                .build()
+                .unwrap(),
+        )
+        .unwrap();
+        let runs = Arc::new(AtomicU64::new(0));
+        let barrier = Arc::new(Barrier::new(40));
+        let before = evalsha_calls(&server);
+        let threads: Vec<_> = (0..40)
+            .map(|_| {
+                let (swarm, runs, barrier) = (swarm.clone(), runs.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    swarm.fanout("shared", 30 * SEC, || -> Result<u32, String> {
+                        runs.fetch_add(1, Ordering::SeqCst);
+                        // Long enough that every thread has joined in, even on
+                        // a loaded machine.
+                        std::thread::sleep(Duration::from_millis(800));
+                        Ok(99)
+                    })
+                })
+            })
+            .collect();
+        for t in threads {
+            assert_eq!(t.join().unwrap().unwrap(), 99);
+        }
+        let scripts = evalsha_calls(&server) - before;
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+        // One claim and one completion (plus a few heartbeats), not 40 claims.
+        assert!(scripts < 12, "{scripts} script calls for 40 callers");
+    }
+
+    #[test]
+    fn a_waiter_gets_the_outcome_across_a_pubsub_reconnect() {
+        let server = RedisServer::start();
+        let a = connect(&server, "reconnect");
+        let b = connect(&server, "reconnect");
+        let leader = lead_in_background(a, "job", || -> Result<u32, String> {
+            std::thread::sleep(Duration::from_millis(600));
+            Ok(5)
+        });
+        let waiter = std::thread::spawn(move || {
+            b.fanout("job", 10 * SEC, || -> Result<u32, String> { Ok(0) })
+        });
+        std::thread::sleep(Duration::from_millis(200));
+        let _: redis::Value = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("pubsub")
+            .query(&mut server.conn())
+            .unwrap();
+        assert_eq!(waiter.join().unwrap().unwrap(), 5);
+        assert_eq!(leader.join().unwrap().unwrap(), 5);
+    }
+
+    #[test]
+    fn a_claim_whose_reply_is_lost_still_leads_and_runs_the_job_once() {
+        let server = RedisServer::start();
+        let proxy = FaultProxy::start(server.addr());
+        let s = Redswarm::connect(config(proxy.url(), "lostclaim")).unwrap();
+        // Load the scripts first, so the watched call runs the claim (no
+        // NOSCRIPT round).
+        let _ = s.fanout("warm-up", 5 * SEC, || -> Result<u32, String> { Ok(0) });
+        proxy.drop_reply_to(b"{lostclaim:fanout:job}\r\n");
+        let runs = AtomicU64::new(0);
+        let v = s
+            .fanout("job", 10 * SEC, || -> Result<u32, String> {
+                runs.fetch_add(1, Ordering::SeqCst);
+                Ok(7)
+            })
+            .unwrap();
+        assert_eq!(v, 7);
+        assert_eq!(proxy.dropped_replies(), 1);
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+        assert!(
+            !exists(&server, "{lostclaim:fanout:job}"),
+            "the leader stepped down"
+        );
+    }
+
+    #[test]
+    fn fan_out_leaders_are_fenced_and_a_lost_claim_reply_keeps_the_token() {
+        let server = RedisServer::start();
+        let proxy = FaultProxy::start(server.addr());
+        let s = Redswarm::connect(config(proxy.url(), "fencedclaim")).unwrap();
+        let f = s.fanout_options().result_ttl(Duration::from_millis(1));
+        let lead = |id: &str| match f.push::<u32, String>(id).unwrap() {
+            Push::Lead(c) => c,
+            Push::Wait(_) => panic!("nobody else leads `{id}`"),
+        };
+        let first = lead("job");
+        let t1 = first.fencing_token();
+        assert!(t1 > 0);
+        first.complete(Ok(1)).unwrap();
+        assert!(support::wait_until(5 * SEC, || !exists(
+            &server,
+            "{fencedclaim:fanout:job}:result"
+        )));
+        proxy.drop_reply_to(b"{fencedclaim:fanout:job}\r\n");
+        let second = lead("job");
+        assert_eq!(proxy.dropped_replies(), 1);
+        assert!(second.fencing_token() > t1);
+        let counter: u64 = redis::cmd("GET")
+            .arg("{fencedclaim:fanout:job}:fence")
+            .query(&mut server.conn())
+            .unwrap();
+        assert_eq!(second.fencing_token(), counter, "one grant, one token");
+        second.complete(Ok(2)).unwrap();
+    }
+
+    #[test]
+    fn fan_out_leadership_tokens_keep_rising_across_a_redis_restart_without_persistence() {
+        let mut server = RedisServer::start();
+        let s = connect(&server, "restart");
+        let f = s.fanout_options();
+        let t1 = match f.push::<u32, String>("job").unwrap() {
+            Push::Lead(c) => {
+                let t = c.fencing_token();
+                drop(c); // steps down without an outcome
+                t
+            }
+            Push::Wait(_) => panic!("nobody else leads"),
+        };
+        server.restart();
+        let mut t2 = None;
+        assert!(
+            support::wait_until(10 * SEC, || {
+                if let Ok(Push::Lead(c)) = f.push::<u32, String>("job") {
+                    t2 = Some(c.fencing_token());
+                }
+                t2.is_some()
+            }),
+            "no leadership after the restart"
+        );
+        let t2 = t2.unwrap();
+        assert!(t2 > t1, "token {t2} after the restart, {t1} before");
+    }
 }

@@ -739,86 +739,6 @@ fn mesh_node(url: &str, ns: &str) -> Redswarm {
 }
 
 #[test]
-fn a_backup_cut_off_from_redis_and_its_peers_stops_with_partitioned() {
-    let server = RedisServer::start();
-    let proxy = FaultProxy::start(server.addr());
-    let winner = connect(&server, "cut");
-    let peer = mesh_node(&server.url(), "cut");
-    let backup = mesh_node(&proxy.url(), "cut");
-    assert!(support::wait_until(10 * SEC, || backup.known_peers().len() == 1));
-    let lease = 10 * SEC;
-    let job = won(winner
-        .paired_options()
-        .lease(lease)
-        .task("t")
-        .unwrap()
-        .run(&1u8)
-        .unwrap());
-    let rx = backup
-        .paired_options()
-        .lease(lease)
-        .task("t")
-        .unwrap()
-        .receiver(&1u8)
-        .unwrap();
-    assert!(rx.try_recv().is_err(), "the backup must be standing by");
-    proxy.blackhole();
-    peer.shutdown();
-    match rx.recv_timeout(20 * SEC).expect("the backup kept waiting") {
-        Err(Error::Partitioned(why)) => assert!(why.contains("paired task `t`"), "{why}"),
-        other => panic!("{other:?}"),
-    }
-    // Nobody took over: the winner's report is accepted.
-    job.succeeded().unwrap();
-}
-
-#[test]
-fn a_backup_without_peers_waits_out_a_redis_outage() {
-    let server = RedisServer::start();
-    let proxy = FaultProxy::start(server.addr());
-    let winner = connect(&server, "outage");
-    let backup = Redswarm::connect(
-        builder(&proxy.url(), "outage")
-            .wait_recheck(Duration::from_millis(300))
-            .build()
-            .unwrap(),
-    )
-    .unwrap();
-    let lease = 10 * SEC;
-    let job = won(winner
-        .paired_options()
-        .lease(lease)
-        .task("t")
-        .unwrap()
-        .run(&1u8)
-        .unwrap());
-    let rx = backup
-        .paired_options()
-        .lease(lease)
-        .task("t")
-        .unwrap()
-        .receiver(&1u8)
-        .unwrap();
-    proxy.blackhole();
-    assert!(
-        support::wait_until(10 * SEC, || !backup.partition_state().may_work()),
-        "the backup never noticed the outage"
-    );
-    assert!(
-        rx.recv_timeout(SEC).is_err(),
-        "the backup gave up: {:?}",
-        rx.try_recv()
-    );
-    proxy.pass();
-    job.succeeded().unwrap();
-    let o = outcome(&rx, 20 * SEC);
-    assert!(
-        matches!(o, PairedOutcome::DoneByPeer { attempt: 1 }),
-        "{o:?}"
-    );
-}
-
-#[test]
 fn bad_ids_payloads_and_settings_are_clear_errors() {
     let server = TestRedis::start();
     let s = connect(&server, "bad");
@@ -946,55 +866,145 @@ fn corrupt_task_keys_are_reported_by_name_and_nothing_is_written() {
     corrupt(r, "{corrupt:paired:d}:record");
 }
 
-#[test]
-fn a_join_retried_after_a_lost_reply_gets_the_same_grant() {
-    let server = RedisServer::start();
-    let proxy = FaultProxy::start(server.addr());
-    let s = Redswarm::connect(
-        builder(&proxy.url(), "retry")
-            .wait_recheck(Duration::from_millis(200))
-            .build()
-            .unwrap(),
-    )
-    .unwrap();
-    // Load the scripts and open pooled connections now: under the latency
-    // below neither NOSCRIPT nor a new connection's handshake would finish.
-    won(s.paired("warm-up", &0u8).unwrap()).succeeded().unwrap();
-    let warm: Vec<_> = (0..4).map(|_| s.connection().unwrap()).collect();
-    drop(warm);
-    // Replies come back after the 100 ms command timeout: the first join
-    // is granted in Redis, but its reply is lost to the caller.
-    proxy.set_latency(Duration::from_millis(400));
-    let healer = {
-        let record = "{retry:paired:t}:record".to_string();
-        let server_conn = server.client();
-        std::thread::spawn(move || {
-            let mut conn = server_conn.get_connection().unwrap();
-            let granted = support::wait_until(20 * SEC, || {
-                let n: i64 = redis::cmd("EXISTS").arg(&record).query(&mut conn).unwrap();
-                n == 1
-            });
-            std::thread::sleep(Duration::from_millis(500));
-            granted
-        })
-    };
-    let started = Instant::now();
-    let rx = std::thread::spawn(move || {
-        let r = s
+/// Tests that need a redis-server of their own, so they stay on
+/// `RedisServer` whatever the backend: they kill, pause or restart it, put a
+/// fault proxy in front of it, read server-wide state (INFO, CLIENT LIST)
+/// or disturb every client of it (SCRIPT FLUSH, CLIENT KILL). The cluster
+/// pass of CI skips them (`--skip single_server::`): the single-server pass
+/// covers them.
+mod single_server {
+    use super::*;
+
+    #[test]
+    fn a_backup_cut_off_from_redis_and_its_peers_stops_with_partitioned() {
+        let server = RedisServer::start();
+        let proxy = FaultProxy::start(server.addr());
+        let winner = connect(&server, "cut");
+        let peer = mesh_node(&server.url(), "cut");
+        let backup = mesh_node(&proxy.url(), "cut");
+        assert!(support::wait_until(10 * SEC, || backup.known_peers().len() == 1));
+        let lease = 10 * SEC;
+        let job = won(winner
             .paired_options()
-            .lease(10 * SEC)
+            .lease(lease)
             .task("t")
             .unwrap()
-            .run(&1u8);
-        (r, s)
-    });
-    assert!(healer.join().unwrap(), "the first join never reached Redis");
-    proxy.pass();
-    let (r, _s) = rx.join().unwrap();
-    // The retry is handed the grant it already had, instead of waiting for
-    // its own lease to lapse and taking over from itself.
-    let job = won(r.unwrap());
-    assert_eq!(job.attempt(), 1);
-    assert!(started.elapsed() < 8 * SEC, "{:?}", started.elapsed());
-    job.succeeded().unwrap();
+            .run(&1u8)
+            .unwrap());
+        let rx = backup
+            .paired_options()
+            .lease(lease)
+            .task("t")
+            .unwrap()
+            .receiver(&1u8)
+            .unwrap();
+        assert!(rx.try_recv().is_err(), "the backup must be standing by");
+        proxy.blackhole();
+        peer.shutdown();
+        match rx.recv_timeout(20 * SEC).expect("the backup kept waiting") {
+            Err(Error::Partitioned(why)) => assert!(why.contains("paired task `t`"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        // Nobody took over: the winner's report is accepted.
+        job.succeeded().unwrap();
+    }
+
+    #[test]
+    fn a_backup_without_peers_waits_out_a_redis_outage() {
+        let server = RedisServer::start();
+        let proxy = FaultProxy::start(server.addr());
+        let winner = connect(&server, "outage");
+        let backup = Redswarm::connect(
+            builder(&proxy.url(), "outage")
+                .wait_recheck(Duration::from_millis(300))
+                .build()
+                .unwrap(),
+        )
+        .unwrap();
+        let lease = 10 * SEC;
+        let job = won(winner
+            .paired_options()
+            .lease(lease)
+            .task("t")
+            .unwrap()
+            .run(&1u8)
+            .unwrap());
+        let rx = backup
+            .paired_options()
+            .lease(lease)
+            .task("t")
+            .unwrap()
+            .receiver(&1u8)
+            .unwrap();
+        proxy.blackhole();
+        assert!(
+            support::wait_until(10 * SEC, || !backup.partition_state().may_work()),
+            "the backup never noticed the outage"
+        );
+        assert!(
+            rx.recv_timeout(SEC).is_err(),
+            "the backup gave up: {:?}",
+            rx.try_recv()
+        );
+        proxy.pass();
+        job.succeeded().unwrap();
+        let o = outcome(&rx, 20 * SEC);
+        assert!(
+            matches!(o, PairedOutcome::DoneByPeer { attempt: 1 }),
+            "{o:?}"
+        );
+    }
+
+    #[test]
+    fn a_join_retried_after_a_lost_reply_gets_the_same_grant() {
+        let server = RedisServer::start();
+        let proxy = FaultProxy::start(server.addr());
+        let s = Redswarm::connect(
+            builder(&proxy.url(), "retry")
+                .wait_recheck(Duration::from_millis(200))
+                .build()
+                .unwrap(),
+        )
+        .unwrap();
+        // Load the scripts and open pooled connections now: under the latency
+        // below neither NOSCRIPT nor a new connection's handshake would finish.
+        won(s.paired("warm-up", &0u8).unwrap()).succeeded().unwrap();
+        let warm: Vec<_> = (0..4).map(|_| s.connection().unwrap()).collect();
+        drop(warm);
+        // Replies come back after the 100 ms command timeout: the first join
+        // is granted in Redis, but its reply is lost to the caller.
+        proxy.set_latency(Duration::from_millis(400));
+        let healer = {
+            let record = "{retry:paired:t}:record".to_string();
+            let server_conn = server.client();
+            std::thread::spawn(move || {
+                let mut conn = server_conn.get_connection().unwrap();
+                let granted = support::wait_until(20 * SEC, || {
+                    let n: i64 = redis::cmd("EXISTS").arg(&record).query(&mut conn).unwrap();
+                    n == 1
+                });
+                std::thread::sleep(Duration::from_millis(500));
+                granted
+            })
+        };
+        let started = Instant::now();
+        let rx = std::thread::spawn(move || {
+            let r = s
+                .paired_options()
+                .lease(10 * SEC)
+                .task("t")
+                .unwrap()
+                .run(&1u8);
+            (r, s)
+        });
+        assert!(healer.join().unwrap(), "the first join never reached Redis");
+        proxy.pass();
+        let (r, _s) = rx.join().unwrap();
+        // The retry is handed the grant it already had, instead of waiting for
+        // its own lease to lapse and taking over from itself.
+        let job = won(r.unwrap());
+        assert_eq!(job.attempt(), 1);
+        assert!(started.elapsed() < 8 * SEC, "{:?}", started.elapsed());
+        job.succeeded().unwrap();
+    }
 }

@@ -172,25 +172,6 @@ fn never_more_than_permits_holders_under_expiry_churn() {
 }
 
 #[test]
-fn auto_extended_permits_outlive_their_ttl_and_report_loss() {
-    let mut server = RedisServer::start();
-    let s = connect(&server, "auto");
-    let sem = s
-        .semaphore("one", 1)
-        .unwrap()
-        .ttl(Duration::from_millis(400))
-        .auto_extend(true);
-    let p = sem.try_acquire().unwrap().unwrap();
-    std::thread::sleep(Duration::from_millis(1200));
-    assert!(p.is_held());
-    assert!(sem.try_acquire().unwrap().is_none());
-    let lost = p.lost();
-    server.kill();
-    assert!(lost.recv_timeout(5 * SEC).is_ok());
-    assert!(!p.is_held());
-}
-
-#[test]
 fn extend_never_revives_an_expired_permit() {
     let server = TestRedis::start();
     let s = connect(&server, "revive");
@@ -273,51 +254,6 @@ fn assert_corrupt<T: std::fmt::Debug>(r: redswarm::Result<T>, key: &str) {
 }
 
 #[test]
-fn try_acquire_whose_reply_is_lost_gets_the_same_permit_and_leaves_no_orphan() {
-    let server = RedisServer::start();
-    let proxy = FaultProxy::start(server.addr());
-    let s = connect_url(&proxy.url(), "lostsem", SEC);
-    let sem = s.semaphore("pool", 2).unwrap().ttl(60 * SEC);
-    // Load the script first, so the watched call runs it (no NOSCRIPT round).
-    drop(sem.try_acquire().unwrap());
-    proxy.drop_reply_to(b"{lostsem:sem:pool}:holders\r\n");
-    let p = sem
-        .try_acquire()
-        .unwrap()
-        .expect("the permit whose reply was lost");
-    assert_eq!(proxy.dropped_replies(), 1);
-    assert_eq!(sem.holders().unwrap(), 1, "one permit, not two");
-    let counter: u64 = redis::cmd("GET")
-        .arg("{lostsem:sem:pool}:fence")
-        .query(&mut server.conn())
-        .unwrap();
-    assert_eq!(p.fencing_token(), counter);
-    p.release().unwrap();
-    assert_eq!(sem.holders().unwrap(), 0, "nothing left orphaned");
-}
-
-#[test]
-fn acquire_whose_reply_is_lost_does_not_wait_on_itself() {
-    let server = RedisServer::start();
-    let proxy = FaultProxy::start(server.addr());
-    let s = connect_url(&proxy.url(), "lostsemwait", SEC);
-    for (name, fair) in [("plain", false), ("fair", true)] {
-        // The TTL (60 s) is longer than the wait (20 s): waiting for our own
-        // permit to lapse would time out.
-        let sem = s.semaphore(name, 1).unwrap().ttl(60 * SEC).fair(fair);
-        drop(sem.try_acquire().unwrap());
-        proxy.drop_reply_to(format!("{{lostsemwait:sem:{name}}}:holders\r\n").as_bytes());
-        let p = sem
-            .acquire(20 * SEC)
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
-        assert!(proxy.dropped_replies() >= 1, "{name}: no reply was dropped");
-        assert_eq!(sem.holders().unwrap(), 1, "{name}");
-        p.release().unwrap();
-    }
-    assert_eq!(proxy.dropped_replies(), 2);
-}
-
-#[test]
 fn corrupt_semaphore_data_is_an_error_naming_the_key_and_nothing_is_written() {
     let server = TestRedis::start();
     let s = connect(&server, "corrupt");
@@ -365,35 +301,6 @@ fn corrupt_semaphore_data_is_an_error_naming_the_key_and_nothing_is_written() {
     run(&server, &["SET", &k("r", "grants"), "x"]);
     assert_corrupt(p.release(), &k("r", "grants"));
     assert_eq!(zcard(&server, &k("r", "holders")), 1, "released halfway");
-}
-
-#[test]
-fn permit_fencing_tokens_keep_rising_across_a_redis_restart_without_persistence() {
-    let mut server = RedisServer::start();
-    let s = connect(&server, "restart");
-    let sem = s.semaphore("s", 3).unwrap().ttl(5 * SEC);
-    let mut highest = 0;
-    for _ in 0..3 {
-        let p = sem.try_acquire().unwrap().unwrap();
-        assert!(p.fencing_token() > highest);
-        highest = p.fencing_token();
-        p.release().unwrap();
-    }
-    server.restart();
-    let mut got = None;
-    assert!(
-        support::wait_until(10 * SEC, || {
-            got = sem.try_acquire().ok().flatten();
-            got.is_some()
-        }),
-        "no permit after the restart"
-    );
-    let p = got.unwrap();
-    assert!(
-        p.fencing_token() > highest,
-        "token {} after the restart, {highest} before",
-        p.fencing_token()
-    );
 }
 
 #[test]
@@ -479,4 +386,107 @@ fn permit_ttls_above_max_ttl_are_invalid_input() {
     let err = permit.extend(wrapping).unwrap_err();
     assert!(is_ttl_error(&err), "{err}");
     assert!(permit.is_held());
+}
+
+/// Tests that need a redis-server of their own, so they stay on
+/// `RedisServer` whatever the backend: they kill, pause or restart it, put a
+/// fault proxy in front of it, read server-wide state (INFO, CLIENT LIST)
+/// or disturb every client of it (SCRIPT FLUSH, CLIENT KILL). The cluster
+/// pass of CI skips them (`--skip single_server::`): the single-server pass
+/// covers them.
+mod single_server {
+    use super::*;
+
+    #[test]
+    fn auto_extended_permits_outlive_their_ttl_and_report_loss() {
+        let mut server = RedisServer::start();
+        let s = connect(&server, "auto");
+        let sem = s
+            .semaphore("one", 1)
+            .unwrap()
+            .ttl(Duration::from_millis(400))
+            .auto_extend(true);
+        let p = sem.try_acquire().unwrap().unwrap();
+        std::thread::sleep(Duration::from_millis(1200));
+        assert!(p.is_held());
+        assert!(sem.try_acquire().unwrap().is_none());
+        let lost = p.lost();
+        server.kill();
+        assert!(lost.recv_timeout(5 * SEC).is_ok());
+        assert!(!p.is_held());
+    }
+
+    #[test]
+    fn try_acquire_whose_reply_is_lost_gets_the_same_permit_and_leaves_no_orphan() {
+        let server = RedisServer::start();
+        let proxy = FaultProxy::start(server.addr());
+        let s = connect_url(&proxy.url(), "lostsem", SEC);
+        let sem = s.semaphore("pool", 2).unwrap().ttl(60 * SEC);
+        // Load the script first, so the watched call runs it (no NOSCRIPT round).
+        drop(sem.try_acquire().unwrap());
+        proxy.drop_reply_to(b"{lostsem:sem:pool}:holders\r\n");
+        let p = sem
+            .try_acquire()
+            .unwrap()
+            .expect("the permit whose reply was lost");
+        assert_eq!(proxy.dropped_replies(), 1);
+        assert_eq!(sem.holders().unwrap(), 1, "one permit, not two");
+        let counter: u64 = redis::cmd("GET")
+            .arg("{lostsem:sem:pool}:fence")
+            .query(&mut server.conn())
+            .unwrap();
+        assert_eq!(p.fencing_token(), counter);
+        p.release().unwrap();
+        assert_eq!(sem.holders().unwrap(), 0, "nothing left orphaned");
+    }
+
+    #[test]
+    fn acquire_whose_reply_is_lost_does_not_wait_on_itself() {
+        let server = RedisServer::start();
+        let proxy = FaultProxy::start(server.addr());
+        let s = connect_url(&proxy.url(), "lostsemwait", SEC);
+        for (name, fair) in [("plain", false), ("fair", true)] {
+            // The TTL (60 s) is longer than the wait (20 s): waiting for our own
+            // permit to lapse would time out.
+            let sem = s.semaphore(name, 1).unwrap().ttl(60 * SEC).fair(fair);
+            drop(sem.try_acquire().unwrap());
+            proxy.drop_reply_to(format!("{{lostsemwait:sem:{name}}}:holders\r\n").as_bytes());
+            let p = sem
+                .acquire(20 * SEC)
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert!(proxy.dropped_replies() >= 1, "{name}: no reply was dropped");
+            assert_eq!(sem.holders().unwrap(), 1, "{name}");
+            p.release().unwrap();
+        }
+        assert_eq!(proxy.dropped_replies(), 2);
+    }
+
+    #[test]
+    fn permit_fencing_tokens_keep_rising_across_a_redis_restart_without_persistence() {
+        let mut server = RedisServer::start();
+        let s = connect(&server, "restart");
+        let sem = s.semaphore("s", 3).unwrap().ttl(5 * SEC);
+        let mut highest = 0;
+        for _ in 0..3 {
+            let p = sem.try_acquire().unwrap().unwrap();
+            assert!(p.fencing_token() > highest);
+            highest = p.fencing_token();
+            p.release().unwrap();
+        }
+        server.restart();
+        let mut got = None;
+        assert!(
+            support::wait_until(10 * SEC, || {
+                got = sem.try_acquire().ok().flatten();
+                got.is_some()
+            }),
+            "no permit after the restart"
+        );
+        let p = got.unwrap();
+        assert!(
+            p.fencing_token() > highest,
+            "token {} after the restart, {highest} before",
+            p.fencing_token()
+        );
+    }
 }
