@@ -118,6 +118,14 @@ impl RedisCluster {
             .collect()
     }
 
+    /// The process ids of the running nodes, in start order.
+    pub fn pids(&self) -> Vec<u32> {
+        self.nodes
+            .iter()
+            .filter_map(|n| n.child.as_ref().map(Child::id))
+            .collect()
+    }
+
     /// The shared data directory (configs and logs of all nodes).
     pub fn dir(&self) -> &Path {
         &self.dir
