@@ -4,6 +4,10 @@
 //! masters take over, workers keep their jobs without any master, and lost
 //! messages are made good by reconciling. Death is real where it matters
 //! (worker and master child processes killed with SIGKILL).
+//!
+//! With `REDSWARM_TEST_BACKEND=cluster` the tests outside `mod
+//! single_server` run on a 3-primary Redis Cluster shared by the whole
+//! file instead (`tests/support/backend.rs`).
 
 mod support;
 

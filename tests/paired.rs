@@ -1,6 +1,10 @@
 //! Paired workers against a real redis-server: the winner works, backups
 //! learn of its success, take over on its failure or death, and a stale
 //! winner's report is rejected by its fencing token.
+//!
+//! With `REDSWARM_TEST_BACKEND=cluster` the tests outside `mod
+//! single_server` run on a 3-primary Redis Cluster shared by the whole
+//! file instead (`tests/support/backend.rs`).
 
 mod support;
 

@@ -1,4 +1,8 @@
 //! Semaphores against a real redis-server.
+//!
+//! With `REDSWARM_TEST_BACKEND=cluster` the tests outside `mod
+//! single_server` run on a 3-primary Redis Cluster shared by the whole
+//! file instead (`tests/support/backend.rs`).
 
 mod support;
 

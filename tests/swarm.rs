@@ -1,5 +1,9 @@
 //! The task swarm against a real redis-server, with real worker processes
 //! where it matters (SIGKILL, SIGSTOP, the end-to-end run).
+//!
+//! With `REDSWARM_TEST_BACKEND=cluster` the tests outside `mod
+//! single_server` run on a 3-primary Redis Cluster shared by the whole
+//! file instead (`tests/support/backend.rs`).
 
 mod support;
 

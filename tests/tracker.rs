@@ -3,6 +3,9 @@
 //! after the attempts, automatic lock and processing timeouts (also when
 //! the holder process is SIGKILLed), stale reports rejected by fencing
 //! token, stats at each step, and a 1,000-task run over two handles.
+//!
+//! With `REDSWARM_TEST_BACKEND=cluster` they run on a 3-primary Redis
+//! Cluster shared by the whole file instead (`tests/support/backend.rs`).
 
 mod support;
 
