@@ -18,6 +18,7 @@ use redis::{ConnectionLike, RedisResult, Value};
 /// ```no_run
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// # let swarm = redswarm::Redswarm::connect(redswarm::Config::from_env()?)?;
+/// use redis::ConnectionLike; // for is_open()
 /// let mut conn = swarm.connection()?;
 /// let _: () = redis::cmd("SET").arg("{app}:greeting").arg("hi").query(&mut *conn)?;
 /// assert!(!conn.is_cluster() || conn.is_open());
@@ -31,7 +32,8 @@ pub struct Connection(Inner);
 
 enum Inner {
     Single(redis::Connection),
-    /// Boxed: a cluster connection is several times a plain one's size.
+    /// Boxed: a `ClusterConnection` is several times the size of a plain
+    /// one (clippy::large_enum_variant).
     #[cfg(feature = "cluster")]
     Cluster(Box<redis::cluster::ClusterConnection>),
 }

@@ -66,6 +66,7 @@ use crossbeam_channel::{bounded, unbounded, Receiver, RecvTimeoutError, Sender, 
 use parking_lot::Mutex;
 use redis::{PushKind, RedisResult, Value};
 
+use crate::connection::NodeAddr;
 use crate::error::{Error, Result};
 use crate::store::Store;
 
@@ -322,6 +323,10 @@ struct Shared {
     store: Arc<Store>,
     table: Mutex<Table>,
     wake_channel: String,
+    /// The node the thread's connection is to, while connected: the wake
+    /// is published there (on a cluster, a PUBLISH on another node reaches
+    /// it over the cluster bus, sometimes only after tens of ms).
+    node: Mutex<Option<NodeAddr>>,
     mailbox: Sender<()>,
     connected: AtomicBool,
     stop: AtomicBool,
@@ -341,6 +346,7 @@ impl Subscriber {
             wake_channel: store.keys.wake_channel(&store.node_id),
             store,
             table: Mutex::new(Table::default()),
+            node: Mutex::new(None),
             mailbox,
             connected: AtomicBool::new(false),
             stop: AtomicBool::new(false),
@@ -433,8 +439,20 @@ impl Subscriber {
 
     /// Interrupts the thread's blocking read so it serves its mailbox now.
     fn wake(&self) {
-        if let Err(e) = self.shared.store.publish(&self.shared.wake_channel, b"") {
-            log::debug!("wake publish failed: {e}");
+        // Straight to the node the pub/sub connection is on (on a cluster a
+        // message from another node crosses the cluster bus, which took up
+        // to ~40 ms); else, or if that fails, as any publish.
+        let node = self.shared.node.lock().clone();
+        let at_node = node.and_then(|node| {
+            let mut conn = self.shared.store.conn().ok()?;
+            let mut cmd = redis::cmd("PUBLISH");
+            cmd.arg(&self.shared.wake_channel).arg("");
+            conn.query_at_node::<i64>(&node, &cmd).ok()
+        });
+        if at_node.is_none() {
+            if let Err(e) = self.shared.store.publish(&self.shared.wake_channel, b"") {
+                log::debug!("wake publish failed: {e}");
+            }
         }
     }
 
@@ -460,9 +478,11 @@ fn run(shared: Arc<Shared>, inbox: Receiver<()>, first_attempt: Sender<()>) {
     let mut ever_connected = false;
     while !shared.stop.load(Ordering::SeqCst) {
         match shared.store.dedicated.open_node(None, cfg.connect_timeout) {
-            Ok((mut conn, _)) => {
+            Ok((mut conn, node)) => {
                 backoff = cfg.reconnect_min;
+                *shared.node.lock() = Some(node);
                 let outcome = serve(&shared, &inbox, &mut conn, ever_connected, &first_attempt);
+                *shared.node.lock() = None;
                 ever_connected = true;
                 shared.connected.store(false, Ordering::SeqCst);
                 shared.table.lock().connection_lost();

@@ -4,6 +4,10 @@
 //! masters take over, workers keep their jobs without any master, and lost
 //! messages are made good by reconciling. Death is real where it matters
 //! (worker and master child processes killed with SIGKILL).
+//!
+//! With `REDSWARM_TEST_BACKEND=cluster` the tests outside `mod
+//! single_server` run on a 3-primary Redis Cluster shared by the whole
+//! file instead (`tests/support/backend.rs`).
 
 mod support;
 
@@ -19,7 +23,7 @@ use redswarm::{
     MasterOptions, Redswarm,
 };
 use serde_json::json;
-use support::{FaultProxy, RedisServer};
+use support::{FaultProxy, RedisServer, TestRedis};
 
 const SEC: Duration = Duration::from_secs(1);
 const HEARTBEAT: Duration = Duration::from_millis(100);
@@ -224,7 +228,7 @@ fn pending(m: &Master) -> usize {
 
 #[test]
 fn added_jobs_reach_a_worker_with_payload_and_token_and_deleted_ones_leave_it() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let s = connect(&server.url(), "roundtrip");
     let m = master(&s);
     let w = join(&server.url(), "roundtrip", opts());
@@ -280,7 +284,7 @@ fn added_jobs_reach_a_worker_with_payload_and_token_and_deleted_ones_leave_it() 
 
 #[test]
 fn jobs_spread_evenly_over_three_workers() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let s = connect(&server.url(), "balance");
     let m = master(&s);
     let ws: Vec<TestWorker> = (0..3)
@@ -302,7 +306,7 @@ fn jobs_spread_evenly_over_three_workers() {
 
 #[test]
 fn a_worker_never_holds_more_than_its_capacity_and_extra_jobs_wait_for_room() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let s = connect(&server.url(), "capacity");
     let m = master(&s);
     let small = join(&server.url(), "capacity", opts().capacity(2));
@@ -328,7 +332,7 @@ fn a_worker_never_holds_more_than_its_capacity_and_extra_jobs_wait_for_room() {
 
 #[test]
 fn a_terminating_worker_gets_deleted_for_each_job_then_closed_and_its_jobs_move_at_once() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let s = connect(&server.url(), "terminate");
     let m = master(&s);
     let a = join(&server.url(), "terminate", opts().lease(10 * SEC));
@@ -377,7 +381,7 @@ fn a_terminating_worker_gets_deleted_for_each_job_then_closed_and_its_jobs_move_
 
 #[test]
 fn a_worker_whose_handle_shuts_down_stops_its_jobs_and_closes() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let s = connect(&server.url(), "handledown");
     let m = master(&s);
     let w = join(&server.url(), "handledown", opts());
@@ -481,7 +485,7 @@ fn announced(lines: &Arc<Mutex<Vec<String>>>, prefix: &str) -> String {
 
 #[test]
 fn a_killed_worker_process_jobs_are_reassigned_within_the_lease_bound_and_stay_balanced() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let s = connect(&server.url(), "sigkill");
     let m = master(&s);
     let a = join(&server.url(), "sigkill", opts());
@@ -538,7 +542,7 @@ fn a_killed_worker_process_jobs_are_reassigned_within_the_lease_bound_and_stay_b
 
 #[test]
 fn when_the_active_master_dies_a_standby_takes_over_and_workers_keep_their_jobs() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let (mut child, lines) = spawn_child(
         "child_cluster_master_process",
         "CHILD_MASTER_NS",
@@ -584,7 +588,7 @@ fn when_the_active_master_dies_a_standby_takes_over_and_workers_keep_their_jobs(
 
 #[test]
 fn without_any_master_workers_keep_their_jobs_and_adds_wait_for_the_next_master() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let s = connect(&server.url(), "nomaster");
     let m = master(&s);
     let w1 = join(&server.url(), "nomaster", opts());
@@ -631,132 +635,8 @@ fn without_any_master_workers_keep_their_jobs_and_adds_wait_for_the_next_master(
 }
 
 #[test]
-fn a_cut_off_worker_is_told_before_its_lease_lapses_its_jobs_move_and_it_rejoins() {
-    let server = RedisServer::start();
-    let proxy = FaultProxy::start(server.addr());
-    let s = connect(&server.url(), "cutoff");
-    let m = master(&s);
-    let cut = join(&proxy.url(), "cutoff", opts());
-    let other = join(&server.url(), "cutoff", opts());
-    wait_active(&m);
-    wait_workers(&m, 2);
-    for i in 0..6 {
-        m.add_job(&i).unwrap();
-    }
-    wait_in_step(&m, &[&cut, &other], 10 * SEC);
-    let lost: BTreeMap<String, u64> = cut.seen.held();
-    assert_eq!(lost.len(), 3);
-    let cut_id = cut.worker.id().to_string();
-    let keys = s.keys().cluster("c").unwrap();
-    let mut conn = server.conn();
-    let lease_deadline = |conn: &mut redis::Connection| -> Option<f64> {
-        redis::cmd("ZSCORE")
-            .arg(&keys.workers)
-            .arg(&cut_id)
-            .query(conn)
-            .unwrap()
-    };
-    std::thread::sleep(HEARTBEAT * 3);
-    // Redis's clock against ours, to place the events on Redis's clock.
-    let (secs, micros): (u64, u64) = redis::cmd("TIME").query(&mut conn).unwrap();
-    let (redis_ms, at) = ((secs * 1000 + micros / 1000) as f64, Instant::now());
-    proxy.blackhole();
-    // No renewal gets through any more: the last deadline Redis holds is
-    // the moment the lease lapses there.
-    let mut deadline: Option<f64> = None;
-    assert!(
-        support::wait_until(LEASE * 4, || {
-            if let Some(d) = lease_deadline(&mut conn) {
-                deadline = Some(deadline.map_or(d, |old| old.max(d)));
-            }
-            cut.seen.deletions().len() == 3
-        }),
-        "the cut-off worker was not told"
-    );
-    let deadline = deadline.expect("the worker's lease in Redis");
-    let told: HashMap<String, Instant> = cut
-        .seen
-        .deletions()
-        .into_iter()
-        .map(|(id, reason, at)| {
-            assert_eq!(reason, DeleteReason::LeaseLost);
-            (id, at)
-        })
-        .collect();
-    assert_eq!(told.len(), 3);
-    assert!(lost.keys().all(|id| told.contains_key(id)));
-    for (id, when) in &told {
-        let told_ms = redis_ms + when.duration_since(at).as_secs_f64() * 1000.0;
-        assert!(
-            told_ms < deadline,
-            "job {id}: told at {told_ms:.0} ms, after its lease lapsed in Redis at {deadline:.0} ms"
-        );
-    }
-    // The others get them, each only after the cut-off worker was told.
-    assert!(support::wait_until(REASSIGN_BOUND, || other
-        .seen
-        .held()
-        .len()
-        == 6));
-    for id in lost.keys() {
-        let added = other.seen.added_at(id).unwrap();
-        assert!(added > told[id], "job {id} ran on two workers at once");
-    }
-    // Back online: it joins again and takes new work.
-    proxy.pass();
-    wait_workers(&m, 2);
-    for i in 6..12 {
-        m.add_job(&i).unwrap();
-    }
-    assert!(support::wait_until(10 * SEC, || pending(&m) == 0 && loads(&m) == vec![6, 6]));
-    wait_in_step(&m, &[&cut, &other], 10 * SEC);
-    assert!(cut
-        .seen
-        .held()
-        .values()
-        .all(|t| lost.values().all(|old| t > old)));
-}
-
-#[test]
-fn messages_lost_while_the_subscriber_reconnects_are_made_good_by_reconciling() {
-    let server = RedisServer::start();
-    let proxy = FaultProxy::start(server.addr());
-    let s = connect(&server.url(), "resub");
-    let m = master(&s);
-    // A lease longer than the outage below: this is about messages, not leases.
-    let w = join(
-        &proxy.url(),
-        "resub",
-        opts().lease(5 * SEC).reconcile(30 * SEC),
-    );
-    wait_active(&m);
-    wait_workers(&m, 1);
-    let early: Vec<String> = (0..4).map(|i| m.add_job(&i).unwrap()).collect();
-    wait_in_step(&m, &[&w], 10 * SEC);
-    // Cut every connection of the worker for less than its lease: its
-    // pub/sub connection drops and everything published meanwhile is lost.
-    proxy.cut();
-    let late: Vec<String> = (4..8).map(|i| m.add_job(&i).unwrap()).collect();
-    m.delete_job(&early[0]).unwrap();
-    m.delete_job(&early[1]).unwrap();
-    assert!(support::wait_until(5 * SEC, || pending(&m) == 0));
-    std::thread::sleep(HEARTBEAT * 2);
-    proxy.pass();
-    // The reconcile interval is 30 s: only the reconnect can bring it in step.
-    wait_in_step(&m, &[&w], 5 * SEC);
-    let held = w.seen.held();
-    assert!(late.iter().all(|id| held.contains_key(id)));
-    assert!(!held.contains_key(&early[0]) && !held.contains_key(&early[1]));
-    assert!(w
-        .seen
-        .deletions()
-        .iter()
-        .all(|d| d.1 == DeleteReason::Deleted));
-}
-
-#[test]
 fn a_lost_message_leaves_a_worker_out_of_step_for_at_most_one_reconcile_interval() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let s = connect(&server.url(), "lostmsg");
     let m = master(&s);
     let every = Duration::from_millis(300);
@@ -794,7 +674,7 @@ fn a_lost_message_leaves_a_worker_out_of_step_for_at_most_one_reconcile_interval
 
 #[test]
 fn a_worker_can_delete_its_own_job() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let s = connect(&server.url(), "selfdelete");
     let m = master(&s);
     let w = join(&server.url(), "selfdelete", opts());
@@ -823,7 +703,7 @@ fn a_worker_can_delete_its_own_job() {
 
 #[test]
 fn rebalancing_on_join_moves_only_as_many_jobs_as_needed() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let s = connect(&server.url(), "rebalance");
     let m =
         Master::with_options(&s, "c", MasterOptions::new().lease(LEASE).rebalance(true)).unwrap();
@@ -864,7 +744,7 @@ fn rebalancing_on_join_moves_only_as_many_jobs_as_needed() {
 
 #[test]
 fn bad_input_unknown_ids_and_corrupt_data_get_clear_errors() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let s = connect(&server.url(), "errors");
     assert!(matches!(
         Master::new(&s, "a{b}"),
@@ -934,48 +814,182 @@ fn bad_input_unknown_ids_and_corrupt_data_get_clear_errors() {
     assert_eq!(m.jobs().unwrap().len(), 1);
 }
 
-#[test]
-fn after_a_script_flush_and_an_aof_restart_the_cluster_is_consistent() {
-    let mut server = RedisServer::builder().aof(true).start();
-    let s = connect(&server.url(), "restart");
-    let m = master(&s);
-    let w1 = join(&server.url(), "restart", opts());
-    let w2 = join(&server.url(), "restart", opts());
-    wait_active(&m);
-    wait_workers(&m, 2);
-    for i in 0..4 {
-        m.add_job(&i).unwrap();
+/// Tests that need a redis-server of their own, so they stay on
+/// `RedisServer` whatever the backend: they kill, pause or restart it, put a
+/// fault proxy in front of it, read server-wide state (INFO, CLIENT LIST)
+/// or disturb every client of it (SCRIPT FLUSH, CLIENT KILL). The cluster
+/// pass of CI skips them (`--skip single_server::`): the single-server pass
+/// covers them.
+mod single_server {
+    use super::*;
+
+    #[test]
+    fn a_cut_off_worker_is_told_before_its_lease_lapses_its_jobs_move_and_it_rejoins() {
+        let server = RedisServer::start();
+        let proxy = FaultProxy::start(server.addr());
+        let s = connect(&server.url(), "cutoff");
+        let m = master(&s);
+        let cut = join(&proxy.url(), "cutoff", opts());
+        let other = join(&server.url(), "cutoff", opts());
+        wait_active(&m);
+        wait_workers(&m, 2);
+        for i in 0..6 {
+            m.add_job(&i).unwrap();
+        }
+        wait_in_step(&m, &[&cut, &other], 10 * SEC);
+        let lost: BTreeMap<String, u64> = cut.seen.held();
+        assert_eq!(lost.len(), 3);
+        let cut_id = cut.worker.id().to_string();
+        let keys = s.keys().cluster("c").unwrap();
+        let mut conn = server.conn();
+        let lease_deadline = |conn: &mut redis::Connection| -> Option<f64> {
+            redis::cmd("ZSCORE")
+                .arg(&keys.workers)
+                .arg(&cut_id)
+                .query(conn)
+                .unwrap()
+        };
+        std::thread::sleep(HEARTBEAT * 3);
+        // Redis's clock against ours, to place the events on Redis's clock.
+        let (secs, micros): (u64, u64) = redis::cmd("TIME").query(&mut conn).unwrap();
+        let (redis_ms, at) = ((secs * 1000 + micros / 1000) as f64, Instant::now());
+        proxy.blackhole();
+        // No renewal gets through any more: the last deadline Redis holds is
+        // the moment the lease lapses there.
+        let mut deadline: Option<f64> = None;
+        assert!(
+            support::wait_until(LEASE * 4, || {
+                if let Some(d) = lease_deadline(&mut conn) {
+                    deadline = Some(deadline.map_or(d, |old| old.max(d)));
+                }
+                cut.seen.deletions().len() == 3
+            }),
+            "the cut-off worker was not told"
+        );
+        let deadline = deadline.expect("the worker's lease in Redis");
+        let told: HashMap<String, Instant> = cut
+            .seen
+            .deletions()
+            .into_iter()
+            .map(|(id, reason, at)| {
+                assert_eq!(reason, DeleteReason::LeaseLost);
+                (id, at)
+            })
+            .collect();
+        assert_eq!(told.len(), 3);
+        assert!(lost.keys().all(|id| told.contains_key(id)));
+        for (id, when) in &told {
+            let told_ms = redis_ms + when.duration_since(at).as_secs_f64() * 1000.0;
+            assert!(
+                told_ms < deadline,
+                "job {id}: told at {told_ms:.0} ms, after its lease lapsed in Redis at {deadline:.0} ms"
+            );
+        }
+        // The others get them, each only after the cut-off worker was told.
+        assert!(support::wait_until(REASSIGN_BOUND, || other
+            .seen
+            .held()
+            .len()
+            == 6));
+        for id in lost.keys() {
+            let added = other.seen.added_at(id).unwrap();
+            assert!(added > told[id], "job {id} ran on two workers at once");
+        }
+        // Back online: it joins again and takes new work.
+        proxy.pass();
+        wait_workers(&m, 2);
+        for i in 6..12 {
+            m.add_job(&i).unwrap();
+        }
+        assert!(support::wait_until(10 * SEC, || pending(&m) == 0 && loads(&m) == vec![6, 6]));
+        wait_in_step(&m, &[&cut, &other], 10 * SEC);
+        assert!(cut
+            .seen
+            .held()
+            .values()
+            .all(|t| lost.values().all(|old| t > old)));
     }
-    wait_in_step(&m, &[&w1, &w2], 10 * SEC);
-    let _: () = redis::cmd("SCRIPT")
-        .arg("FLUSH")
-        .query(&mut server.conn())
-        .unwrap();
-    for i in 4..8 {
-        m.add_job(&i).unwrap();
+
+    #[test]
+    fn messages_lost_while_the_subscriber_reconnects_are_made_good_by_reconciling() {
+        let server = RedisServer::start();
+        let proxy = FaultProxy::start(server.addr());
+        let s = connect(&server.url(), "resub");
+        let m = master(&s);
+        // A lease longer than the outage below: this is about messages, not leases.
+        let w = join(
+            &proxy.url(),
+            "resub",
+            opts().lease(5 * SEC).reconcile(30 * SEC),
+        );
+        wait_active(&m);
+        wait_workers(&m, 1);
+        let early: Vec<String> = (0..4).map(|i| m.add_job(&i).unwrap()).collect();
+        wait_in_step(&m, &[&w], 10 * SEC);
+        // Cut every connection of the worker for less than its lease: its
+        // pub/sub connection drops and everything published meanwhile is lost.
+        proxy.cut();
+        let late: Vec<String> = (4..8).map(|i| m.add_job(&i).unwrap()).collect();
+        m.delete_job(&early[0]).unwrap();
+        m.delete_job(&early[1]).unwrap();
+        assert!(support::wait_until(5 * SEC, || pending(&m) == 0));
+        std::thread::sleep(HEARTBEAT * 2);
+        proxy.pass();
+        // The reconcile interval is 30 s: only the reconnect can bring it in step.
+        wait_in_step(&m, &[&w], 5 * SEC);
+        let held = w.seen.held();
+        assert!(late.iter().all(|id| held.contains_key(id)));
+        assert!(!held.contains_key(&early[0]) && !held.contains_key(&early[1]));
+        assert!(w
+            .seen
+            .deletions()
+            .iter()
+            .all(|d| d.1 == DeleteReason::Deleted));
     }
-    assert!(support::wait_until(10 * SEC, || pending(&m) == 0));
-    wait_in_step(&m, &[&w1, &w2], 10 * SEC);
-    server.kill();
-    server.restart();
-    for i in 8..10 {
-        // By id: a retry after a lost reply adds nothing twice.
-        assert!(support::wait_until(10 * SEC, || m
-            .add_job_with_id(&format!("late-{i}"), &i)
-            .is_ok()));
+
+    #[test]
+    fn after_a_script_flush_and_an_aof_restart_the_cluster_is_consistent() {
+        let mut server = RedisServer::builder().aof(true).start();
+        let s = connect(&server.url(), "restart");
+        let m = master(&s);
+        let w1 = join(&server.url(), "restart", opts());
+        let w2 = join(&server.url(), "restart", opts());
+        wait_active(&m);
+        wait_workers(&m, 2);
+        for i in 0..4 {
+            m.add_job(&i).unwrap();
+        }
+        wait_in_step(&m, &[&w1, &w2], 10 * SEC);
+        let _: () = redis::cmd("SCRIPT")
+            .arg("FLUSH")
+            .query(&mut server.conn())
+            .unwrap();
+        for i in 4..8 {
+            m.add_job(&i).unwrap();
+        }
+        assert!(support::wait_until(10 * SEC, || pending(&m) == 0));
+        wait_in_step(&m, &[&w1, &w2], 10 * SEC);
+        server.kill();
+        server.restart();
+        for i in 8..10 {
+            // By id: a retry after a lost reply adds nothing twice.
+            assert!(support::wait_until(10 * SEC, || m
+                .add_job_with_id(&format!("late-{i}"), &i)
+                .is_ok()));
+        }
+        // Whatever the outage did to leases (workers may have fenced and
+        // rejoined), every job ends up with exactly one worker that knows it.
+        assert!(support::wait_until(20 * SEC, || m
+            .jobs()
+            .is_ok_and(
+                |j| j.len() == 10 && j.iter().all(|j| j.worker.is_some())
+            )
+            && in_step(&m, &[&w1, &w2], 0)));
+        let a = w1.seen.held();
+        let b = w2.seen.held();
+        assert_eq!(a.len() + b.len(), 10);
+        assert!(a.keys().all(|id| !b.contains_key(id)));
     }
-    // Whatever the outage did to leases (workers may have fenced and
-    // rejoined), every job ends up with exactly one worker that knows it.
-    assert!(support::wait_until(20 * SEC, || m
-        .jobs()
-        .is_ok_and(
-            |j| j.len() == 10 && j.iter().all(|j| j.worker.is_some())
-        )
-        && in_step(&m, &[&w1, &w2], 0)));
-    let a = w1.seen.held();
-    let b = w2.seen.held();
-    assert_eq!(a.len() + b.len(), 10);
-    assert!(a.keys().all(|id| !b.contains_key(id)));
 }
 
 #[test]

@@ -1,4 +1,8 @@
 //! Fan-out of in-flight work against a real redis-server.
+//!
+//! With `REDSWARM_TEST_BACKEND=cluster` the tests outside `mod
+//! single_server` run on a 3-primary Redis Cluster shared by the whole
+//! file instead (`tests/support/backend.rs`).
 
 mod support;
 
@@ -8,7 +12,7 @@ use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 use redswarm::{Config, Error, FanoutError, Push, Redswarm, Waited};
-use support::{FaultProxy, RedisServer};
+use support::{FaultProxy, RedisServer, Target, TestRedis};
 
 const SEC: Duration = Duration::from_secs(1);
 
@@ -27,7 +31,7 @@ fn config(url: String, ns: &str) -> Config {
         .unwrap()
 }
 
-fn connect(server: &RedisServer, ns: &str) -> Redswarm {
+fn connect(server: &impl Target, ns: &str) -> Redswarm {
     Redswarm::connect(config(server.url(), ns)).unwrap()
 }
 
@@ -57,7 +61,7 @@ where
 
 #[test]
 fn one_leader_and_fifty_waiters_on_two_handles_run_the_job_once() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let handles = [connect(&server, "burst"), connect(&server, "burst")];
     let runs = Arc::new(AtomicU64::new(0));
     let barrier = Arc::new(Barrier::new(51));
@@ -81,7 +85,7 @@ fn one_leader_and_fifty_waiters_on_two_handles_run_the_job_once() {
     assert_eq!(runs.load(Ordering::SeqCst), 1, "the job must run once");
 }
 
-fn evalsha_calls(server: &RedisServer) -> u64 {
+fn evalsha_calls(server: &impl Target) -> u64 {
     let info: String = redis::cmd("INFO")
         .arg("commandstats")
         .query(&mut server.conn())
@@ -95,47 +99,8 @@ fn evalsha_calls(server: &RedisServer) -> u64 {
 }
 
 #[test]
-fn threads_of_one_handle_share_one_driver() {
-    let server = RedisServer::start();
-    // Default heartbeat (1 s): few background script calls during the burst.
-    let swarm = Redswarm::connect(
-        Config::builder()
-            .url(server.url())
-            .namespace("local")
-            .build()
-            .unwrap(),
-    )
-    .unwrap();
-    let runs = Arc::new(AtomicU64::new(0));
-    let barrier = Arc::new(Barrier::new(40));
-    let before = evalsha_calls(&server);
-    let threads: Vec<_> = (0..40)
-        .map(|_| {
-            let (swarm, runs, barrier) = (swarm.clone(), runs.clone(), barrier.clone());
-            std::thread::spawn(move || {
-                barrier.wait();
-                swarm.fanout("shared", 30 * SEC, || -> Result<u32, String> {
-                    runs.fetch_add(1, Ordering::SeqCst);
-                    // Long enough that every thread has joined in, even on
-                    // a loaded machine.
-                    std::thread::sleep(Duration::from_millis(800));
-                    Ok(99)
-                })
-            })
-        })
-        .collect();
-    for t in threads {
-        assert_eq!(t.join().unwrap().unwrap(), 99);
-    }
-    let scripts = evalsha_calls(&server) - before;
-    assert_eq!(runs.load(Ordering::SeqCst), 1);
-    // One claim and one completion (plus a few heartbeats), not 40 claims.
-    assert!(scripts < 12, "{scripts} script calls for 40 callers");
-}
-
-#[test]
 fn the_jobs_error_reaches_every_waiter() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let a = connect(&server, "err");
     let b = connect(&server, "err");
     let leader = lead_in_background(a, "job", || -> Result<u32, String> {
@@ -154,7 +119,7 @@ fn the_jobs_error_reaches_every_waiter() {
 
 #[test]
 fn a_waiter_times_out_while_the_job_goes_on_for_the_others() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let a = connect(&server, "timeout");
     let b = connect(&server, "timeout");
     let leader = lead_in_background(a, "slow", || -> Result<u32, String> {
@@ -174,7 +139,7 @@ fn a_waiter_times_out_while_the_job_goes_on_for_the_others() {
 
 #[test]
 fn a_leader_that_stops_renewing_is_replaced_by_a_waiter() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let a = connect(&server, "dead");
     let b = connect(&server, "dead");
     let lease = Duration::from_millis(400);
@@ -201,7 +166,7 @@ fn a_leader_that_stops_renewing_is_replaced_by_a_waiter() {
 
 #[test]
 fn a_leader_that_gives_up_promotes_a_waiter_at_once() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let a = connect(&server, "abandon");
     let b = connect(&server, "abandon");
     let f = a.fanout_options().leader_lease(10 * SEC);
@@ -232,7 +197,7 @@ fn a_leader_that_gives_up_promotes_a_waiter_at_once() {
 
 #[test]
 fn a_waiter_can_receive_the_outcome_on_a_channel() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let a = connect(&server, "channel");
     let b = connect(&server, "channel");
     let Push::Lead(completer) = a.fanout_options().push::<u32, String>("job").unwrap() else {
@@ -268,7 +233,7 @@ fn child_fanout_leader() {
 
 #[test]
 fn a_leader_process_killed_with_sigkill_is_replaced_by_a_waiter() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let mut child = support::child_role("child_fanout_leader")
         .env("CHILD_URL", server.url())
         .env("CHILD_JOB", "k")
@@ -301,7 +266,7 @@ fn a_leader_process_killed_with_sigkill_is_replaced_by_a_waiter() {
 
 #[test]
 fn a_panicking_job_fails_every_caller_instead_of_hanging() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let a = connect(&server, "panic");
     let b = connect(&server, "panic");
     let leader = lead_in_background(a, "job", || -> Result<u32, String> {
@@ -320,30 +285,8 @@ fn a_panicking_job_fails_every_caller_instead_of_hanging() {
 }
 
 #[test]
-fn a_waiter_gets_the_outcome_across_a_pubsub_reconnect() {
-    let server = RedisServer::start();
-    let a = connect(&server, "reconnect");
-    let b = connect(&server, "reconnect");
-    let leader = lead_in_background(a, "job", || -> Result<u32, String> {
-        std::thread::sleep(Duration::from_millis(600));
-        Ok(5)
-    });
-    let waiter =
-        std::thread::spawn(move || b.fanout("job", 10 * SEC, || -> Result<u32, String> { Ok(0) }));
-    std::thread::sleep(Duration::from_millis(200));
-    let _: redis::Value = redis::cmd("CLIENT")
-        .arg("KILL")
-        .arg("TYPE")
-        .arg("pubsub")
-        .query(&mut server.conn())
-        .unwrap();
-    assert_eq!(waiter.join().unwrap().unwrap(), 5);
-    assert_eq!(leader.join().unwrap().unwrap(), 5);
-}
-
-#[test]
 fn a_caller_arriving_just_after_completion_gets_the_stored_outcome() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let a = connect(&server, "window");
     let f = a.fanout_options().result_ttl(5 * SEC);
     assert_eq!(
@@ -373,7 +316,7 @@ fn a_caller_arriving_just_after_completion_gets_the_stored_outcome() {
 
 #[test]
 fn bad_ids_oversized_and_unserializable_results_are_clear_errors() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let a = connect(&server, "bad");
     let r = a.fanout("", SEC, || -> Result<u32, String> { Ok(1) });
     assert!(
@@ -412,7 +355,7 @@ fn bad_ids_oversized_and_unserializable_results_are_clear_errors() {
     );
 }
 
-fn run(server: &RedisServer, args: &[&str]) {
+fn run(server: &impl Target, args: &[&str]) {
     let mut cmd = redis::cmd(args[0]);
     for a in &args[1..] {
         cmd.arg(*a);
@@ -420,7 +363,7 @@ fn run(server: &RedisServer, args: &[&str]) {
     let _: redis::Value = cmd.query(&mut server.conn()).unwrap();
 }
 
-fn exists(server: &RedisServer, key: &str) -> bool {
+fn exists(server: &impl Target, key: &str) -> bool {
     redis::cmd("EXISTS")
         .arg(key)
         .query::<i64>(&mut server.conn())
@@ -439,91 +382,8 @@ fn assert_corrupt<T: std::fmt::Debug>(r: Result<T, FanoutError<String>>, key: &s
 }
 
 #[test]
-fn a_claim_whose_reply_is_lost_still_leads_and_runs_the_job_once() {
-    let server = RedisServer::start();
-    let proxy = FaultProxy::start(server.addr());
-    let s = Redswarm::connect(config(proxy.url(), "lostclaim")).unwrap();
-    // Load the scripts first, so the watched call runs the claim (no
-    // NOSCRIPT round).
-    let _ = s.fanout("warm-up", 5 * SEC, || -> Result<u32, String> { Ok(0) });
-    proxy.drop_reply_to(b"{lostclaim:fanout:job}\r\n");
-    let runs = AtomicU64::new(0);
-    let v = s
-        .fanout("job", 10 * SEC, || -> Result<u32, String> {
-            runs.fetch_add(1, Ordering::SeqCst);
-            Ok(7)
-        })
-        .unwrap();
-    assert_eq!(v, 7);
-    assert_eq!(proxy.dropped_replies(), 1);
-    assert_eq!(runs.load(Ordering::SeqCst), 1);
-    assert!(
-        !exists(&server, "{lostclaim:fanout:job}"),
-        "the leader stepped down"
-    );
-}
-
-#[test]
-fn fan_out_leaders_are_fenced_and_a_lost_claim_reply_keeps_the_token() {
-    let server = RedisServer::start();
-    let proxy = FaultProxy::start(server.addr());
-    let s = Redswarm::connect(config(proxy.url(), "fencedclaim")).unwrap();
-    let f = s.fanout_options().result_ttl(Duration::from_millis(1));
-    let lead = |id: &str| match f.push::<u32, String>(id).unwrap() {
-        Push::Lead(c) => c,
-        Push::Wait(_) => panic!("nobody else leads `{id}`"),
-    };
-    let first = lead("job");
-    let t1 = first.fencing_token();
-    assert!(t1 > 0);
-    first.complete(Ok(1)).unwrap();
-    assert!(support::wait_until(5 * SEC, || !exists(
-        &server,
-        "{fencedclaim:fanout:job}:result"
-    )));
-    proxy.drop_reply_to(b"{fencedclaim:fanout:job}\r\n");
-    let second = lead("job");
-    assert_eq!(proxy.dropped_replies(), 1);
-    assert!(second.fencing_token() > t1);
-    let counter: u64 = redis::cmd("GET")
-        .arg("{fencedclaim:fanout:job}:fence")
-        .query(&mut server.conn())
-        .unwrap();
-    assert_eq!(second.fencing_token(), counter, "one grant, one token");
-    second.complete(Ok(2)).unwrap();
-}
-
-#[test]
-fn fan_out_leadership_tokens_keep_rising_across_a_redis_restart_without_persistence() {
-    let mut server = RedisServer::start();
-    let s = connect(&server, "restart");
-    let f = s.fanout_options();
-    let t1 = match f.push::<u32, String>("job").unwrap() {
-        Push::Lead(c) => {
-            let t = c.fencing_token();
-            drop(c); // steps down without an outcome
-            t
-        }
-        Push::Wait(_) => panic!("nobody else leads"),
-    };
-    server.restart();
-    let mut t2 = None;
-    assert!(
-        support::wait_until(10 * SEC, || {
-            if let Ok(Push::Lead(c)) = f.push::<u32, String>("job") {
-                t2 = Some(c.fencing_token());
-            }
-            t2.is_some()
-        }),
-        "no leadership after the restart"
-    );
-    let t2 = t2.unwrap();
-    assert!(t2 > t1, "token {t2} after the restart, {t1} before");
-}
-
-#[test]
 fn corrupt_fanout_data_is_an_error_naming_the_key_and_nothing_is_written() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let s = connect(&server, "corrupt");
     let job = |id: &str| s.fanout(id, SEC, || -> Result<u32, String> { Ok(1) });
 
@@ -548,7 +408,7 @@ fn corrupt_fanout_data_is_an_error_naming_the_key_and_nothing_is_written() {
 
 #[test]
 fn a_follower_whose_driver_gives_up_waits_only_its_own_timeout() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let s = connect(&server, "twice");
     // A leader elsewhere holds the job longer than anyone here waits.
     run(
@@ -591,7 +451,7 @@ fn a_follower_whose_driver_gives_up_waits_only_its_own_timeout() {
 
 #[test]
 fn a_fanout_timeout_of_duration_max_waits_for_the_outcome() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let a = connect(&server, "forever");
     let b = connect(&server, "forever");
     let (go_tx, go) = crossbeam_channel::bounded::<()>(1);
@@ -641,7 +501,7 @@ fn a_fanout_timeout_of_duration_max_waits_for_the_outcome() {
 
 #[test]
 fn fanout_ttls_above_max_ttl_are_invalid_input() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let a = connect(&server, "hugettl");
     let wrapping = Duration::from_millis(u64::MAX) + Duration::from_millis(5);
     let job = || -> Result<u32, String> { Ok(1) };
@@ -669,4 +529,159 @@ fn fanout_ttls_above_max_ttl_are_invalid_input() {
         .query(&mut server.conn())
         .unwrap();
     assert_eq!(exists, 0);
+}
+
+/// Tests that need a redis-server of their own, so they stay on
+/// `RedisServer` whatever the backend: they kill, pause or restart it, put a
+/// fault proxy in front of it, read server-wide state (INFO, CLIENT LIST)
+/// or disturb every client of it (SCRIPT FLUSH, CLIENT KILL). The cluster
+/// pass of CI skips them (`--skip single_server::`): the single-server pass
+/// covers them.
+mod single_server {
+    use super::*;
+
+    #[test]
+    fn threads_of_one_handle_share_one_driver() {
+        let server = RedisServer::start();
+        // Default heartbeat (1 s): few background script calls during the burst.
+        let swarm = Redswarm::connect(
+            Config::builder()
+                .url(server.url())
+                .namespace("local")
+                .build()
+                .unwrap(),
+        )
+        .unwrap();
+        let runs = Arc::new(AtomicU64::new(0));
+        let barrier = Arc::new(Barrier::new(40));
+        let before = evalsha_calls(&server);
+        let threads: Vec<_> = (0..40)
+            .map(|_| {
+                let (swarm, runs, barrier) = (swarm.clone(), runs.clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    swarm.fanout("shared", 30 * SEC, || -> Result<u32, String> {
+                        runs.fetch_add(1, Ordering::SeqCst);
+                        // Long enough that every thread has joined in, even on
+                        // a loaded machine.
+                        std::thread::sleep(Duration::from_millis(800));
+                        Ok(99)
+                    })
+                })
+            })
+            .collect();
+        for t in threads {
+            assert_eq!(t.join().unwrap().unwrap(), 99);
+        }
+        let scripts = evalsha_calls(&server) - before;
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+        // One claim and one completion (plus a few heartbeats), not 40 claims.
+        assert!(scripts < 12, "{scripts} script calls for 40 callers");
+    }
+
+    #[test]
+    fn a_waiter_gets_the_outcome_across_a_pubsub_reconnect() {
+        let server = RedisServer::start();
+        let a = connect(&server, "reconnect");
+        let b = connect(&server, "reconnect");
+        let leader = lead_in_background(a, "job", || -> Result<u32, String> {
+            std::thread::sleep(Duration::from_millis(600));
+            Ok(5)
+        });
+        let waiter = std::thread::spawn(move || {
+            b.fanout("job", 10 * SEC, || -> Result<u32, String> { Ok(0) })
+        });
+        std::thread::sleep(Duration::from_millis(200));
+        let _: redis::Value = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("pubsub")
+            .query(&mut server.conn())
+            .unwrap();
+        assert_eq!(waiter.join().unwrap().unwrap(), 5);
+        assert_eq!(leader.join().unwrap().unwrap(), 5);
+    }
+
+    #[test]
+    fn a_claim_whose_reply_is_lost_still_leads_and_runs_the_job_once() {
+        let server = RedisServer::start();
+        let proxy = FaultProxy::start(server.addr());
+        let s = Redswarm::connect(config(proxy.url(), "lostclaim")).unwrap();
+        // Load the scripts first, so the watched call runs the claim (no
+        // NOSCRIPT round).
+        let _ = s.fanout("warm-up", 5 * SEC, || -> Result<u32, String> { Ok(0) });
+        proxy.drop_reply_to(b"{lostclaim:fanout:job}\r\n");
+        let runs = AtomicU64::new(0);
+        let v = s
+            .fanout("job", 10 * SEC, || -> Result<u32, String> {
+                runs.fetch_add(1, Ordering::SeqCst);
+                Ok(7)
+            })
+            .unwrap();
+        assert_eq!(v, 7);
+        assert_eq!(proxy.dropped_replies(), 1);
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+        assert!(
+            !exists(&server, "{lostclaim:fanout:job}"),
+            "the leader stepped down"
+        );
+    }
+
+    #[test]
+    fn fan_out_leaders_are_fenced_and_a_lost_claim_reply_keeps_the_token() {
+        let server = RedisServer::start();
+        let proxy = FaultProxy::start(server.addr());
+        let s = Redswarm::connect(config(proxy.url(), "fencedclaim")).unwrap();
+        let f = s.fanout_options().result_ttl(Duration::from_millis(1));
+        let lead = |id: &str| match f.push::<u32, String>(id).unwrap() {
+            Push::Lead(c) => c,
+            Push::Wait(_) => panic!("nobody else leads `{id}`"),
+        };
+        let first = lead("job");
+        let t1 = first.fencing_token();
+        assert!(t1 > 0);
+        first.complete(Ok(1)).unwrap();
+        assert!(support::wait_until(5 * SEC, || !exists(
+            &server,
+            "{fencedclaim:fanout:job}:result"
+        )));
+        proxy.drop_reply_to(b"{fencedclaim:fanout:job}\r\n");
+        let second = lead("job");
+        assert_eq!(proxy.dropped_replies(), 1);
+        assert!(second.fencing_token() > t1);
+        let counter: u64 = redis::cmd("GET")
+            .arg("{fencedclaim:fanout:job}:fence")
+            .query(&mut server.conn())
+            .unwrap();
+        assert_eq!(second.fencing_token(), counter, "one grant, one token");
+        second.complete(Ok(2)).unwrap();
+    }
+
+    #[test]
+    fn fan_out_leadership_tokens_keep_rising_across_a_redis_restart_without_persistence() {
+        let mut server = RedisServer::start();
+        let s = connect(&server, "restart");
+        let f = s.fanout_options();
+        let t1 = match f.push::<u32, String>("job").unwrap() {
+            Push::Lead(c) => {
+                let t = c.fencing_token();
+                drop(c); // steps down without an outcome
+                t
+            }
+            Push::Wait(_) => panic!("nobody else leads"),
+        };
+        server.restart();
+        let mut t2 = None;
+        assert!(
+            support::wait_until(10 * SEC, || {
+                if let Ok(Push::Lead(c)) = f.push::<u32, String>("job") {
+                    t2 = Some(c.fencing_token());
+                }
+                t2.is_some()
+            }),
+            "no leadership after the restart"
+        );
+        let t2 = t2.unwrap();
+        assert!(t2 > t1, "token {t2} after the restart, {t1} before");
+    }
 }

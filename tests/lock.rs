@@ -1,4 +1,8 @@
 //! Locks and multi-locks against a real redis-server.
+//!
+//! With `REDSWARM_TEST_BACKEND=cluster` the tests outside `mod
+//! single_server` run on a 3-primary Redis Cluster shared by the whole
+//! file instead (`tests/support/backend.rs`).
 
 mod support;
 
@@ -8,14 +12,14 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use redswarm::{Config, Error, Health, Redswarm};
-use support::{FaultProxy, RedisServer};
+use support::{FaultProxy, RedisServer, Target, TestRedis};
 
-fn connect(server: &RedisServer, ns: &str) -> Redswarm {
+fn connect(server: &impl Target, ns: &str) -> Redswarm {
     connect_with(server, ns, |b| b)
 }
 
 fn connect_with(
-    server: &RedisServer,
+    server: &impl Target,
     ns: &str,
     f: impl FnOnce(redswarm::ConfigBuilder) -> redswarm::ConfigBuilder,
 ) -> Redswarm {
@@ -44,7 +48,7 @@ const SEC: Duration = Duration::from_secs(1);
 
 #[test]
 fn try_lock_is_exclusive_and_tokens_increase() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let a = connect(&server, "excl");
     let b = connect(&server, "excl");
     let g1 = a.try_lock("res", 5 * SEC).unwrap().expect("free lock");
@@ -66,7 +70,7 @@ fn try_lock_is_exclusive_and_tokens_increase() {
 
 #[test]
 fn bad_names_and_ttls_are_clear_errors() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let s = connect(&server, "bad");
     let invalid = |r: redswarm::Result<Option<redswarm::LockGuard>>, what: &str| match r {
         Err(Error::InvalidInput { what: w, .. }) => assert_eq!(w, what),
@@ -103,7 +107,7 @@ fn bad_names_and_ttls_are_clear_errors() {
 
 #[test]
 fn a_stale_holder_cannot_release_or_extend_the_new_holders_lock() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let a = connect(&server, "stale");
     let b = connect(&server, "stale");
     // A holds without renewal and "pauses" past its TTL.
@@ -129,7 +133,7 @@ fn a_stale_holder_cannot_release_or_extend_the_new_holders_lock() {
 
 #[test]
 fn extend_never_recreates_an_expired_lock() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let a = connect(&server, "extend");
     let g = a
         .try_lock("res", Duration::from_millis(100))
@@ -147,7 +151,7 @@ fn extend_never_recreates_an_expired_lock() {
 
 #[test]
 fn mutual_exclusion_under_16_threads_on_2_handles() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let handles = [connect(&server, "mutex"), connect(&server, "mutex")];
     let counter = Arc::new(AtomicU64::new(0));
     let log: Arc<Mutex<Vec<u64>>> = Arc::new(Mutex::new(Vec::new()));
@@ -182,7 +186,7 @@ fn mutual_exclusion_under_16_threads_on_2_handles() {
 
 #[test]
 fn a_waiter_is_woken_by_the_release_not_the_fallback() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     // A long fallback re-check: only the release message can explain a fast wake-up.
     let cfg = |b: redswarm::ConfigBuilder| b.wait_recheck(Duration::from_secs(20));
     let a = connect_with(&server, "wake", cfg);
@@ -205,7 +209,7 @@ fn a_waiter_is_woken_by_the_release_not_the_fallback() {
 
 #[test]
 fn lock_times_out_with_a_typed_error() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let a = connect(&server, "timeout");
     let _g = a.try_lock("res", 60 * SEC).unwrap().unwrap();
     let started = Instant::now();
@@ -216,7 +220,7 @@ fn lock_times_out_with_a_typed_error() {
 
 #[test]
 fn auto_extended_lock_outlives_its_ttl() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let a = connect(&server, "auto");
     let b = connect(&server, "auto");
     let g = a
@@ -235,35 +239,8 @@ fn auto_extended_lock_outlives_its_ttl() {
 }
 
 #[test]
-fn redis_killed_the_guard_reports_the_loss_and_locks_work_after_restart() {
-    let mut server = RedisServer::start();
-    let a = connect(&server, "kill");
-    let g = a
-        .lock_options("res")
-        .ttl(Duration::from_millis(600))
-        .auto_extend(true)
-        .try_lock()
-        .unwrap()
-        .unwrap();
-    let lost = g.lost();
-    let killed = Instant::now();
-    server.kill();
-    let why = lost
-        .recv_timeout(Duration::from_secs(5))
-        .expect("loss reported");
-    log::info!("loss reported {:?} after the kill: {why}", killed.elapsed());
-    assert!(!g.is_held(), "{why}");
-    server.restart();
-    assert!(support::wait_until(Duration::from_secs(10), || matches!(
-        a.try_lock("res2", SEC),
-        Ok(Some(_))
-    )));
-    assert!(matches!(g.release(), Err(Error::LeaseLost { .. }) | Ok(())));
-}
-
-#[test]
 fn fair_mode_grants_in_arrival_order() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let a = connect(&server, "fair");
     let holder = a
         .lock_options("res")
@@ -308,7 +285,7 @@ fn fair_mode_grants_in_arrival_order() {
 
 #[test]
 fn multi_lock_is_all_or_nothing() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let a = connect(&server, "multi");
     let b = connect(&server, "multi");
     let blocker = b.try_lock("b", 60 * SEC).unwrap().unwrap();
@@ -331,7 +308,7 @@ fn multi_lock_is_all_or_nothing() {
 
 #[test]
 fn multi_lock_extend_reports_which_lock_failed() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let a = connect(&server, "multiext");
     let all = a.lock_all(&["x", "y"], 5 * SEC, SEC).unwrap();
     // Someone deletes y behind our back (an operator, a failover).
@@ -355,7 +332,7 @@ fn multi_lock_extend_reports_which_lock_failed() {
 
 #[test]
 fn overlapping_multi_locks_in_opposite_orders_do_not_deadlock() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let done = Arc::new(AtomicU64::new(0));
     let mut threads = Vec::new();
     for (i, set) in [
@@ -389,106 +366,15 @@ fn overlapping_multi_locks_in_opposite_orders_do_not_deadlock() {
     }
 }
 
-#[test]
-fn locks_survive_script_flush_and_pubsub_reconnect() {
-    let server = RedisServer::start();
-    let a = connect(&server, "flushlock");
-    let _: () = redis::cmd("SCRIPT")
-        .arg("FLUSH")
-        .query(&mut server.conn())
-        .unwrap();
-    let g = a.try_lock("res", 5 * SEC).unwrap().unwrap();
-    let b = connect(&server, "flushlock");
-    let waiter =
-        std::thread::spawn(move || b.lock("res", 5 * SEC, 20 * SEC).map(|g| g.fencing_token()));
-    std::thread::sleep(Duration::from_millis(200));
-    // Kill every pub/sub connection: waiters must re-check after Reconnected.
-    let _: redis::Value = redis::cmd("CLIENT")
-        .arg("KILL")
-        .arg("TYPE")
-        .arg("pubsub")
-        .query(&mut server.conn())
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(100));
-    let t = g.fencing_token();
-    g.release().unwrap();
-    assert!(waiter.join().unwrap().unwrap() > t);
-}
-
-#[test]
-fn a_lock_can_require_replica_acknowledgement() {
-    let server = RedisServer::start();
-    let a = connect(&server, "wait");
-    // No replica: the grant is given back and the error says why.
-    let err = a
-        .lock_options("res")
-        .replicas(1, Duration::from_millis(100))
-        .try_lock()
-        .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::NotReplicated {
-                wanted: 1,
-                acked: 0,
-                ..
-            }
-        ),
-        "{err}"
-    );
-    assert!(
-        a.try_lock("res", SEC).unwrap().is_some(),
-        "nothing left held"
-    );
-
-    // With a replica attached it is granted.
-    let _replica = RedisServer::builder().replica_of(server.port()).start();
-    assert!(support::wait_until(Duration::from_secs(10), || {
-        let info: String = redis::cmd("INFO")
-            .arg("replication")
-            .query(&mut server.conn())
-            .unwrap();
-        info.contains("connected_slaves:1") && info.contains("state=online")
-    }));
-    let g = a
-        .lock_options("res2")
-        .replicas(1, Duration::from_secs(2))
-        .try_lock()
-        .unwrap()
-        .expect("granted and replicated");
-    assert!(g.is_held());
-}
-
-#[test]
-fn a_partitioned_node_stops_waiting_for_a_lock() {
-    let server = RedisServer::start();
-    // A peer mesh is configured (nobody else answers): losing Redis is a
-    // partition verdict, not just an outage.
-    let a = connect_with(&server, "partitioned", |b| {
-        b.peer_listen("127.0.0.1:0".parse().unwrap())
-    });
-    let _held = a.try_lock("res", 60 * SEC).unwrap().unwrap();
-    server.pause();
-    let started = Instant::now();
-    let r = a.lock("res", SEC, 30 * SEC);
-    server.resume();
-    assert!(matches!(r, Err(Error::Partitioned(_))), "{r:?}");
-    assert!(
-        started.elapsed() < 10 * SEC,
-        "gave up after {:?}",
-        started.elapsed()
-    );
-}
-
 /// A string value straight from Redis (None when absent).
-fn get(server: &RedisServer, key: &str) -> Option<String> {
+fn get(server: &impl Target, key: &str) -> Option<String> {
     redis::cmd("GET")
         .arg(key)
         .query(&mut server.conn())
         .unwrap()
 }
 
-fn exists(server: &RedisServer, key: &str) -> bool {
+fn exists(server: &impl Target, key: &str) -> bool {
     redis::cmd("EXISTS")
         .arg(key)
         .query::<i64>(&mut server.conn())
@@ -496,7 +382,7 @@ fn exists(server: &RedisServer, key: &str) -> bool {
         == 1
 }
 
-fn run(server: &RedisServer, args: &[&str]) {
+fn run(server: &impl Target, args: &[&str]) {
     let mut cmd = redis::cmd(args[0]);
     for a in &args[1..] {
         cmd.arg(*a);
@@ -513,56 +399,8 @@ fn assert_corrupt<T: std::fmt::Debug>(r: redswarm::Result<T>, key: &str) {
 }
 
 #[test]
-fn try_lock_whose_reply_is_lost_gets_the_same_grant_and_leaves_no_orphan() {
-    let server = RedisServer::start();
-    let proxy = FaultProxy::start(server.addr());
-    let a = connect_url(&proxy.url(), "lostreply", |b| b);
-    // Load the script first, so the watched call runs it (no NOSCRIPT round).
-    drop(a.try_lock("warm-up", SEC).unwrap());
-    proxy.drop_reply_to(b"{lostreply:lock:res}\r\n");
-    let g = a
-        .try_lock("res", 60 * SEC)
-        .unwrap()
-        .expect("the grant whose reply was lost");
-    assert_eq!(proxy.dropped_replies(), 1);
-    // One grant, one fencing token: the retry got the first call's back.
-    let counter = get(&server, "{lostreply:lock:res}:fence").unwrap();
-    assert_eq!(g.fencing_token().to_string(), counter);
-    g.release().unwrap();
-    assert!(
-        a.try_lock("res", SEC).unwrap().is_some(),
-        "nothing left orphaned"
-    );
-}
-
-#[test]
-fn lock_whose_reply_is_lost_does_not_wait_on_itself() {
-    let server = RedisServer::start();
-    let proxy = FaultProxy::start(server.addr());
-    let a = connect_url(&proxy.url(), "lostwait", |b| b);
-    drop(a.try_lock("warm-up", SEC).unwrap());
-    for (name, fair) in [("plain", false), ("fair", true)] {
-        proxy.drop_reply_to(format!("{{lostwait:lock:{name}}}\r\n").as_bytes());
-        // The TTL (60 s) is longer than the wait (20 s): waiting on our own
-        // grant would time out.
-        let g = a
-            .lock_options(name)
-            .ttl(60 * SEC)
-            .fair(fair)
-            .lock(20 * SEC)
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
-        assert!(proxy.dropped_replies() >= 1, "{name}: no reply was dropped");
-        let counter = get(&server, &format!("{{lostwait:lock:{name}}}:fence")).unwrap();
-        assert_eq!(g.fencing_token().to_string(), counter, "{name}");
-        assert!(!exists(&server, &format!("{{lostwait:lock:{name}}}:queue")));
-        g.release().unwrap();
-    }
-    assert_eq!(proxy.dropped_replies(), 2);
-}
-
-#[test]
 fn corrupt_lock_data_is_an_error_naming_the_key_and_nothing_is_written() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let a = connect(&server, "corrupt");
     let k = |name: &str, suffix: &str| format!("{{corrupt:lock:{name}}}{suffix}");
 
@@ -626,87 +464,9 @@ fn corrupt_lock_data_is_an_error_naming_the_key_and_nothing_is_written() {
     assert_corrupt(g.extend(60 * SEC), &k("e", ""));
 }
 
-/// Takes lock `name` as soon as the handle works again (after a restart).
-fn lock_when_back(a: &Redswarm, name: &str) -> redswarm::LockGuard {
-    let mut got = None;
-    assert!(
-        support::wait_until(Duration::from_secs(10), || {
-            got = a.try_lock(name, 5 * SEC).ok().flatten();
-            got.is_some()
-        }),
-        "no lock after the restart"
-    );
-    got.unwrap()
-}
-
-fn fencing_tokens_rise_across_a_restart(aof: bool) {
-    let mut server = RedisServer::builder().aof(aof).start();
-    let a = connect(&server, "restart");
-    let mut highest = 0;
-    for _ in 0..3 {
-        let g = a.try_lock("res", 5 * SEC).unwrap().unwrap();
-        assert!(g.fencing_token() > highest);
-        highest = g.fencing_token();
-        g.release().unwrap();
-    }
-    server.restart();
-    for _ in 0..3 {
-        let g = lock_when_back(&a, "res");
-        assert!(
-            g.fencing_token() > highest,
-            "token {} after the restart, {highest} before (aof: {aof})",
-            g.fencing_token()
-        );
-        highest = g.fencing_token();
-        g.release().unwrap();
-    }
-}
-
-#[test]
-fn fencing_tokens_keep_rising_across_a_redis_restart_without_persistence() {
-    fencing_tokens_rise_across_a_restart(false);
-}
-
-#[test]
-fn fencing_tokens_keep_rising_across_a_redis_restart_with_aof() {
-    fencing_tokens_rise_across_a_restart(true);
-}
-
-#[test]
-fn a_node_without_peers_waits_out_a_redis_outage_for_a_lock() {
-    let server = RedisServer::start();
-    // Attempts fail fast during the outage (no long pool checkout).
-    let cfg = |b: redswarm::ConfigBuilder| {
-        b.wait_recheck(Duration::from_millis(200))
-            .pool_timeout(Duration::from_millis(300))
-            .connect_timeout(Duration::from_millis(300))
-    };
-    let a = connect_with(&server, "outage", cfg);
-    let b = connect_with(&server, "outage", cfg);
-    let held = b.try_lock("res", 60 * SEC).unwrap().unwrap();
-    let waiter = {
-        let a = a.clone();
-        std::thread::spawn(move || a.lock("res", SEC, 30 * SEC).map(|g| g.fencing_token()))
-    };
-    server.pause();
-    // Beats are missed, and the waiter keeps re-trying through several
-    // re-checks of the outage.
-    assert!(support::wait_until(10 * SEC, || matches!(
-        a.health(),
-        Health::LostRedis { .. }
-    )));
-    std::thread::sleep(Duration::from_millis(1500));
-    server.resume();
-    assert!(support::wait_until(10 * SEC, || a.health() == Health::Healthy));
-    let t = held.fencing_token();
-    held.release().unwrap();
-    let got = waiter.join().unwrap();
-    assert!(got.unwrap() > t);
-}
-
 #[test]
 fn extend_on_an_auto_extended_lock_keeps_room_for_renewals() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let a = connect(&server, "shrink");
     let g = a
         .lock_options("res")
@@ -733,7 +493,7 @@ fn extend_on_an_auto_extended_lock_keeps_room_for_renewals() {
 
 #[test]
 fn release_of_a_lock_gone_from_redis_is_lease_lost() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let a = connect(&server, "gone");
     let g = a.try_lock("res", 60 * SEC).unwrap().unwrap();
     // An operator, an eviction or a Redis restart without persistence.
@@ -761,7 +521,7 @@ fn on_thread<T: Send + 'static>(
 
 #[test]
 fn a_lock_wait_of_duration_max_blocks_until_the_lock_is_released() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let a = connect(&server, "forever");
     let b = connect(&server, "forever");
     let g = a.try_lock("res", 60 * SEC).unwrap().unwrap();
@@ -786,7 +546,7 @@ fn a_lock_wait_of_duration_max_blocks_until_the_lock_is_released() {
 
 #[test]
 fn lock_ttls_above_max_ttl_are_invalid_input_and_write_nothing() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let s = connect(&server, "hugettl");
     let is_ttl_error = |e: &Error| matches!(e, Error::InvalidInput { what: "ttl", .. });
     for ttl in [
@@ -840,4 +600,258 @@ fn lock_ttls_above_max_ttl_are_invalid_input_and_write_nothing() {
         ),
         "{err}"
     );
+}
+
+/// Tests that need a redis-server of their own, so they stay on
+/// `RedisServer` whatever the backend: they kill, pause or restart it, put a
+/// fault proxy in front of it, read server-wide state (INFO, CLIENT LIST)
+/// or disturb every client of it (SCRIPT FLUSH, CLIENT KILL). The cluster
+/// pass of CI skips them (`--skip single_server::`): the single-server pass
+/// covers them.
+mod single_server {
+    use super::*;
+
+    #[test]
+    fn redis_killed_the_guard_reports_the_loss_and_locks_work_after_restart() {
+        let mut server = RedisServer::start();
+        let a = connect(&server, "kill");
+        let g = a
+            .lock_options("res")
+            .ttl(Duration::from_millis(600))
+            .auto_extend(true)
+            .try_lock()
+            .unwrap()
+            .unwrap();
+        let lost = g.lost();
+        let killed = Instant::now();
+        server.kill();
+        let why = lost
+            .recv_timeout(Duration::from_secs(5))
+            .expect("loss reported");
+        log::info!("loss reported {:?} after the kill: {why}", killed.elapsed());
+        assert!(!g.is_held(), "{why}");
+        server.restart();
+        assert!(support::wait_until(Duration::from_secs(10), || matches!(
+            a.try_lock("res2", SEC),
+            Ok(Some(_))
+        )));
+        assert!(matches!(g.release(), Err(Error::LeaseLost { .. }) | Ok(())));
+    }
+
+    #[test]
+    fn locks_survive_script_flush_and_pubsub_reconnect() {
+        let server = RedisServer::start();
+        let a = connect(&server, "flushlock");
+        let _: () = redis::cmd("SCRIPT")
+            .arg("FLUSH")
+            .query(&mut server.conn())
+            .unwrap();
+        let g = a.try_lock("res", 5 * SEC).unwrap().unwrap();
+        let b = connect(&server, "flushlock");
+        let waiter =
+            std::thread::spawn(move || b.lock("res", 5 * SEC, 20 * SEC).map(|g| g.fencing_token()));
+        std::thread::sleep(Duration::from_millis(200));
+        // Kill every pub/sub connection: waiters must re-check after Reconnected.
+        let _: redis::Value = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("pubsub")
+            .query(&mut server.conn())
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        let t = g.fencing_token();
+        g.release().unwrap();
+        assert!(waiter.join().unwrap().unwrap() > t);
+    }
+
+    #[test]
+    fn a_lock_can_require_replica_acknowledgement() {
+        let server = RedisServer::start();
+        let a = connect(&server, "wait");
+        // No replica: the grant is given back and the error says why.
+        let err = a
+            .lock_options("res")
+            .replicas(1, Duration::from_millis(100))
+            .try_lock()
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::NotReplicated {
+                    wanted: 1,
+                    acked: 0,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(
+            a.try_lock("res", SEC).unwrap().is_some(),
+            "nothing left held"
+        );
+
+        // With a replica attached it is granted.
+        let _replica = RedisServer::builder().replica_of(server.port()).start();
+        assert!(support::wait_until(Duration::from_secs(10), || {
+            let info: String = redis::cmd("INFO")
+                .arg("replication")
+                .query(&mut server.conn())
+                .unwrap();
+            info.contains("connected_slaves:1") && info.contains("state=online")
+        }));
+        let g = a
+            .lock_options("res2")
+            .replicas(1, Duration::from_secs(2))
+            .try_lock()
+            .unwrap()
+            .expect("granted and replicated");
+        assert!(g.is_held());
+    }
+
+    #[test]
+    fn a_partitioned_node_stops_waiting_for_a_lock() {
+        let server = RedisServer::start();
+        // A peer mesh is configured (nobody else answers): losing Redis is a
+        // partition verdict, not just an outage.
+        let a = connect_with(&server, "partitioned", |b| {
+            b.peer_listen("127.0.0.1:0".parse().unwrap())
+        });
+        let _held = a.try_lock("res", 60 * SEC).unwrap().unwrap();
+        server.pause();
+        let started = Instant::now();
+        let r = a.lock("res", SEC, 30 * SEC);
+        server.resume();
+        assert!(matches!(r, Err(Error::Partitioned(_))), "{r:?}");
+        assert!(
+            started.elapsed() < 10 * SEC,
+            "gave up after {:?}",
+            started.elapsed()
+        );
+    }
+
+    #[test]
+    fn try_lock_whose_reply_is_lost_gets_the_same_grant_and_leaves_no_orphan() {
+        let server = RedisServer::start();
+        let proxy = FaultProxy::start(server.addr());
+        let a = connect_url(&proxy.url(), "lostreply", |b| b);
+        // Load the script first, so the watched call runs it (no NOSCRIPT round).
+        drop(a.try_lock("warm-up", SEC).unwrap());
+        proxy.drop_reply_to(b"{lostreply:lock:res}\r\n");
+        let g = a
+            .try_lock("res", 60 * SEC)
+            .unwrap()
+            .expect("the grant whose reply was lost");
+        assert_eq!(proxy.dropped_replies(), 1);
+        // One grant, one fencing token: the retry got the first call's back.
+        let counter = get(&server, "{lostreply:lock:res}:fence").unwrap();
+        assert_eq!(g.fencing_token().to_string(), counter);
+        g.release().unwrap();
+        assert!(
+            a.try_lock("res", SEC).unwrap().is_some(),
+            "nothing left orphaned"
+        );
+    }
+
+    #[test]
+    fn lock_whose_reply_is_lost_does_not_wait_on_itself() {
+        let server = RedisServer::start();
+        let proxy = FaultProxy::start(server.addr());
+        let a = connect_url(&proxy.url(), "lostwait", |b| b);
+        drop(a.try_lock("warm-up", SEC).unwrap());
+        for (name, fair) in [("plain", false), ("fair", true)] {
+            proxy.drop_reply_to(format!("{{lostwait:lock:{name}}}\r\n").as_bytes());
+            // The TTL (60 s) is longer than the wait (20 s): waiting on our own
+            // grant would time out.
+            let g = a
+                .lock_options(name)
+                .ttl(60 * SEC)
+                .fair(fair)
+                .lock(20 * SEC)
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert!(proxy.dropped_replies() >= 1, "{name}: no reply was dropped");
+            let counter = get(&server, &format!("{{lostwait:lock:{name}}}:fence")).unwrap();
+            assert_eq!(g.fencing_token().to_string(), counter, "{name}");
+            assert!(!exists(&server, &format!("{{lostwait:lock:{name}}}:queue")));
+            g.release().unwrap();
+        }
+        assert_eq!(proxy.dropped_replies(), 2);
+    }
+
+    #[test]
+    fn a_node_without_peers_waits_out_a_redis_outage_for_a_lock() {
+        let server = RedisServer::start();
+        // Attempts fail fast during the outage (no long pool checkout).
+        let cfg = |b: redswarm::ConfigBuilder| {
+            b.wait_recheck(Duration::from_millis(200))
+                .pool_timeout(Duration::from_millis(300))
+                .connect_timeout(Duration::from_millis(300))
+        };
+        let a = connect_with(&server, "outage", cfg);
+        let b = connect_with(&server, "outage", cfg);
+        let held = b.try_lock("res", 60 * SEC).unwrap().unwrap();
+        let waiter = {
+            let a = a.clone();
+            std::thread::spawn(move || a.lock("res", SEC, 30 * SEC).map(|g| g.fencing_token()))
+        };
+        server.pause();
+        // Beats are missed, and the waiter keeps re-trying through several
+        // re-checks of the outage.
+        assert!(support::wait_until(10 * SEC, || matches!(
+            a.health(),
+            Health::LostRedis { .. }
+        )));
+        std::thread::sleep(Duration::from_millis(1500));
+        server.resume();
+        assert!(support::wait_until(10 * SEC, || a.health() == Health::Healthy));
+        let t = held.fencing_token();
+        held.release().unwrap();
+        let got = waiter.join().unwrap();
+        assert!(got.unwrap() > t);
+    }
+
+    /// Takes lock `name` as soon as the handle works again (after a restart).
+    fn lock_when_back(a: &Redswarm, name: &str) -> redswarm::LockGuard {
+        let mut got = None;
+        assert!(
+            support::wait_until(Duration::from_secs(10), || {
+                got = a.try_lock(name, 5 * SEC).ok().flatten();
+                got.is_some()
+            }),
+            "no lock after the restart"
+        );
+        got.unwrap()
+    }
+
+    fn fencing_tokens_rise_across_a_restart(aof: bool) {
+        let mut server = RedisServer::builder().aof(aof).start();
+        let a = connect(&server, "restart");
+        let mut highest = 0;
+        for _ in 0..3 {
+            let g = a.try_lock("res", 5 * SEC).unwrap().unwrap();
+            assert!(g.fencing_token() > highest);
+            highest = g.fencing_token();
+            g.release().unwrap();
+        }
+        server.restart();
+        for _ in 0..3 {
+            let g = lock_when_back(&a, "res");
+            assert!(
+                g.fencing_token() > highest,
+                "token {} after the restart, {highest} before (aof: {aof})",
+                g.fencing_token()
+            );
+            highest = g.fencing_token();
+            g.release().unwrap();
+        }
+    }
+
+    #[test]
+    fn fencing_tokens_keep_rising_across_a_redis_restart_without_persistence() {
+        fencing_tokens_rise_across_a_restart(false);
+    }
+
+    #[test]
+    fn fencing_tokens_keep_rising_across_a_redis_restart_with_aof() {
+        fencing_tokens_rise_across_a_restart(true);
+    }
 }

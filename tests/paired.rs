@@ -1,6 +1,10 @@
 //! Paired workers against a real redis-server: the winner works, backups
 //! learn of its success, take over on its failure or death, and a stale
 //! winner's report is rejected by its fencing token.
+//!
+//! With `REDSWARM_TEST_BACKEND=cluster` the tests outside `mod
+//! single_server` run on a 3-primary Redis Cluster shared by the whole
+//! file instead (`tests/support/backend.rs`).
 
 mod support;
 
@@ -10,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 use redswarm::{Config, Error, PairedJob, PairedOutcome, PairedRun, Redswarm};
-use support::{FaultProxy, RedisServer};
+use support::{FaultProxy, RedisServer, Target, TestRedis};
 
 const SEC: Duration = Duration::from_secs(1);
 
@@ -35,7 +39,7 @@ fn connect_url(url: &str, ns: &str) -> Redswarm {
     Redswarm::connect(builder(url, ns).build().unwrap()).unwrap()
 }
 
-fn connect(server: &RedisServer, ns: &str) -> Redswarm {
+fn connect(server: &impl Target, ns: &str) -> Redswarm {
     connect_url(&server.url(), ns)
 }
 
@@ -62,7 +66,7 @@ fn outcome<T>(
         .expect("the outcome is an error")
 }
 
-fn hget(server: &RedisServer, key: &str, field: &str) -> Option<String> {
+fn hget(server: &impl Target, key: &str, field: &str) -> Option<String> {
     redis::cmd("HGET")
         .arg(key)
         .arg(field)
@@ -70,7 +74,7 @@ fn hget(server: &RedisServer, key: &str, field: &str) -> Option<String> {
         .unwrap()
 }
 
-fn exists(server: &RedisServer, key: &str) -> bool {
+fn exists(server: &impl Target, key: &str) -> bool {
     let n: i64 = redis::cmd("EXISTS")
         .arg(key)
         .query(&mut server.conn())
@@ -89,7 +93,7 @@ fn signal(pid: u32, sig: &str) {
 
 #[test]
 fn a_backup_learns_of_the_winners_success_well_under_the_lease() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let (a, b) = (connect(&server, "ok"), connect(&server, "ok"));
     let lease = 10 * SEC;
     let job = won(a
@@ -132,7 +136,7 @@ fn a_backup_learns_of_the_winners_success_well_under_the_lease() {
 
 #[test]
 fn a_backup_takes_over_at_once_when_the_winner_reports_failure() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let (a, b) = (connect(&server, "fail"), connect(&server, "fail"));
     let lease = 10 * SEC;
     let job = won(a
@@ -183,7 +187,7 @@ fn won_or_done(s: &Redswarm, id: &str) -> PairedOutcome<u32> {
 
 #[test]
 fn a_job_dropped_without_a_report_hands_the_task_to_a_backup_at_once() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let (a, b) = (connect(&server, "drop"), connect(&server, "drop"));
     let job = won(a
         .paired_options()
@@ -209,7 +213,7 @@ fn a_job_dropped_without_a_report_hands_the_task_to_a_backup_at_once() {
 
 #[test]
 fn a_live_winner_keeps_its_task_past_its_lease() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let (a, b) = (connect(&server, "long"), connect(&server, "long"));
     let lease = Duration::from_millis(400);
     let job = won(a
@@ -266,16 +270,23 @@ fn child_paired_winner() {
         std::thread::sleep(600 * SEC);
         return;
     }
-    // A connection of our own: BLPOP outlasts the pool's read timeout.
-    let mut conn = redis::Client::open(url.as_str())
-        .unwrap()
-        .get_connection()
-        .unwrap();
-    let _: (String, String) = redis::cmd("BLPOP")
-        .arg(std::env::var("CHILD_GO").unwrap())
-        .arg(0)
-        .query(&mut conn)
-        .unwrap();
+    // Wait for the go by polling on the handle's own connection (routed by
+    // key on a cluster URL too; a BLPOP would outlast its read timeout).
+    // An error (a read timing out across our SIGSTOP) is retried on a
+    // fresh connection.
+    let go = std::env::var("CHILD_GO").unwrap();
+    let mut conn = swarm.connection().unwrap();
+    loop {
+        match redis::cmd("LPOP")
+            .arg(&go)
+            .query::<Option<String>>(&mut *conn)
+        {
+            Ok(Some(_)) => break,
+            Ok(None) => {}
+            Err(_) => conn = swarm.connection().unwrap(),
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let fence = job.fencing_token();
     let what = match job.succeeded() {
         Ok(()) => format!("accepted {fence}"),
@@ -285,11 +296,11 @@ fn child_paired_winner() {
     let _: i64 = redis::cmd("RPUSH")
         .arg(std::env::var("CHILD_RESULT").unwrap())
         .arg(what)
-        .query(&mut conn)
+        .query(&mut *conn)
         .unwrap();
 }
 
-fn spawn_winner(server: &RedisServer, ns: &str, mode: &str) -> std::process::Child {
+fn spawn_winner(server: &impl Target, ns: &str, mode: &str) -> std::process::Child {
     let child = support::child_role("child_paired_winner")
         .env("CHILD_URL", server.url())
         .env("CHILD_NS", ns)
@@ -310,7 +321,7 @@ fn spawn_winner(server: &RedisServer, ns: &str, mode: &str) -> std::process::Chi
 
 #[test]
 fn a_backup_takes_over_after_the_lease_when_the_winner_process_is_killed() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let mut child = spawn_winner(&server, "killed", "hold");
     let b = connect(&server, "killed");
     let rx = b
@@ -341,7 +352,7 @@ fn a_backup_takes_over_after_the_lease_when_the_winner_process_is_killed() {
 
 #[test]
 fn a_winner_paused_past_its_lease_is_taken_over_and_its_late_report_is_rejected() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let mut child = spawn_winner(&server, "paused", "report");
     let b = connect(&server, "paused");
     let rx = b
@@ -392,7 +403,7 @@ fn a_winner_paused_past_its_lease_is_taken_over_and_its_late_report_is_rejected(
 
 #[test]
 fn exactly_one_of_three_racing_participants_wins() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let handles: Vec<Redswarm> = (0..3).map(|_| connect(&server, "race")).collect();
     for round in 0..5 {
         let barrier = Arc::new(Barrier::new(3));
@@ -423,7 +434,7 @@ fn exactly_one_of_three_racing_participants_wins() {
 
 #[test]
 fn each_failure_hands_the_task_to_the_next_backup_until_the_attempts_run_out() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let s: Vec<Redswarm> = (0..4).map(|_| connect(&server, "chain")).collect();
     let opts = |i: usize| s[i].paired_options().lease(10 * SEC).max_attempts(3);
     let first = won(opts(0).task("t").unwrap().run(&0u8).unwrap());
@@ -453,7 +464,7 @@ fn each_failure_hands_the_task_to_the_next_backup_until_the_attempts_run_out() {
 
 #[test]
 fn a_backup_arriving_after_success_within_the_retention_gets_done_by_peer() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let (a, b) = (connect(&server, "late"), connect(&server, "late"));
     let opts = |s: &Redswarm| s.paired_options().retention(Duration::from_millis(1500));
     let job = won(opts(&a).task("t").unwrap().run(&1u8).unwrap());
@@ -477,7 +488,7 @@ fn a_backup_arriving_after_success_within_the_retention_gets_done_by_peer() {
 
 #[test]
 fn the_hash_form_keeps_the_lock_in_a_hash_field_and_behaves_the_same() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let (a, b, c) = (
         connect(&server, "h"),
         connect(&server, "h"),
@@ -522,7 +533,7 @@ fn the_hash_form_keeps_the_lock_in_a_hash_field_and_behaves_the_same() {
 
 #[test]
 fn a_hash_field_whose_winner_is_killed_is_taken_over_after_the_lease() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let a = connect(&server, "hk");
     let b = connect(&server, "hk");
     let lease = Duration::from_millis(400);
@@ -624,7 +635,7 @@ fn child_paired_racer() {
 
 #[test]
 fn a_thousand_tasks_raced_by_two_processes_are_each_done_exactly_once() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let n = 1000;
     let mut children: Vec<std::process::Child> = ["spawn", "blocking"]
         .iter()
@@ -673,7 +684,7 @@ fn a_thousand_tasks_raced_by_two_processes_are_each_done_exactly_once() {
 
 #[test]
 fn the_spawn_form_runs_the_work_on_the_pool_and_a_panic_counts_as_failure() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let (a, b) = (connect(&server, "pool"), connect(&server, "pool"));
     let (go_tx, go) = crossbeam_channel::bounded::<()>(1);
     let (started_tx, started) = crossbeam_channel::bounded::<()>(1);
@@ -732,88 +743,8 @@ fn mesh_node(url: &str, ns: &str) -> Redswarm {
 }
 
 #[test]
-fn a_backup_cut_off_from_redis_and_its_peers_stops_with_partitioned() {
-    let server = RedisServer::start();
-    let proxy = FaultProxy::start(server.addr());
-    let winner = connect(&server, "cut");
-    let peer = mesh_node(&server.url(), "cut");
-    let backup = mesh_node(&proxy.url(), "cut");
-    assert!(support::wait_until(10 * SEC, || backup.known_peers().len() == 1));
-    let lease = 10 * SEC;
-    let job = won(winner
-        .paired_options()
-        .lease(lease)
-        .task("t")
-        .unwrap()
-        .run(&1u8)
-        .unwrap());
-    let rx = backup
-        .paired_options()
-        .lease(lease)
-        .task("t")
-        .unwrap()
-        .receiver(&1u8)
-        .unwrap();
-    assert!(rx.try_recv().is_err(), "the backup must be standing by");
-    proxy.blackhole();
-    peer.shutdown();
-    match rx.recv_timeout(20 * SEC).expect("the backup kept waiting") {
-        Err(Error::Partitioned(why)) => assert!(why.contains("paired task `t`"), "{why}"),
-        other => panic!("{other:?}"),
-    }
-    // Nobody took over: the winner's report is accepted.
-    job.succeeded().unwrap();
-}
-
-#[test]
-fn a_backup_without_peers_waits_out_a_redis_outage() {
-    let server = RedisServer::start();
-    let proxy = FaultProxy::start(server.addr());
-    let winner = connect(&server, "outage");
-    let backup = Redswarm::connect(
-        builder(&proxy.url(), "outage")
-            .wait_recheck(Duration::from_millis(300))
-            .build()
-            .unwrap(),
-    )
-    .unwrap();
-    let lease = 10 * SEC;
-    let job = won(winner
-        .paired_options()
-        .lease(lease)
-        .task("t")
-        .unwrap()
-        .run(&1u8)
-        .unwrap());
-    let rx = backup
-        .paired_options()
-        .lease(lease)
-        .task("t")
-        .unwrap()
-        .receiver(&1u8)
-        .unwrap();
-    proxy.blackhole();
-    assert!(
-        support::wait_until(10 * SEC, || !backup.partition_state().may_work()),
-        "the backup never noticed the outage"
-    );
-    assert!(
-        rx.recv_timeout(SEC).is_err(),
-        "the backup gave up: {:?}",
-        rx.try_recv()
-    );
-    proxy.pass();
-    job.succeeded().unwrap();
-    let o = outcome(&rx, 20 * SEC);
-    assert!(
-        matches!(o, PairedOutcome::DoneByPeer { attempt: 1 }),
-        "{o:?}"
-    );
-}
-
-#[test]
 fn bad_ids_payloads_and_settings_are_clear_errors() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let s = connect(&server, "bad");
     let invalid = |r: redswarm::Result<redswarm::PairedTask>, what: &str| match r {
         Err(Error::InvalidInput { what: w, .. }) => assert_eq!(w, what),
@@ -883,7 +814,7 @@ fn bad_ids_payloads_and_settings_are_clear_errors() {
 
 #[test]
 fn corrupt_task_keys_are_reported_by_name_and_nothing_is_written() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let s = connect(&server, "corrupt");
     let mut conn = server.conn();
     let corrupt = |r: redswarm::Result<PairedOutcome<u8>>, key: &str| match r {
@@ -939,55 +870,145 @@ fn corrupt_task_keys_are_reported_by_name_and_nothing_is_written() {
     corrupt(r, "{corrupt:paired:d}:record");
 }
 
-#[test]
-fn a_join_retried_after_a_lost_reply_gets_the_same_grant() {
-    let server = RedisServer::start();
-    let proxy = FaultProxy::start(server.addr());
-    let s = Redswarm::connect(
-        builder(&proxy.url(), "retry")
-            .wait_recheck(Duration::from_millis(200))
-            .build()
-            .unwrap(),
-    )
-    .unwrap();
-    // Load the scripts and open pooled connections now: under the latency
-    // below neither NOSCRIPT nor a new connection's handshake would finish.
-    won(s.paired("warm-up", &0u8).unwrap()).succeeded().unwrap();
-    let warm: Vec<_> = (0..4).map(|_| s.connection().unwrap()).collect();
-    drop(warm);
-    // Replies come back after the 100 ms command timeout: the first join
-    // is granted in Redis, but its reply is lost to the caller.
-    proxy.set_latency(Duration::from_millis(400));
-    let healer = {
-        let record = "{retry:paired:t}:record".to_string();
-        let server_conn = server.client();
-        std::thread::spawn(move || {
-            let mut conn = server_conn.get_connection().unwrap();
-            let granted = support::wait_until(20 * SEC, || {
-                let n: i64 = redis::cmd("EXISTS").arg(&record).query(&mut conn).unwrap();
-                n == 1
-            });
-            std::thread::sleep(Duration::from_millis(500));
-            granted
-        })
-    };
-    let started = Instant::now();
-    let rx = std::thread::spawn(move || {
-        let r = s
+/// Tests that need a redis-server of their own, so they stay on
+/// `RedisServer` whatever the backend: they kill, pause or restart it, put a
+/// fault proxy in front of it, read server-wide state (INFO, CLIENT LIST)
+/// or disturb every client of it (SCRIPT FLUSH, CLIENT KILL). The cluster
+/// pass of CI skips them (`--skip single_server::`): the single-server pass
+/// covers them.
+mod single_server {
+    use super::*;
+
+    #[test]
+    fn a_backup_cut_off_from_redis_and_its_peers_stops_with_partitioned() {
+        let server = RedisServer::start();
+        let proxy = FaultProxy::start(server.addr());
+        let winner = connect(&server, "cut");
+        let peer = mesh_node(&server.url(), "cut");
+        let backup = mesh_node(&proxy.url(), "cut");
+        assert!(support::wait_until(10 * SEC, || backup.known_peers().len() == 1));
+        let lease = 10 * SEC;
+        let job = won(winner
             .paired_options()
-            .lease(10 * SEC)
+            .lease(lease)
             .task("t")
             .unwrap()
-            .run(&1u8);
-        (r, s)
-    });
-    assert!(healer.join().unwrap(), "the first join never reached Redis");
-    proxy.pass();
-    let (r, _s) = rx.join().unwrap();
-    // The retry is handed the grant it already had, instead of waiting for
-    // its own lease to lapse and taking over from itself.
-    let job = won(r.unwrap());
-    assert_eq!(job.attempt(), 1);
-    assert!(started.elapsed() < 8 * SEC, "{:?}", started.elapsed());
-    job.succeeded().unwrap();
+            .run(&1u8)
+            .unwrap());
+        let rx = backup
+            .paired_options()
+            .lease(lease)
+            .task("t")
+            .unwrap()
+            .receiver(&1u8)
+            .unwrap();
+        assert!(rx.try_recv().is_err(), "the backup must be standing by");
+        proxy.blackhole();
+        peer.shutdown();
+        match rx.recv_timeout(20 * SEC).expect("the backup kept waiting") {
+            Err(Error::Partitioned(why)) => assert!(why.contains("paired task `t`"), "{why}"),
+            other => panic!("{other:?}"),
+        }
+        // Nobody took over: the winner's report is accepted.
+        job.succeeded().unwrap();
+    }
+
+    #[test]
+    fn a_backup_without_peers_waits_out_a_redis_outage() {
+        let server = RedisServer::start();
+        let proxy = FaultProxy::start(server.addr());
+        let winner = connect(&server, "outage");
+        let backup = Redswarm::connect(
+            builder(&proxy.url(), "outage")
+                .wait_recheck(Duration::from_millis(300))
+                .build()
+                .unwrap(),
+        )
+        .unwrap();
+        let lease = 10 * SEC;
+        let job = won(winner
+            .paired_options()
+            .lease(lease)
+            .task("t")
+            .unwrap()
+            .run(&1u8)
+            .unwrap());
+        let rx = backup
+            .paired_options()
+            .lease(lease)
+            .task("t")
+            .unwrap()
+            .receiver(&1u8)
+            .unwrap();
+        proxy.blackhole();
+        assert!(
+            support::wait_until(10 * SEC, || !backup.partition_state().may_work()),
+            "the backup never noticed the outage"
+        );
+        assert!(
+            rx.recv_timeout(SEC).is_err(),
+            "the backup gave up: {:?}",
+            rx.try_recv()
+        );
+        proxy.pass();
+        job.succeeded().unwrap();
+        let o = outcome(&rx, 20 * SEC);
+        assert!(
+            matches!(o, PairedOutcome::DoneByPeer { attempt: 1 }),
+            "{o:?}"
+        );
+    }
+
+    #[test]
+    fn a_join_retried_after_a_lost_reply_gets_the_same_grant() {
+        let server = RedisServer::start();
+        let proxy = FaultProxy::start(server.addr());
+        let s = Redswarm::connect(
+            builder(&proxy.url(), "retry")
+                .wait_recheck(Duration::from_millis(200))
+                .build()
+                .unwrap(),
+        )
+        .unwrap();
+        // Load the scripts and open pooled connections now: under the latency
+        // below neither NOSCRIPT nor a new connection's handshake would finish.
+        won(s.paired("warm-up", &0u8).unwrap()).succeeded().unwrap();
+        let warm: Vec<_> = (0..4).map(|_| s.connection().unwrap()).collect();
+        drop(warm);
+        // Replies come back after the 100 ms command timeout: the first join
+        // is granted in Redis, but its reply is lost to the caller.
+        proxy.set_latency(Duration::from_millis(400));
+        let healer = {
+            let record = "{retry:paired:t}:record".to_string();
+            let server_conn = server.client();
+            std::thread::spawn(move || {
+                let mut conn = server_conn.get_connection().unwrap();
+                let granted = support::wait_until(20 * SEC, || {
+                    let n: i64 = redis::cmd("EXISTS").arg(&record).query(&mut conn).unwrap();
+                    n == 1
+                });
+                std::thread::sleep(Duration::from_millis(500));
+                granted
+            })
+        };
+        let started = Instant::now();
+        let rx = std::thread::spawn(move || {
+            let r = s
+                .paired_options()
+                .lease(10 * SEC)
+                .task("t")
+                .unwrap()
+                .run(&1u8);
+            (r, s)
+        });
+        assert!(healer.join().unwrap(), "the first join never reached Redis");
+        proxy.pass();
+        let (r, _s) = rx.join().unwrap();
+        // The retry is handed the grant it already had, instead of waiting for
+        // its own lease to lapse and taking over from itself.
+        let job = won(r.unwrap());
+        assert_eq!(job.attempt(), 1);
+        assert!(started.elapsed() < 8 * SEC, "{:?}", started.elapsed());
+        job.succeeded().unwrap();
+    }
 }

@@ -1,4 +1,8 @@
 //! Semaphores against a real redis-server.
+//!
+//! With `REDSWARM_TEST_BACKEND=cluster` the tests outside `mod
+//! single_server` run on a 3-primary Redis Cluster shared by the whole
+//! file instead (`tests/support/backend.rs`).
 
 mod support;
 
@@ -8,13 +12,13 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use redswarm::{Config, Error, Redswarm};
-use support::{FaultProxy, RedisServer};
+use support::{FaultProxy, RedisServer, Target, TestRedis};
 
-fn connect(server: &RedisServer, ns: &str) -> Redswarm {
+fn connect(server: &impl Target, ns: &str) -> Redswarm {
     connect_with_recheck(server, ns, Duration::from_secs(1))
 }
 
-fn connect_with_recheck(server: &RedisServer, ns: &str, recheck: Duration) -> Redswarm {
+fn connect_with_recheck(server: &impl Target, ns: &str, recheck: Duration) -> Redswarm {
     connect_url(&server.url(), ns, recheck)
 }
 
@@ -39,7 +43,7 @@ const SEC: Duration = Duration::from_secs(1);
 
 #[test]
 fn permits_are_bounded_and_come_back_on_release() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let s = connect(&server, "basic");
     let sem = s.semaphore("pool", 2).unwrap().ttl(10 * SEC);
     let p1 = sem.try_acquire().unwrap().unwrap();
@@ -57,7 +61,7 @@ fn permits_are_bounded_and_come_back_on_release() {
 
 #[test]
 fn a_crashed_holders_permit_comes_back_after_its_ttl() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let s = connect(&server, "crash");
     let sem = s
         .semaphore("one", 1)
@@ -75,7 +79,7 @@ fn a_crashed_holders_permit_comes_back_after_its_ttl() {
 
 #[test]
 fn acquire_is_woken_by_release_and_times_out_with_a_typed_error() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let a = connect(&server, "wake");
     let sem = a.semaphore("one", 1).unwrap().ttl(60 * SEC);
     let held = sem.try_acquire().unwrap().unwrap();
@@ -105,7 +109,7 @@ fn acquire_is_woken_by_release_and_times_out_with_a_typed_error() {
 
 #[test]
 fn never_more_than_permits_holders_under_expiry_churn() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let permits = 3;
     let inside = Arc::new(AtomicI64::new(0));
     let worst = Arc::new(AtomicI64::new(0));
@@ -172,27 +176,8 @@ fn never_more_than_permits_holders_under_expiry_churn() {
 }
 
 #[test]
-fn auto_extended_permits_outlive_their_ttl_and_report_loss() {
-    let mut server = RedisServer::start();
-    let s = connect(&server, "auto");
-    let sem = s
-        .semaphore("one", 1)
-        .unwrap()
-        .ttl(Duration::from_millis(400))
-        .auto_extend(true);
-    let p = sem.try_acquire().unwrap().unwrap();
-    std::thread::sleep(Duration::from_millis(1200));
-    assert!(p.is_held());
-    assert!(sem.try_acquire().unwrap().is_none());
-    let lost = p.lost();
-    server.kill();
-    assert!(lost.recv_timeout(5 * SEC).is_ok());
-    assert!(!p.is_held());
-}
-
-#[test]
 fn extend_never_revives_an_expired_permit() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let s = connect(&server, "revive");
     let sem = s
         .semaphore("one", 1)
@@ -206,7 +191,7 @@ fn extend_never_revives_an_expired_permit() {
 
 #[test]
 fn fair_semaphore_admits_in_arrival_order() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let a = connect(&server, "fairsem");
     let sem = a.semaphore("one", 1).unwrap().fair(true).ttl(30 * SEC);
     let held = sem.try_acquire().unwrap().unwrap();
@@ -241,7 +226,7 @@ fn fair_semaphore_admits_in_arrival_order() {
     assert_eq!(*order.lock(), vec![0, 1, 2, 3]);
 }
 
-fn run(server: &RedisServer, args: &[&str]) {
+fn run(server: &impl Target, args: &[&str]) {
     let mut cmd = redis::cmd(args[0]);
     for a in &args[1..] {
         cmd.arg(*a);
@@ -249,14 +234,14 @@ fn run(server: &RedisServer, args: &[&str]) {
     let _: redis::Value = cmd.query(&mut server.conn()).unwrap();
 }
 
-fn zcard(server: &RedisServer, key: &str) -> i64 {
+fn zcard(server: &impl Target, key: &str) -> i64 {
     redis::cmd("ZCARD")
         .arg(key)
         .query(&mut server.conn())
         .unwrap()
 }
 
-fn exists(server: &RedisServer, key: &str) -> bool {
+fn exists(server: &impl Target, key: &str) -> bool {
     redis::cmd("EXISTS")
         .arg(key)
         .query::<i64>(&mut server.conn())
@@ -273,53 +258,8 @@ fn assert_corrupt<T: std::fmt::Debug>(r: redswarm::Result<T>, key: &str) {
 }
 
 #[test]
-fn try_acquire_whose_reply_is_lost_gets_the_same_permit_and_leaves_no_orphan() {
-    let server = RedisServer::start();
-    let proxy = FaultProxy::start(server.addr());
-    let s = connect_url(&proxy.url(), "lostsem", SEC);
-    let sem = s.semaphore("pool", 2).unwrap().ttl(60 * SEC);
-    // Load the script first, so the watched call runs it (no NOSCRIPT round).
-    drop(sem.try_acquire().unwrap());
-    proxy.drop_reply_to(b"{lostsem:sem:pool}:holders\r\n");
-    let p = sem
-        .try_acquire()
-        .unwrap()
-        .expect("the permit whose reply was lost");
-    assert_eq!(proxy.dropped_replies(), 1);
-    assert_eq!(sem.holders().unwrap(), 1, "one permit, not two");
-    let counter: u64 = redis::cmd("GET")
-        .arg("{lostsem:sem:pool}:fence")
-        .query(&mut server.conn())
-        .unwrap();
-    assert_eq!(p.fencing_token(), counter);
-    p.release().unwrap();
-    assert_eq!(sem.holders().unwrap(), 0, "nothing left orphaned");
-}
-
-#[test]
-fn acquire_whose_reply_is_lost_does_not_wait_on_itself() {
-    let server = RedisServer::start();
-    let proxy = FaultProxy::start(server.addr());
-    let s = connect_url(&proxy.url(), "lostsemwait", SEC);
-    for (name, fair) in [("plain", false), ("fair", true)] {
-        // The TTL (60 s) is longer than the wait (20 s): waiting for our own
-        // permit to lapse would time out.
-        let sem = s.semaphore(name, 1).unwrap().ttl(60 * SEC).fair(fair);
-        drop(sem.try_acquire().unwrap());
-        proxy.drop_reply_to(format!("{{lostsemwait:sem:{name}}}:holders\r\n").as_bytes());
-        let p = sem
-            .acquire(20 * SEC)
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
-        assert!(proxy.dropped_replies() >= 1, "{name}: no reply was dropped");
-        assert_eq!(sem.holders().unwrap(), 1, "{name}");
-        p.release().unwrap();
-    }
-    assert_eq!(proxy.dropped_replies(), 2);
-}
-
-#[test]
 fn corrupt_semaphore_data_is_an_error_naming_the_key_and_nothing_is_written() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let s = connect(&server, "corrupt");
     let k = |name: &str, suffix: &str| format!("{{corrupt:sem:{name}}}:{suffix}");
     let sem = |name: &str| s.semaphore(name, 2).unwrap().ttl(60 * SEC);
@@ -368,37 +308,8 @@ fn corrupt_semaphore_data_is_an_error_naming_the_key_and_nothing_is_written() {
 }
 
 #[test]
-fn permit_fencing_tokens_keep_rising_across_a_redis_restart_without_persistence() {
-    let mut server = RedisServer::start();
-    let s = connect(&server, "restart");
-    let sem = s.semaphore("s", 3).unwrap().ttl(5 * SEC);
-    let mut highest = 0;
-    for _ in 0..3 {
-        let p = sem.try_acquire().unwrap().unwrap();
-        assert!(p.fencing_token() > highest);
-        highest = p.fencing_token();
-        p.release().unwrap();
-    }
-    server.restart();
-    let mut got = None;
-    assert!(
-        support::wait_until(10 * SEC, || {
-            got = sem.try_acquire().ok().flatten();
-            got.is_some()
-        }),
-        "no permit after the restart"
-    );
-    let p = got.unwrap();
-    assert!(
-        p.fencing_token() > highest,
-        "token {} after the restart, {highest} before",
-        p.fencing_token()
-    );
-}
-
-#[test]
 fn extend_on_an_auto_extended_permit_keeps_room_for_renewals() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let s = connect(&server, "shrink");
     let sem = s
         .semaphore("one", 1)
@@ -420,7 +331,7 @@ fn extend_on_an_auto_extended_permit_keeps_room_for_renewals() {
 
 #[test]
 fn release_of_a_permit_gone_from_redis_is_lease_lost() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let s = connect(&server, "gone");
     let sem = s.semaphore("one", 1).unwrap().ttl(60 * SEC);
     let p = sem.try_acquire().unwrap().unwrap();
@@ -432,7 +343,7 @@ fn release_of_a_permit_gone_from_redis_is_lease_lost() {
 
 #[test]
 fn a_permit_wait_of_duration_max_blocks_until_a_permit_is_released() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let a = connect(&server, "forever");
     let b = connect(&server, "forever");
     let held = a
@@ -458,7 +369,7 @@ fn a_permit_wait_of_duration_max_blocks_until_a_permit_is_released() {
 
 #[test]
 fn permit_ttls_above_max_ttl_are_invalid_input() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let s = connect(&server, "hugettl");
     let wrapping = Duration::from_millis(u64::MAX) + Duration::from_millis(5);
     let is_ttl_error = |e: &Error| matches!(e, Error::InvalidInput { what: "ttl", .. });
@@ -479,4 +390,107 @@ fn permit_ttls_above_max_ttl_are_invalid_input() {
     let err = permit.extend(wrapping).unwrap_err();
     assert!(is_ttl_error(&err), "{err}");
     assert!(permit.is_held());
+}
+
+/// Tests that need a redis-server of their own, so they stay on
+/// `RedisServer` whatever the backend: they kill, pause or restart it, put a
+/// fault proxy in front of it, read server-wide state (INFO, CLIENT LIST)
+/// or disturb every client of it (SCRIPT FLUSH, CLIENT KILL). The cluster
+/// pass of CI skips them (`--skip single_server::`): the single-server pass
+/// covers them.
+mod single_server {
+    use super::*;
+
+    #[test]
+    fn auto_extended_permits_outlive_their_ttl_and_report_loss() {
+        let mut server = RedisServer::start();
+        let s = connect(&server, "auto");
+        let sem = s
+            .semaphore("one", 1)
+            .unwrap()
+            .ttl(Duration::from_millis(400))
+            .auto_extend(true);
+        let p = sem.try_acquire().unwrap().unwrap();
+        std::thread::sleep(Duration::from_millis(1200));
+        assert!(p.is_held());
+        assert!(sem.try_acquire().unwrap().is_none());
+        let lost = p.lost();
+        server.kill();
+        assert!(lost.recv_timeout(5 * SEC).is_ok());
+        assert!(!p.is_held());
+    }
+
+    #[test]
+    fn try_acquire_whose_reply_is_lost_gets_the_same_permit_and_leaves_no_orphan() {
+        let server = RedisServer::start();
+        let proxy = FaultProxy::start(server.addr());
+        let s = connect_url(&proxy.url(), "lostsem", SEC);
+        let sem = s.semaphore("pool", 2).unwrap().ttl(60 * SEC);
+        // Load the script first, so the watched call runs it (no NOSCRIPT round).
+        drop(sem.try_acquire().unwrap());
+        proxy.drop_reply_to(b"{lostsem:sem:pool}:holders\r\n");
+        let p = sem
+            .try_acquire()
+            .unwrap()
+            .expect("the permit whose reply was lost");
+        assert_eq!(proxy.dropped_replies(), 1);
+        assert_eq!(sem.holders().unwrap(), 1, "one permit, not two");
+        let counter: u64 = redis::cmd("GET")
+            .arg("{lostsem:sem:pool}:fence")
+            .query(&mut server.conn())
+            .unwrap();
+        assert_eq!(p.fencing_token(), counter);
+        p.release().unwrap();
+        assert_eq!(sem.holders().unwrap(), 0, "nothing left orphaned");
+    }
+
+    #[test]
+    fn acquire_whose_reply_is_lost_does_not_wait_on_itself() {
+        let server = RedisServer::start();
+        let proxy = FaultProxy::start(server.addr());
+        let s = connect_url(&proxy.url(), "lostsemwait", SEC);
+        for (name, fair) in [("plain", false), ("fair", true)] {
+            // The TTL (60 s) is longer than the wait (20 s): waiting for our own
+            // permit to lapse would time out.
+            let sem = s.semaphore(name, 1).unwrap().ttl(60 * SEC).fair(fair);
+            drop(sem.try_acquire().unwrap());
+            proxy.drop_reply_to(format!("{{lostsemwait:sem:{name}}}:holders\r\n").as_bytes());
+            let p = sem
+                .acquire(20 * SEC)
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert!(proxy.dropped_replies() >= 1, "{name}: no reply was dropped");
+            assert_eq!(sem.holders().unwrap(), 1, "{name}");
+            p.release().unwrap();
+        }
+        assert_eq!(proxy.dropped_replies(), 2);
+    }
+
+    #[test]
+    fn permit_fencing_tokens_keep_rising_across_a_redis_restart_without_persistence() {
+        let mut server = RedisServer::start();
+        let s = connect(&server, "restart");
+        let sem = s.semaphore("s", 3).unwrap().ttl(5 * SEC);
+        let mut highest = 0;
+        for _ in 0..3 {
+            let p = sem.try_acquire().unwrap().unwrap();
+            assert!(p.fencing_token() > highest);
+            highest = p.fencing_token();
+            p.release().unwrap();
+        }
+        server.restart();
+        let mut got = None;
+        assert!(
+            support::wait_until(10 * SEC, || {
+                got = sem.try_acquire().ok().flatten();
+                got.is_some()
+            }),
+            "no permit after the restart"
+        );
+        let p = got.unwrap();
+        assert!(
+            p.fencing_token() > highest,
+            "token {} after the restart, {highest} before",
+            p.fencing_token()
+        );
+    }
 }

@@ -455,3 +455,71 @@ fn cluster_of_three_primaries_covers_every_slot() {
     assert!(!dir.exists());
     assert!(!answers(&urls[0]));
 }
+
+/// The child of the test below: starts a watched cluster, prints its
+/// directory and node pids, then waits to be killed.
+#[test]
+fn child_watched_cluster() {
+    if std::env::var("CHILD_WATCHED_CLUSTER").is_err() {
+        return;
+    }
+    let cluster = RedisCluster::start_watched(3);
+    let pids: Vec<String> = cluster.pids().iter().map(u32::to_string).collect();
+    println!("watched {} {}", cluster.dir().display(), pids.join(" "));
+    let _ = std::io::stdout().flush();
+    std::thread::sleep(Duration::from_secs(600));
+}
+
+/// Alive and not a zombie (a killed node waits to be reaped by init).
+fn process_alive(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.trim_start().chars().next());
+    !matches!(state, Some('Z') | Some('X') | None)
+}
+
+#[test]
+fn a_watched_clusters_nodes_and_dir_go_when_its_process_is_sigkilled() {
+    use std::io::BufRead;
+    let mut child = support::child_role("child_watched_cluster")
+        .env("CHILD_WATCHED_CLUSTER", "1")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = crossbeam_channel::unbounded();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            // libtest may print "test name ... " on the same line first.
+            if let Some(at) = line.find("watched ") {
+                let _ = tx.send(line[at + "watched ".len()..].to_string());
+            }
+        }
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the child never reported its cluster");
+    let mut words = line.split_whitespace();
+    let dir = std::path::PathBuf::from(words.next().unwrap());
+    let pids: Vec<u32> = words.map(|w| w.parse().unwrap()).collect();
+    assert_eq!(pids.len(), 3, "{line}");
+    assert!(pids.iter().all(|p| process_alive(*p)), "{line}");
+    assert!(dir.is_dir(), "{line}");
+    child.kill().unwrap(); // SIGKILL: no destructor, no atexit
+    child.wait().unwrap();
+    assert!(
+        support::wait_until(Duration::from_secs(20), || !pids
+            .iter()
+            .any(|p| process_alive(*p))
+            && !dir.exists()),
+        "after the SIGKILL: nodes alive {:?}, dir {} exists: {}",
+        pids.iter()
+            .filter(|p| process_alive(**p))
+            .collect::<Vec<_>>(),
+        dir.display(),
+        dir.exists()
+    );
+}

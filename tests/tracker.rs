@@ -3,6 +3,9 @@
 //! after the attempts, automatic lock and processing timeouts (also when
 //! the holder process is SIGKILLed), stale reports rejected by fencing
 //! token, stats at each step, and a 1,000-task run over two handles.
+//!
+//! With `REDSWARM_TEST_BACKEND=cluster` they run on a 3-primary Redis
+//! Cluster shared by the whole file instead (`tests/support/backend.rs`).
 
 mod support;
 
@@ -15,7 +18,7 @@ use redswarm::{
     TrackerStats, TrackerTaskState, Unlocked,
 };
 use serde::{Deserialize, Serialize};
-use support::RedisServer;
+use support::{Target, TestRedis};
 
 const SEC: Duration = Duration::from_secs(1);
 
@@ -38,7 +41,7 @@ fn connect_url(url: &str, ns: &str) -> Redswarm {
     Redswarm::connect(cfg).unwrap()
 }
 
-fn connect(server: &RedisServer, ns: &str) -> Redswarm {
+fn connect(server: &impl Target, ns: &str) -> Redswarm {
     connect_url(&server.url(), ns)
 }
 
@@ -73,17 +76,14 @@ fn opts(attempts: u32, timeout: Duration) -> CloseOptions {
     CloseOptions { attempts, timeout }
 }
 
-fn raw(server: &RedisServer) -> redis::Connection {
-    redis::Client::open(server.url())
-        .unwrap()
-        .get_connection()
-        .unwrap()
+fn raw(server: &impl Target) -> support::TestConn {
+    server.conn()
 }
 
 #[test]
 fn the_seeds_scenario_releases_a_closed_task_to_one_consumer_with_stats_at_each_step() {
     support::init_logging();
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let a = connect(&server, "seed");
     let b = connect(&server, "seed");
     let (ta, tb) = (tracker(&a), tracker(&b));
@@ -152,7 +152,7 @@ fn the_seeds_scenario_releases_a_closed_task_to_one_consumer_with_stats_at_each_
 
 #[test]
 fn closing_after_the_last_unlock_releases_at_once_and_closing_twice_changes_nothing() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let swarm = connect(&server, "order");
     let t = tracker(&swarm);
 
@@ -201,7 +201,7 @@ fn closing_after_the_last_unlock_releases_at_once_and_closing_twice_changes_noth
 
 #[test]
 fn a_chunk_locked_after_close_delays_the_release_and_a_lock_after_release_is_refused() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let swarm = connect(&server, "late");
     let t = tracker(&swarm);
     let first = t.lock("s", "1").unwrap();
@@ -227,7 +227,7 @@ fn a_chunk_locked_after_close_delays_the_release_and_a_lock_after_release_is_ref
 
 #[test]
 fn a_failing_consumer_gets_another_attempt_until_the_attempts_run_out_then_the_task_is_failed() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let swarm = connect(&server, "retry");
     let t = tracker(&swarm);
     assert_eq!(
@@ -264,7 +264,7 @@ fn a_failing_consumer_gets_another_attempt_until_the_attempts_run_out_then_the_t
 
 #[test]
 fn a_stale_consumers_done_is_rejected_by_fencing_token_after_its_processing_timeout() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let a = connect(&server, "stale");
     let b = connect(&server, "stale");
     let (ta, tb) = (tracker(&a), tracker(&b));
@@ -325,7 +325,7 @@ fn child_tracker_holder() {
     std::thread::sleep(600 * SEC);
 }
 
-fn spawn_holder(server: &RedisServer, ns: &str, mode: &str) -> std::process::Child {
+fn spawn_holder(server: &impl Target, ns: &str, mode: &str) -> std::process::Child {
     support::child_role("child_tracker_holder")
         .env("CHILD_URL", server.url())
         .env("CHILD_NS", ns)
@@ -336,7 +336,7 @@ fn spawn_holder(server: &RedisServer, ns: &str, mode: &str) -> std::process::Chi
 
 #[test]
 fn a_task_whose_consumer_is_killed_is_released_again_after_its_timeout_and_finished_by_another() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let swarm = connect(&server, "killc");
     let t = tracker(&swarm);
     t.close("x", &7, opts(2, Duration::from_millis(800)))
@@ -361,7 +361,7 @@ fn a_task_whose_consumer_is_killed_is_released_again_after_its_timeout_and_finis
 
 #[test]
 fn a_killed_servers_chunk_lock_times_out_by_itself_and_the_task_is_released() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let swarm = connect(&server, "kills");
     let t = tracker(&swarm);
     let mut child = spawn_holder(&server, "kills", "lock");
@@ -397,7 +397,7 @@ fn a_killed_servers_chunk_lock_times_out_by_itself_and_the_task_is_released() {
 
 #[test]
 fn a_fixed_chunk_lock_times_out_even_while_its_holder_lives_and_timeout_locks_forces_old_ones() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let swarm = connect(&server, "fixed");
     let t = tracker(&swarm);
     let fixed = t.lock_fixed("s", "1", Duration::from_millis(300)).unwrap();
@@ -418,7 +418,7 @@ fn a_fixed_chunk_lock_times_out_even_while_its_holder_lives_and_timeout_locks_fo
 
 #[test]
 fn bad_names_oversized_info_zero_attempts_and_corrupt_records_get_clear_errors() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let swarm = connect(&server, "bad");
     assert!(matches!(swarm.tracker(""), Err(Error::InvalidInput { .. })));
     assert!(matches!(
@@ -491,7 +491,7 @@ fn bad_names_oversized_info_zero_attempts_and_corrupt_records_get_clear_errors()
 
 #[test]
 fn the_handler_form_runs_each_released_task_on_the_pool_and_reports_its_result() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let swarm = connect(&server, "pool");
     let t = tracker(&swarm);
     let seen = Arc::new(Mutex::new(Vec::new()));
@@ -529,7 +529,7 @@ fn the_handler_form_runs_each_released_task_on_the_pool_and_reports_its_result()
 
 #[test]
 fn a_thousand_tasks_of_ten_chunks_over_four_threads_and_two_handles_complete_exactly_once() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let handles = [connect(&server, "bulk"), connect(&server, "bulk")];
     let trackers: Vec<Tracker> = handles.iter().map(tracker).collect();
     const TASKS: usize = 1000;
@@ -606,7 +606,7 @@ fn a_thousand_tasks_of_ten_chunks_over_four_threads_and_two_handles_complete_exa
 
 #[test]
 fn a_consumer_that_cannot_read_the_info_reports_the_attempt_failed_at_once() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let swarm = connect(&server, "info");
     let t = tracker(&swarm);
     t.close("x", &"not a number", opts(1, 30 * SEC)).unwrap();
@@ -624,7 +624,7 @@ fn a_consumer_that_cannot_read_the_info_reports_the_attempt_failed_at_once() {
 
 #[test]
 fn stopping_the_handler_form_ends_its_idle_threads_at_once() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let swarm = connect(&server, "stop");
     let t = tracker(&swarm);
     let consuming = t.consume(3, |_job: &Released<u32>| Ok(())).unwrap();
@@ -637,7 +637,7 @@ fn stopping_the_handler_form_ends_its_idle_threads_at_once() {
 
 #[test]
 fn the_sweep_is_woken_by_an_earlier_deadline_instead_of_sleeping_until_the_later_one() {
-    let server = RedisServer::start();
+    let server = TestRedis::start();
     let swarm = connect(&server, "wake");
     let t = tracker(&swarm);
     let mut c = t.released::<u32>().unwrap();

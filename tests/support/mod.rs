@@ -1,15 +1,20 @@
 //! Shared integration-test support: a throwaway `redis-server` per test
-//! ([`RedisServer`]), a throwaway Redis Cluster ([`RedisCluster`]), a tiny
+//! ([`RedisServer`]), a throwaway Redis Cluster ([`RedisCluster`]), the
+//! feature suites' backend chooser ([`TestRedis`]: a server per test, or
+//! with `REDSWARM_TEST_BACKEND=cluster` one shared cluster), a tiny
 //! in-process TCP fault proxy ([`FaultProxy`]) and small helpers. Every integration test file includes it with
 //! `mod support;` and uses only part of it.
 #![allow(dead_code)]
 
+mod backend;
 mod fault_proxy;
 mod redis_cluster;
 mod redis_server;
 mod sentinel;
 mod tls_pki;
 
+#[allow(unused_imports)]
+pub use backend::{cluster_backend, Target, TestConn, TestRedis, BACKEND_VAR};
 #[allow(unused_imports)]
 pub use fault_proxy::FaultProxy;
 #[allow(unused_imports)]
