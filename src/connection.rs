@@ -107,7 +107,10 @@ impl Connection {
         cmd: &redis::Cmd,
     ) -> RedisResult<T> {
         match &mut self.0 {
-            Inner::Single(c) => cmd.query(c),
+            Inner::Single(c) => {
+                let _ = key;
+                cmd.query(c)
+            }
             #[cfg(feature = "cluster")]
             Inner::Cluster(c) => {
                 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};

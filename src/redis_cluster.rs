@@ -10,6 +10,7 @@
 //! redswarm's scripts are idempotent per token, so a re-sent transition
 //! grants or settles nothing twice (a late reply is skipped by redis-rs).
 
+#[cfg(feature = "cluster")]
 use crate::connection::NodeAddr;
 use crate::error::{Error, Result};
 
@@ -133,17 +134,21 @@ fn crc16_xmodem(data: &[u8]) -> u16 {
     crc
 }
 
-/// One range of `CLUSTER SLOTS`: the slots and the primary serving them.
+/// One range of `CLUSTER SLOTS`: the slots, the primary serving them and
+/// its replicas.
+#[cfg(feature = "cluster")]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct SlotRange {
     pub(crate) start: u16,
     pub(crate) end: u16,
     pub(crate) primary: NodeAddr,
+    pub(crate) replicas: Vec<NodeAddr>,
 }
 
 /// Parses a `CLUSTER SLOTS` reply, asked of `asked` (a node that announces
 /// an empty host means "the address you reached me at"). Malformed entries
 /// are skipped: the reply comes from outside.
+#[cfg(feature = "cluster")]
 pub(crate) fn parse_slots(asked: &NodeAddr, reply: &redis::Value) -> Vec<SlotRange> {
     use redis::Value;
     let int = |v: &Value| match v {
@@ -165,20 +170,26 @@ pub(crate) fn parse_slots(asked: &NodeAddr, reply: &redis::Value) -> Vec<SlotRan
                 return None;
             };
             let (start, end) = (int(parts.first()?)?, int(parts.get(1)?)?);
-            let Value::Array(node) = parts.get(2)? else {
-                return None;
+            let node = |v: &Value| {
+                let Value::Array(node) = v else {
+                    return None;
+                };
+                let host = text(node.first()?)?;
+                let port = int(node.get(1)?)?;
+                let host = if host.is_empty() || host == "?" {
+                    asked.host.clone()
+                } else {
+                    host
+                };
+                Some(NodeAddr { host, port })
             };
-            let host = text(node.first()?)?;
-            let port = int(node.get(1)?)?;
-            let host = if host.is_empty() || host == "?" {
-                asked.host.clone()
-            } else {
-                host
-            };
+            let primary = node(parts.get(2)?)?;
+            let replicas = parts.iter().skip(3).filter_map(node).collect();
             (start <= end && end < 16384).then_some(SlotRange {
                 start,
                 end,
-                primary: NodeAddr { host, port },
+                primary,
+                replicas,
             })
         })
         .collect()
@@ -409,6 +420,7 @@ mod tests {
         assert!(!err.to_string().contains("hunter2"), "{err}");
     }
 
+    #[cfg(feature = "cluster")]
     #[test]
     fn slot_replies_are_read_defensively() {
         use redis::Value;
@@ -424,7 +436,12 @@ mod tests {
         };
         let reply = Value::Array(vec![
             Value::Array(vec![Value::Int(0), Value::Int(5460), node("", 7000)]),
-            Value::Array(vec![Value::Int(5461), Value::Int(10922), node("h2", 7001)]),
+            Value::Array(vec![
+                Value::Int(5461),
+                Value::Int(10922),
+                node("h2", 7001),
+                node("h2r", 7101),
+            ]),
             Value::Array(vec![Value::Int(9), Value::Int(1)]),
             Value::Array(vec![Value::Int(1), Value::Int(99_999), node("h3", 7002)]),
             Value::Nil,
@@ -433,6 +450,8 @@ mod tests {
         assert_eq!(ranges.len(), 2);
         assert_eq!(ranges[0].primary, asked);
         assert_eq!(ranges[1].primary.host, "h2");
+        assert_eq!(ranges[1].replicas[0].host, "h2r");
+        assert!(ranges[0].replicas.is_empty());
         assert!(parse_slots(&asked, &Value::Nil).is_empty());
     }
 

@@ -268,6 +268,19 @@ impl Store {
         }
     }
 
+    /// True when node `node_id`'s membership has not lapsed (its deadline
+    /// in `{ns:nodes}` is ahead of that node's clock).
+    pub(crate) fn node_is_live(&self, node_id: &str) -> Result<bool> {
+        let mut conn = self.conn()?;
+        let nodes = self.keys.nodes();
+        let (deadline, (secs, micros)): (Option<f64>, (u64, u64)) = redis::pipe()
+            .zscore(&nodes, node_id)
+            .cmd("TIME")
+            .query(&mut *conn)?;
+        let now_ms = secs.saturating_mul(1000).saturating_add(micros / 1000) as f64;
+        Ok(deadline.is_some_and(|d| d > now_ms))
+    }
+
     /// Borrows a pooled connection, waiting at most `pool_timeout`.
     pub(crate) fn conn(&self) -> Result<PooledConnection> {
         let pool = self.pool.read().clone();

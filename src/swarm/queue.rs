@@ -415,7 +415,10 @@ impl Queue {
     /// control channel — its worker is gone or cut off from pub/sub; the
     /// mark still ends the task cancelled when its run ends or its lease
     /// lapses), `"ended"` (already over) or `"missing"`;
-    /// [`Error::CorruptData`] if the record is unusable.
+    /// [`Error::CorruptData`] if the record is unusable. On a Redis Cluster a
+    /// `PUBLISH` counts only one node's subscribers, so there `"signalled"`
+    /// means the task's worker node is live (its membership has not lapsed:
+    /// a worker killed less than `node_ttl` ago still counts).
     ///
     /// ```no_run
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -439,13 +442,43 @@ impl Queue {
                 .arg(&self.keys.events),
             &mut *conn,
         )?;
+        drop(conn);
+        if outcome == "unheard" && self.worker_is_live(id)? {
+            return Ok("signalled".into());
+        }
         Ok(outcome)
+    }
+
+    /// On a Redis Cluster, whether task `id`'s worker node is live. There a
+    /// script's `PUBLISH` counts only the subscribers of the node it ran on,
+    /// while the message reaches every node (and a worker listens with a
+    /// pattern, which `PUBSUB NUMSUB` does not count), so a live worker
+    /// node stands for "heard". Always false on one server, where the
+    /// count is exact.
+    fn worker_is_live(&self, id: &str) -> Result<bool> {
+        let store = self.swarm.store();
+        if !store.dedicated.is_cluster() {
+            return Ok(false);
+        }
+        let mut conn = self.swarm.conn()?;
+        let worker: Option<String> = redis::cmd("HGET")
+            .arg(self.keys.task(id))
+            .arg("worker")
+            .query(&mut *conn)
+            .map_err(|e| crate::scripts::script_error(e))?;
+        drop(conn);
+        match worker {
+            Some(node) if !node.is_empty() => store.node_is_live(&node),
+            _ => Ok(false),
+        }
     }
 
     /// Sends a control message (`cancel`, or your own) to a running task.
     /// Returns how many subscribers received it: `0` means nobody heard it
     /// (the task is not running, or its worker is gone or cut off from
-    /// pub/sub) and the message is lost.
+    /// pub/sub) and the message is lost. On a Redis Cluster, where
+    /// `PUBLISH` counts one node's subscribers only, it is 1 when the
+    /// task's worker node is live (see [`Queue::cancel`]).
     ///
     /// ```no_run
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -457,7 +490,13 @@ impl Queue {
     /// ```
     pub fn control(&self, id: &str, message: &str) -> Result<u64> {
         crate::keys::validate_name("task id", id)?;
-        self.swarm.publish(&self.keys.task_control(id), message)
+        let channel = self.keys.task_control(id);
+        let heard = self.swarm.publish(&channel, message)?;
+        if heard == 0 && self.worker_is_live(id)? {
+            // A cluster: see `worker_is_live`.
+            return Ok(1);
+        }
+        Ok(heard)
     }
 
     /// Gives up to `max` failed tasks a fresh start: attempts, handler
