@@ -465,7 +465,7 @@ impl Queue {
             .arg(self.keys.task(id))
             .arg("worker")
             .query(&mut *conn)
-            .map_err(|e| crate::scripts::script_error(e))?;
+            .map_err(crate::scripts::script_error)?;
         drop(conn);
         match worker {
             Some(node) if !node.is_empty() => store.node_is_live(&node),
