@@ -4,7 +4,8 @@
 //!
 //! With `REDSWARM_TEST_BACKEND=cluster` the tests outside `mod
 //! single_server` run on a 3-primary Redis Cluster shared by the whole
-//! file instead (`tests/support/backend.rs`).
+//! file instead, with `REDSWARM_TEST_BACKEND=sentinel` on one shared
+//! Sentinel set-up (`tests/support/backend.rs`).
 
 mod support;
 

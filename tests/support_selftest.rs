@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use support::{FaultProxy, RedisCluster, RedisServer};
+use support::{FaultProxy, RedisCluster, RedisServer, SentinelSet};
 
 const SHORT: Duration = Duration::from_millis(300);
 
@@ -464,10 +464,33 @@ fn child_watched_cluster() {
         return;
     }
     let cluster = RedisCluster::start_watched(3);
-    let pids: Vec<String> = cluster.pids().iter().map(u32::to_string).collect();
-    println!("watched {} {}", cluster.dir().display(), pids.join(" "));
-    let _ = std::io::stdout().flush();
+    report_watched(&[cluster.dir()], &cluster.pids());
     std::thread::sleep(Duration::from_secs(600));
+}
+
+/// The child of the test below: starts a watched Sentinel set, prints its
+/// directories and pids, then waits to be killed.
+#[test]
+fn child_watched_sentinels() {
+    if std::env::var("CHILD_WATCHED_SENTINELS").is_err() {
+        return;
+    }
+    let set = SentinelSet::start_watched();
+    report_watched(&set.dirs(), &set.pids());
+    std::thread::sleep(Duration::from_secs(600));
+}
+
+/// `watched <n> <dir>... <pid>...` on one line of stdout.
+fn report_watched(dirs: &[&std::path::Path], pids: &[u32]) {
+    let dirs: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
+    let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
+    println!(
+        "watched {} {} {}",
+        dirs.len(),
+        dirs.join(" "),
+        pids.join(" ")
+    );
+    let _ = std::io::stdout().flush();
 }
 
 /// Alive and not a zombie (a killed node waits to be reaped by init).
@@ -481,11 +504,13 @@ fn process_alive(pid: u32) -> bool {
     !matches!(state, Some('Z') | Some('X') | None)
 }
 
-#[test]
-fn a_watched_clusters_nodes_and_dir_go_when_its_process_is_sigkilled() {
+/// Runs the child `role` with `env` set, reads the directories and pids it
+/// reports (expecting `n_pids` of them), SIGKILLs it and checks that the
+/// watchdog kills the processes and removes the directories.
+fn watched_processes_and_dirs_go_on_sigkill(role: &str, env: &str, n_pids: usize) {
     use std::io::BufRead;
-    let mut child = support::child_role("child_watched_cluster")
-        .env("CHILD_WATCHED_CLUSTER", "1")
+    let mut child = support::child_role(role)
+        .env(env, "1")
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -500,26 +525,42 @@ fn a_watched_clusters_nodes_and_dir_go_when_its_process_is_sigkilled() {
         }
     });
     let line = rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("the child never reported its cluster");
+        .recv_timeout(Duration::from_secs(90))
+        .expect("the child never reported what it started");
     let mut words = line.split_whitespace();
-    let dir = std::path::PathBuf::from(words.next().unwrap());
+    let n_dirs: usize = words.next().unwrap().parse().unwrap();
+    let dirs: Vec<std::path::PathBuf> = words.by_ref().take(n_dirs).map(Into::into).collect();
     let pids: Vec<u32> = words.map(|w| w.parse().unwrap()).collect();
-    assert_eq!(pids.len(), 3, "{line}");
+    assert_eq!(dirs.len(), n_dirs, "{line}");
+    assert_eq!(pids.len(), n_pids, "{line}");
     assert!(pids.iter().all(|p| process_alive(*p)), "{line}");
-    assert!(dir.is_dir(), "{line}");
+    assert!(dirs.iter().all(|d| d.is_dir()), "{line}");
     child.kill().unwrap(); // SIGKILL: no destructor, no atexit
     child.wait().unwrap();
     assert!(
         support::wait_until(Duration::from_secs(20), || !pids
             .iter()
             .any(|p| process_alive(*p))
-            && !dir.exists()),
-        "after the SIGKILL: nodes alive {:?}, dir {} exists: {}",
+            && !dirs.iter().any(|d| d.exists())),
+        "after the SIGKILL: processes alive {:?}, dirs left {:?}",
         pids.iter()
             .filter(|p| process_alive(**p))
             .collect::<Vec<_>>(),
-        dir.display(),
-        dir.exists()
+        dirs.iter().filter(|d| d.exists()).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn a_watched_clusters_nodes_and_dir_go_when_its_process_is_sigkilled() {
+    watched_processes_and_dirs_go_on_sigkill("child_watched_cluster", "CHILD_WATCHED_CLUSTER", 3);
+}
+
+#[test]
+fn a_watched_sentinel_sets_processes_and_dirs_go_when_its_process_is_sigkilled() {
+    // Primary, replica and three sentinels; their three directories.
+    watched_processes_and_dirs_go_on_sigkill(
+        "child_watched_sentinels",
+        "CHILD_WATCHED_SENTINELS",
+        5,
     );
 }

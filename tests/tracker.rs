@@ -5,7 +5,9 @@
 //! token, stats at each step, and a 1,000-task run over two handles.
 //!
 //! With `REDSWARM_TEST_BACKEND=cluster` they run on a 3-primary Redis
-//! Cluster shared by the whole file instead (`tests/support/backend.rs`).
+//! Cluster shared by the whole file instead, with
+//! `REDSWARM_TEST_BACKEND=sentinel` on one shared Sentinel set-up
+//! (`tests/support/backend.rs`).
 
 mod support;
 

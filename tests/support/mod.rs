@@ -1,9 +1,12 @@
 //! Shared integration-test support: a throwaway `redis-server` per test
 //! ([`RedisServer`]), a throwaway Redis Cluster ([`RedisCluster`]), the
 //! feature suites' backend chooser ([`TestRedis`]: a server per test, or
-//! with `REDSWARM_TEST_BACKEND=cluster` one shared cluster), a tiny
-//! in-process TCP fault proxy ([`FaultProxy`]) and small helpers. Every integration test file includes it with
-//! `mod support;` and uses only part of it.
+//! with `REDSWARM_TEST_BACKEND=cluster` one shared cluster, or with
+//! `REDSWARM_TEST_BACKEND=sentinel` one shared Sentinel set-up), the
+//! watchdog that cleans up after the shared ones ([`Watchdog`]), a tiny
+//! in-process TCP fault proxy ([`FaultProxy`]) and small helpers. Every
+//! integration test file includes it with `mod support;` and uses only
+//! part of it.
 #![allow(dead_code)]
 
 mod backend;
@@ -12,9 +15,13 @@ mod redis_cluster;
 mod redis_server;
 mod sentinel;
 mod tls_pki;
+mod watchdog;
 
 #[allow(unused_imports)]
-pub use backend::{cluster_backend, Target, TestConn, TestRedis, BACKEND_VAR};
+pub use backend::{
+    backend_kind, cluster_backend, sentinel_backend, BackendKind, Target, TestConn, TestRedis,
+    BACKEND_VAR,
+};
 #[allow(unused_imports)]
 pub use fault_proxy::FaultProxy;
 #[allow(unused_imports)]
@@ -25,6 +32,8 @@ pub use redis_server::{Builder as RedisServerBuilder, RedisServer, TlsFiles};
 pub use sentinel::SentinelSet;
 #[allow(unused_imports)]
 pub use tls_pki::TestPki;
+#[allow(unused_imports)]
+pub use watchdog::Watchdog;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

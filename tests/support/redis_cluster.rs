@@ -2,13 +2,13 @@
 //! on free ports, sharing one temporary directory. Every process is killed
 //! and the directory removed on drop, also when the test panics.
 
-use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::redis_server::{free_port, unique_dir};
+use super::watchdog::Watchdog;
 
 /// How long one node gets to answer PING.
 const NODE_READY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -28,15 +28,10 @@ const MAX_NODE_PORT: u16 = u16::MAX - 10_000;
 pub struct RedisCluster {
     nodes: Vec<Node>,
     dir: PathBuf,
-    /// With [`RedisCluster::start_watched`]: the stdin of a `sh` that kills
-    /// the nodes and removes `dir` once it reads EOF, that is once this
-    /// process is gone however it ended.
+    /// With [`RedisCluster::start_watched`]: the [`Watchdog`] that kills
+    /// the nodes and removes `dir` once this process is gone, however it
+    /// ended.
     watchdog: Option<Watchdog>,
-}
-
-struct Watchdog {
-    child: Child,
-    stdin: Option<ChildStdin>,
 }
 
 struct Node {
@@ -57,12 +52,10 @@ impl RedisCluster {
     }
 
     /// Like [`RedisCluster::start`], for a cluster that is never dropped
-    /// (one shared by every test of a binary, in a `static`): a watchdog
-    /// `sh` started first learns each node's pid on a pipe and, when the
-    /// pipe reaches EOF because this process exited — normally, by a
-    /// panic, or killed with SIGKILL — SIGKILLs the nodes and removes the
-    /// directory. The watchdog ignores SIGINT/SIGTERM/SIGHUP, so a Ctrl-C
-    /// on the process group does not stop it before it has cleaned up.
+    /// (one shared by every test of a binary, in a `static`): a
+    /// [`Watchdog`] started first learns the directory and each node's pid
+    /// and, once this process exited — normally, by a panic, or killed
+    /// with SIGKILL — SIGKILLs the nodes and removes the directory.
     pub fn start_watched(primaries: usize) -> RedisCluster {
         Self::start_inner(primaries, true)
     }
@@ -73,10 +66,13 @@ impl RedisCluster {
             "Redis Cluster needs at least 3 primaries, got {primaries}"
         );
         let dir = unique_dir();
+        let watchdog = watched.then(Watchdog::spawn);
+        if let Some(watchdog) = &watchdog {
+            watchdog.watch_dir(&dir);
+        }
         std::fs::create_dir_all(&dir)
             .unwrap_or_else(|e| panic!("create redis cluster dir {}: {e}", dir.display()));
         // From here on Drop kills what started and removes the directory.
-        let watchdog = watched.then(|| spawn_watchdog(&dir));
         let mut cluster = RedisCluster {
             nodes: Vec::with_capacity(primaries),
             dir,
@@ -166,11 +162,8 @@ impl RedisCluster {
                 continue;
             }
             let child = self.spawn(port);
-            if let Some(watchdog) = self.watchdog.as_ref() {
-                // `&ChildStdin` is `Write`: an unbuffered write of one line.
-                let mut w: &ChildStdin = watchdog.stdin.as_ref().expect("watchdog stdin");
-                w.write_all(format!("{}\n", child.id()).as_bytes())
-                    .expect("tell the cluster watchdog a node's pid");
+            if let Some(watchdog) = &self.watchdog {
+                watchdog.watch_pid(child.id());
             }
             let mut node = Node {
                 port,
@@ -313,48 +306,9 @@ impl Drop for RedisCluster {
             self.kill(i);
         }
         let _ = std::fs::remove_dir_all(&self.dir);
-        if let Some(mut watchdog) = self.watchdog.take() {
-            // EOF: it finds the nodes gone and the directory removed.
-            drop(watchdog.stdin.take());
-            let _ = watchdog.child.wait();
-        }
+        // EOF: the watchdog finds the nodes gone and the directory removed.
+        drop(self.watchdog.take());
     }
-}
-
-/// Kills every pid it reads (one a line) once its stdin reaches EOF, waits
-/// up to 5 s for them to be gone, then removes `$1`.
-const WATCHDOG: &str = r#"trap '' INT TERM HUP
-pids=
-while read -r pid; do pids="$pids $pid"; done
-if [ -n "$pids" ]; then
-  kill -9 $pids 2>/dev/null
-  i=0
-  while [ $i -lt 50 ]; do
-    alive=
-    for pid in $pids; do kill -0 "$pid" 2>/dev/null && alive=1; done
-    [ -z "$alive" ] && break
-    sleep 0.1
-    i=$((i+1))
-  done
-fi
-rm -rf "$1"
-"#;
-
-fn spawn_watchdog(dir: &Path) -> Watchdog {
-    // std opens the pipe close-on-exec, so no other child (a node, a test's
-    // worker process) inherits the write end and holds the EOF back.
-    let mut child = Command::new("sh")
-        .arg("-c")
-        .arg(WATCHDOG)
-        .arg("sh")
-        .arg(dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn the cluster watchdog sh: {e}"));
-    let stdin = child.stdin.take();
-    Watchdog { child, stdin }
 }
 
 /// A connection with `timeout` for connect, read and write.

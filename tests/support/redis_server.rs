@@ -10,6 +10,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 
+use super::watchdog::Watchdog;
+
 /// How long a (re)started server gets to answer PING.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How many fresh ports `start()` tries when a server exits at once.
@@ -30,6 +32,7 @@ pub struct Builder {
     replica_of: Option<u16>,
     extra: Vec<(String, String)>,
     tls: Option<TlsFiles>,
+    watchdog: Option<Watchdog>,
 }
 
 /// What a TLS listener needs: the server's certificate and key, and the CA
@@ -69,6 +72,14 @@ impl Builder {
         self
     }
 
+    /// Tell `watchdog` the data directory and every process started (also
+    /// by [`RedisServer::restart`]), for a server that may never be
+    /// dropped (one in a `static`).
+    pub fn watched_by(mut self, watchdog: &Watchdog) -> Self {
+        self.watchdog = Some(watchdog.clone());
+        self
+    }
+
     /// Any other config option, passed as `--name value`.
     pub fn config(mut self, name: &str, value: &str) -> Self {
         self.extra.push((name.to_string(), value.to_string()));
@@ -82,6 +93,9 @@ impl Builder {
     /// within 10 s (the message carries the tail of its log).
     pub fn start(self) -> RedisServer {
         let dir = unique_dir();
+        if let Some(watchdog) = &self.watchdog {
+            watchdog.watch_dir(&dir);
+        }
         std::fs::create_dir_all(&dir)
             .unwrap_or_else(|e| panic!("create redis test dir {}: {e}", dir.display()));
         // From here on the directory is removed by Drop, also on panic.
@@ -325,6 +339,9 @@ impl RedisServer {
             Err(e) => panic!("spawn redis-server: {e}"),
         };
         let pid = child.id();
+        if let Some(watchdog) = &self.opts.watchdog {
+            watchdog.watch_pid(pid);
+        }
         *self.child.get_mut() = Some(child);
 
         let deadline = Instant::now() + READY_TIMEOUT;

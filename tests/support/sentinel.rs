@@ -1,12 +1,15 @@
 //! A primary, one replica and three sentinels watching them, all on free
-//! ports, for failover tests. Everything is killed on drop.
+//! ports, for failover tests and the feature suites' sentinel backend.
+//! Everything is killed on drop; a set that is never dropped (in a
+//! `static`) is started with [`SentinelSet::start_watched`].
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use super::redis_server::RedisServer;
+use super::watchdog::Watchdog;
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
@@ -27,15 +30,50 @@ pub struct SentinelSet {
     pub replica: RedisServer,
     sentinels: Vec<SentinelProcess>,
     dir: PathBuf,
+    /// `sentinel down-after-milliseconds`.
+    down_after_ms: u64,
+    /// With [`SentinelSet::start_watched`]: kills every process and
+    /// removes every directory once this process is gone.
+    watchdog: Option<Watchdog>,
 }
 
 impl SentinelSet {
     /// Starts everything and waits (up to 30 s) until every sentinel
     /// names the primary and knows the replica, so that a failover can
     /// promote it. Panics with the sentinel logs otherwise.
+    ///
+    /// The sentinels think the primary down after 1 s without an answer
+    /// (`down-after-milliseconds 1000`).
     pub fn start() -> SentinelSet {
-        let primary = RedisServer::start();
-        let replica = RedisServer::builder().replica_of(primary.port()).start();
+        Self::start_inner(None, 1000)
+    }
+
+    /// Like [`SentinelSet::start`], for a set that is never dropped (one
+    /// shared by every test of a binary, in a `static`): a [`Watchdog`]
+    /// learns every directory and process and, once this process exited —
+    /// normally, by a panic, or killed with SIGKILL — SIGKILLs the
+    /// processes and removes the directories.
+    ///
+    /// The sentinels think the primary down only after 30 s without an
+    /// answer, so that a loaded machine does not cause a failover no test
+    /// asked for ([`SentinelSet::failover`] still works at once).
+    pub fn start_watched() -> SentinelSet {
+        Self::start_inner(Some(Watchdog::spawn()), 30_000)
+    }
+
+    fn start_inner(watchdog: Option<Watchdog>, down_after_ms: u64) -> SentinelSet {
+        // No 5 s wait before a full sync to the replica (Redis's default
+        // `repl-diskless-sync-delay`): neither at the start nor when the
+        // old primary follows the new one after a failover.
+        let builder = || {
+            let b = RedisServer::builder().config("repl-diskless-sync-delay", "0");
+            match &watchdog {
+                Some(w) => b.watched_by(w),
+                None => b,
+            }
+        };
+        let primary = builder().start();
+        let replica = builder().replica_of(primary.port()).start();
         assert!(
             super::wait_until(Duration::from_secs(20), || info(&replica, "replication")
                 .contains("master_link_status:up")),
@@ -45,12 +83,17 @@ impl SentinelSet {
         let dir =
             std::env::temp_dir().join(format!("redswarm-sentinels-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
+        if let Some(w) = &watchdog {
+            w.watch_dir(&dir);
+        }
         std::fs::create_dir_all(&dir).expect("create the sentinel directory");
         let mut set = SentinelSet {
             primary,
             replica,
             sentinels: Vec::new(),
             dir,
+            down_after_ms,
+            watchdog,
         };
         for i in 0..3 {
             let sentinel = set.spawn_sentinel(i);
@@ -81,6 +124,21 @@ impl SentinelSet {
         });
         assert!(ready, "sentinels not ready; logs:\n{}", set.logs());
         set
+    }
+
+    /// The process ids of the primary, the replica and the sentinels.
+    pub fn pids(&self) -> Vec<u32> {
+        let servers = [&self.primary, &self.replica];
+        servers
+            .iter()
+            .filter_map(|s| s.pid())
+            .chain(self.sentinels.iter().map(|s| s.child.id()))
+            .collect()
+    }
+
+    /// The directories of the primary, the replica and the sentinels.
+    pub fn dirs(&self) -> Vec<&Path> {
+        vec![self.primary.dir(), self.replica.dir(), &self.dir]
     }
 
     /// `127.0.0.1:P1,127.0.0.1:P2,127.0.0.1:P3`.
@@ -149,12 +207,13 @@ impl SentinelSet {
             format!(
                 "port {port}\nbind 127.0.0.1\nprotected-mode no\ndaemonize no\ndir {dir}\nlogfile {log}\n\
                  sentinel monitor {MASTER_NAME} 127.0.0.1 {primary} 2\n\
-                 sentinel down-after-milliseconds {MASTER_NAME} 1000\n\
+                 sentinel down-after-milliseconds {MASTER_NAME} {down_after}\n\
                  sentinel failover-timeout {MASTER_NAME} 10000\n\
                  sentinel parallel-syncs {MASTER_NAME} 1\n",
                 dir = self.dir.display(),
                 log = log.display(),
                 primary = self.primary.port(),
+                down_after = self.down_after_ms,
             ),
         )
         .expect("write the sentinel config");
@@ -166,6 +225,9 @@ impl SentinelSet {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn redis-server --sentinel");
+        if let Some(w) = &self.watchdog {
+            w.watch_pid(child.id());
+        }
         SentinelProcess { child, port }
     }
 
