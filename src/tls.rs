@@ -212,6 +212,21 @@ fn check_key(_: &[u8], _: &PemSource) -> Result<()> {
     Ok(())
 }
 
+/// The loaded CA and client certificate as redis-rs takes them.
+#[cfg(feature = "tls")]
+fn certificates(loaded: &LoadedTls) -> redis::TlsCertificates {
+    redis::TlsCertificates {
+        client_tls: loaded
+            .client
+            .as_ref()
+            .map(|(cert, key)| redis::ClientTlsConfig {
+                client_cert: cert.clone(),
+                client_key: key.clone(),
+            }),
+        root_cert: loaded.ca.clone(),
+    }
+}
+
 /// Builds the client every redswarm connection comes from, with the TLS
 /// settings applied (a plain `redis::Client` when there are none).
 pub(crate) fn client(
@@ -225,17 +240,7 @@ pub(crate) fn client(
             let _ = rustls::crypto::ring::default_provider().install_default();
         }
         if let Some(loaded) = &settings.loaded {
-            let certs = redis::TlsCertificates {
-                client_tls: loaded
-                    .client
-                    .as_ref()
-                    .map(|(cert, key)| redis::ClientTlsConfig {
-                        client_cert: cert.clone(),
-                        client_key: key.clone(),
-                    }),
-                root_cert: loaded.ca.clone(),
-            };
-            let client = redis::Client::build_with_tls(info, certs)?;
+            let client = redis::Client::build_with_tls(info, certificates(loaded))?;
             if !settings.skip_hostname_check {
                 return Ok(client);
             }
@@ -265,16 +270,7 @@ pub(crate) fn cluster_tls(
             let _ = rustls::crypto::ring::default_provider().install_default();
             let mut builder = builder.tls(redis::TlsMode::Secure);
             if let Some(loaded) = &settings.loaded {
-                builder = builder.certs(redis::TlsCertificates {
-                    client_tls: loaded
-                        .client
-                        .as_ref()
-                        .map(|(cert, key)| redis::ClientTlsConfig {
-                            client_cert: cert.clone(),
-                            client_key: key.clone(),
-                        }),
-                    root_cert: loaded.ca.clone(),
-                });
+                builder = builder.certs(certificates(loaded));
             }
             return Ok(builder.danger_accept_invalid_hostnames(settings.skip_hostname_check));
         }
