@@ -62,11 +62,19 @@ impl SentinelSet {
     }
 
     fn start_inner(watchdog: Option<Watchdog>, down_after_ms: u64) -> SentinelSet {
-        // No 5 s wait before a full sync to the replica (Redis's default
-        // `repl-diskless-sync-delay`): neither at the start nor when the
-        // old primary follows the new one after a failover.
+        // The shared set (no failovers) skips Redis's 5 s wait before a full
+        // sync to the replica (`repl-diskless-sync-delay`). The failover
+        // set keeps the default: with no wait, tests/sentinel.rs's failover
+        // test lost a task in 3 of 4 runs (not understood yet; see the
+        // session note), and without the change it passed every time.
+        let fast_sync = watchdog.is_some();
         let builder = || {
-            let b = RedisServer::builder().config("repl-diskless-sync-delay", "0");
+            let b = RedisServer::builder();
+            let b = if fast_sync {
+                b.config("repl-diskless-sync-delay", "0")
+            } else {
+                b
+            };
             match &watchdog {
                 Some(w) => b.watched_by(w),
                 None => b,
