@@ -64,9 +64,14 @@ impl SentinelSet {
     fn start_inner(watchdog: Option<Watchdog>, down_after_ms: u64) -> SentinelSet {
         // The shared set (no failovers) skips Redis's 5 s wait before a full
         // sync to the replica (`repl-diskless-sync-delay`). The failover
-        // set keeps the default: with no wait, tests/sentinel.rs's failover
-        // test lost a task in 3 of 4 runs (not understood yet; see the
-        // session note), and without the change it passed every time.
+        // set keeps the default: with no wait, the sentinels of this set
+        // (down-after 1 s) promoted the replica on their own about a second
+        // after the start, while the primary stayed a primary and took the
+        // test's writes; the test's own failover then made the old primary
+        // a replica of the new one and its full resync wiped those writes.
+        // tests/sentinel.rs's failover test caught it (3 of 4 runs) as
+        // tasks missing after the failover: a split brain of the set-up,
+        // not of redswarm.
         let fast_sync = watchdog.is_some();
         let builder = || {
             let b = RedisServer::builder();
