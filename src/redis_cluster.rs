@@ -200,7 +200,7 @@ pub(crate) use source::ClusterSource;
 
 #[cfg(feature = "cluster")]
 mod source {
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
     use redis::ConnectionInfo;
 
@@ -288,14 +288,15 @@ mod source {
             timeout: Duration,
             command_timeout: Duration,
         ) -> redis::RedisResult<(redis::Connection, NodeAddr)> {
-            let deadline = Instant::now() + timeout;
+            // Saturating: a caller's Duration::MAX must not overflow.
+            let deadline = crate::util::Deadline::after(timeout);
             let mut tried = Vec::new();
             for (host, port) in &self.settings.seeds {
                 let addr = NodeAddr {
                     host: host.clone(),
                     port: *port,
                 };
-                let left = deadline.saturating_duration_since(Instant::now());
+                let left = deadline.remaining().unwrap_or(timeout);
                 if left.is_zero() {
                     break;
                 }
@@ -337,7 +338,8 @@ mod source {
             timeout: Duration,
             command_timeout: Duration,
         ) -> redis::RedisResult<(redis::Connection, NodeAddr)> {
-            let deadline = Instant::now() + timeout;
+            // Saturating: a caller's Duration::MAX must not overflow.
+            let deadline = crate::util::Deadline::after(timeout);
             let slot = super::key_slot(key);
             let ranges = self.slots(timeout, command_timeout)?;
             let Some(range) = ranges.iter().find(|r| r.start <= slot && slot <= r.end) else {
@@ -347,7 +349,7 @@ mod source {
                     format!("slot {slot}"),
                 )));
             };
-            let left = deadline.saturating_duration_since(Instant::now());
+            let left = deadline.remaining().unwrap_or(timeout);
             let conn = self.open_node(
                 &range.primary,
                 left.max(Duration::from_millis(1)),
