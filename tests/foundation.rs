@@ -20,18 +20,6 @@ fn config(server: &RedisServer, ns: &str) -> redswarm::ConfigBuilder {
         .reconnect_max(Duration::from_millis(200))
 }
 
-fn numsub(server: &RedisServer, channel: &str) -> i64 {
-    // Asked again after a failed query (CI saw an EINTR in such a check).
-    let ask = || {
-        redis::cmd("PUBSUB")
-            .arg("NUMSUB")
-            .arg(channel)
-            .query::<(String, i64)>(&mut server.conn())
-    };
-    let (_, n) = ask().or_else(|_| ask()).unwrap();
-    n
-}
-
 fn next_message(sub: &redswarm::Subscription) -> Option<String> {
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline {
@@ -173,7 +161,7 @@ fn subscriber_delivers_shares_and_unsubscribes_on_drop() {
     );
     assert_eq!(next_message(&a).as_deref(), Some("one"));
     assert_eq!(next_message(&b).as_deref(), Some("one"));
-    assert_eq!(numsub(&server, "news"), 1);
+    assert_eq!(support::numsub(&server, "news"), 1);
 
     let p = swarm.psubscribe("ne*").unwrap();
     other.publish("news", "two").unwrap();
@@ -186,9 +174,10 @@ fn subscriber_delivers_shares_and_unsubscribes_on_drop() {
     assert_eq!(next_message(&b).as_deref(), Some("three"));
     drop(b);
     drop(p);
-    assert!(support::wait_until(Duration::from_secs(5), || numsub(
-        &server, "news"
-    ) == 0));
+    assert!(support::wait_until(
+        Duration::from_secs(5),
+        || support::numsub(&server, "news") == 0
+    ));
 }
 
 #[test]
@@ -208,9 +197,10 @@ fn subscriber_survives_redis_restart_and_says_reconnected() {
     }
     assert!(reconnected, "no Reconnected notice after restart");
     // Resubscribed: messages flow again.
-    assert!(support::wait_until(Duration::from_secs(5), || numsub(
-        &server, "jobs"
-    ) == 1));
+    assert!(support::wait_until(
+        Duration::from_secs(5),
+        || support::numsub(&server, "jobs") == 1
+    ));
     let mut c = server.conn();
     let _: i64 = redis::cmd("PUBLISH")
         .arg("jobs")

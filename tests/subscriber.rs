@@ -54,18 +54,6 @@ fn publish(conn: &mut redis::Connection, channel: &str, payload: &str) -> i64 {
         .unwrap()
 }
 
-fn numsub(server: &RedisServer, channel: &str) -> i64 {
-    // Asked again after a failed query (CI saw an EINTR in such a check).
-    let ask = || {
-        redis::cmd("PUBSUB")
-            .arg("NUMSUB")
-            .arg(channel)
-            .query::<(String, i64)>(&mut server.conn())
-    };
-    let (_, n) = ask().or_else(|_| ask()).unwrap();
-    n
-}
-
 /// `calls` of one command in `INFO commandstats` (0 if never called).
 fn command_calls(server: &RedisServer, command: &str) -> u64 {
     let info: String = redis::cmd("INFO")
@@ -205,7 +193,7 @@ fn a_resubscribe_within_the_linger_sends_no_subscribe_and_the_topic_goes_after_i
     // Well inside the linger: still subscribed in Redis.
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(
-        numsub(&server, "lingering"),
+        support::numsub(&server, "lingering"),
         1,
         "dropped at once, no linger"
     );
@@ -229,7 +217,8 @@ fn a_resubscribe_within_the_linger_sends_no_subscribe_and_the_topic_goes_after_i
     assert_eq!(next_message(&sub, 10 * SEC).as_deref(), Some("again"));
     drop(sub);
     assert!(
-        support::wait_until(linger + 10 * SEC, || numsub(&server, "lingering") == 0),
+        support::wait_until(linger + 10 * SEC, || support::numsub(&server, "lingering")
+            == 0),
         "still subscribed long after the linger"
     );
 }
@@ -255,8 +244,16 @@ fn lingering_channels_are_capped_oldest_first() {
         "{} channels still subscribed",
         lingering()
     );
-    assert_eq!(numsub(&server, "capped:0"), 0, "the oldest goes first");
-    assert_eq!(numsub(&server, "capped:399"), 1, "the newest lingers");
+    assert_eq!(
+        support::numsub(&server, "capped:0"),
+        0,
+        "the oldest goes first"
+    );
+    assert_eq!(
+        support::numsub(&server, "capped:399"),
+        1,
+        "the newest lingers"
+    );
 }
 
 #[test]

@@ -90,3 +90,17 @@ pub fn child_role(role: &str) -> std::process::Command {
         .stderr(std::process::Stdio::null());
     cmd
 }
+
+/// How many clients of `server` are subscribed to `channel` (`PUBSUB
+/// NUMSUB`), asked again after a failed query (CI saw an EINTR in such a
+/// check).
+pub fn numsub(server: &RedisServer, channel: &str) -> i64 {
+    let ask = || {
+        redis::cmd("PUBSUB")
+            .arg("NUMSUB")
+            .arg(channel)
+            .query::<(String, i64)>(&mut server.conn())
+    };
+    let (_, n) = ask().or_else(|_| ask()).unwrap();
+    n
+}
